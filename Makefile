@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make demo` (offline, tiny built-in model) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel this project is developed with; use e.g. `make TORCH=torch demo` to let pip pick a build for your machine.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/break-a-scene extract examples/shapes --model builtin:tiny --phase1-steps 30 --phase2-steps 30 \
+		--out runs/demo --overwrite
+	$(BIN)/break-a-scene generate runs/demo "a photo of <asset0> and <asset1> at the beach" \
+		"a photo of a car at <bg>" --num-images 2 --steps 10 --overwrite
+	@echo "demo done: attention maps in runs/demo/attention/, images in runs/demo/samples/"
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf runs $(VENV)

@@ -1,0 +1,224 @@
+"""The ``break-a-scene`` command: thin adapters from flags to the library (``extract``, ``generate``, ``env``).
+
+Bad input ends with one line on stderr and exit status 2; an unexpected failure with one line and status 1
+(``--debug`` shows the traceback); Ctrl-C with status 130 and a hint to ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+# Quiet the libraries' import-time chatter (optional torchvision, progress bars when saving) before importing them.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from .config import DEFAULT_MODEL, PRESETS, ExtractConfig  # noqa: E402
+from .errors import BreakASceneError  # noqa: E402
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def _paper(field: str) -> str:
+    return f"(default: {getattr(ExtractConfig(), field)})"
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    return common
+
+
+def add_extract_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "extract",
+        parents=[_common()],
+        help="learn one handle per masked concept (and <bg>) from one photo",
+        description="Learn a text handle for every masked concept of one photo (Break-A-Scene). Defaults are "
+        "the paper's: SD 2.1-base, 400 steps of handles only at 5e-4, then 400 steps of handles + UNet + text "
+        "encoder at 2e-6, masked diffusion loss + 0.01 x cross-attention loss, union sampling, a <bg> handle.",
+    )
+    p.add_argument("input", help="a folder holding img.* and mask*.png, or a photo (then give --mask per concept)")
+    p.add_argument("--mask", action="append", default=None, metavar="PNG", help="a concept's mask (repeat per concept)")
+    p.add_argument("--out", required=True, help="run folder to write; it appears only when the run has finished")
+    p.add_argument("--names", nargs="+", help="handle names, one per mask: --names dog shirt gives <dog> <shirt>")
+    p.add_argument("--init-words", nargs="+", help="a word per mask to start each handle from (default: its name, or 'object')")
+    p.add_argument("--no-background", dest="background", action="store_false", default=None, help="do not learn the <bg> handle")
+    p.add_argument("--model", help=f"Hub id, diffusers folder, .safetensors file, or builtin:tiny (default: {DEFAULT_MODEL})")
+    p.add_argument("--resolution", type=int, help=f"square size the photo is resized and centre-cropped to {_paper('resolution')}")
+    p.add_argument("--phase1-steps", type=int, help=f"steps training only the handles {_paper('phase1_steps')}")
+    p.add_argument("--phase2-steps", type=int, help=f"steps training handles + UNet + text encoder {_paper('phase2_steps')}")
+    p.add_argument("--phase1-lr", type=float, help=f"phase-1 learning rate {_paper('phase1_lr')}")
+    p.add_argument("--phase2-lr", type=float, help=f"phase-2 learning rate {_paper('phase2_lr')}")
+    p.add_argument("--lambda-attn", type=float, help=f"weight of the cross-attention loss {_paper('lambda_attn')}")
+    p.add_argument("--normalize-by-mask-area", action="store_true", default=None, help="average the masked loss over the mask, not the whole latent")
+    p.add_argument("--seed", type=int, help=f"random seed of the whole run {_paper('seed')}")
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: cuda if available, else mps, else cpu)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="compute precision; weights stay fp32 (default: no)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in backward to save memory")
+    p.add_argument("--prior-preservation", action="store_true", default=None, help="add DreamBooth's class-image loss (research code's default)")
+    p.add_argument("--class-prompt", help=f"prompt of the class images {_paper('class_prompt')}")
+    p.add_argument("--class-images", metavar="DIR", help="use the images in DIR instead of generating class images")
+    p.add_argument("--num-class-images", type=int, help=f"how many class images {_paper('num_class_images')}")
+    p.add_argument("--preset", choices=PRESETS, default="paper", help="paper (default) or official: the research code's optimiser and prior preservation")
+    p.add_argument("--no-phase1", dest="phase1", action="store_false", default=None, help="ablation: skip phase 1")
+    p.add_argument("--no-masked-loss", dest="masked_loss", action="store_false", default=None, help="ablation: plain, unmasked diffusion loss")
+    p.add_argument("--no-attention-loss", dest="attention_loss", action="store_false", default=None, help="ablation: no cross-attention loss")
+    p.add_argument("--no-union-sampling", dest="union_sampling", action="store_false", default=None, help="ablation: all handles in every prompt")
+    p.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (default: 0, never)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.partial from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_extract)
+    return p
+
+
+def run_extract(args) -> int:
+    from .recipe import extract
+    from .scene import load_scene, load_scene_folder
+
+    fields = (
+        "model resolution names init_words background phase1_steps phase2_steps phase1_lr phase2_lr lambda_attn "
+        "normalize_by_mask_area seed device mixed_precision gradient_checkpointing prior_preservation class_prompt "
+        "class_images num_class_images phase1 masked_loss attention_loss union_sampling checkpoint_every"
+    ).split()
+    config = ExtractConfig.from_preset(args.preset, **{name: getattr(args, name) for name in fields})
+    source = Path(args.input)
+    if not source.exists():
+        raise BreakASceneError(f"{source} not found; give a folder with img.* and mask*.png, or a photo plus --mask")
+    if source.is_dir():
+        if args.mask:
+            raise BreakASceneError(f"{source} is a folder (masks come from its mask*.png); drop --mask or give a photo")
+        scene = load_scene_folder(source, config.resolution)
+    else:
+        if not args.mask:
+            raise BreakASceneError(f"no masks for {source}: add --mask PNG per concept, or give a folder with mask*.png")
+        scene = load_scene(source, args.mask, config.resolution)
+    result = extract(scene, config, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+    print(f"handles {' '.join(result.tokens)} written to {result.out}")
+    scores = result.attention_scores.get(config.phases[-1][0])
+    if scores:
+        inside = ", ".join(f"{t} {row[i]:.2f}" for i, (t, row) in enumerate(zip(result.tokens, scores)))
+        print(f"attention inside own mask: {inside}  (maps in {result.out / 'attention'})")
+    print(f'try: break-a-scene generate {result.out} "a photo of {result.tokens[0]} at the beach"')
+    return 0
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("generate", parents=[_common()], help="generate images with a finished run's handles")
+    p.add_argument("run", help="a finished run folder (written by extract)")
+    p.add_argument("prompts", nargs="+", help='prompt(s), e.g. "a photo of <asset0> at the beach"')
+    p.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default: 0)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    p.add_argument("--negative", help="negative prompt")
+    p.add_argument("--height", type=int, help="image height in px (default: the run's resolution)")
+    p.add_argument("--width", type=int, help="image width in px (default: the run's resolution)")
+    p.add_argument("--out", help="folder for the images and metadata.jsonl (default: RUN/samples)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else mps, else cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace images of the same prompt and seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_generate)
+    return p
+
+
+def run_generate(args) -> int:
+    from .generate import generate
+    from .handles import HANDLE_PATTERN
+
+    images = generate(
+        args.run, args.prompts, num_images=args.num_images, seed=args.seed, steps=args.steps,
+        guidance=args.guidance, negative=args.negative, height=args.height, width=args.width, out=args.out,
+        device=args.device, overwrite=args.overwrite, progress=not args.quiet,
+    )
+    for prompt in args.prompts:
+        if not HANDLE_PATTERN.search(prompt):
+            print(f"note: {prompt!r} uses no handle, so it shows what the fine-tuned model makes of plain text")
+    for image in images:
+        print(image.path)
+    return 0
+
+
+def add_env_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("env", parents=[_common()], help="print versions and devices, for bug reports")
+    p.set_defaults(func=run_env)
+    return p
+
+
+def run_env(args) -> int:
+    import torch
+
+    from .recipe import library_versions
+
+    for name, version in library_versions().items():
+        print(f"- {name}: {version}")
+    print(f"- cuda available: {torch.cuda.is_available()}")
+    if torch.cuda.is_available():
+        print(f"- gpu: {torch.cuda.get_device_name()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="break-a-scene",
+        description="Extract text handles for the concepts of one photo (Break-A-Scene) and generate with them.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_extract_parser(subparsers)
+    add_generate_parser(subparsers)
+    add_env_parser(subparsers)
+    return parser
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _quiet_libraries() -> None:
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components", "Writing model shards"
+    transformers_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    _quiet_libraries()
+    warnings.showwarning = _one_line_warnings
+    # Library deprecation chatter is not the user's business; our own warnings are UserWarnings.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return args.func(args)
+    except BreakASceneError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        hint = ""
+        if args.command == "extract":
+            hint = "; continue with the same command plus --resume (checkpoints need --checkpoint-every N)"
+        print(f"interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

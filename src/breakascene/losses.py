@@ -1,0 +1,56 @@
+"""The two losses of Break-A-Scene (paper Eq. 1 and Eq. 2), as pure functions of tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention import normalize_maps
+
+
+def masked_diffusion_loss(
+    model_pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, normalize_by_area: bool = False
+) -> torch.Tensor:
+    """Eq. 1: ``|| target * M - model_pred * M ||^2`` on the latent grid.
+
+    Args:
+        model_pred: (B, C, h, w) the UNet's prediction (epsilon or v).
+        target: (B, C, h, w) what it should predict (the noise, or the velocity for v-prediction models).
+        mask: (B, 1, h, w) or (B, h, w) union mask at the latent resolution, values in [0, 1].
+        normalize_by_area: False averages the squared error over *all* latent elements, as the research code
+            does (a small concept then gets a small loss); True averages over the masked elements only, so the
+            loss is per-pixel-of-concept whatever the concept's size.
+    Returns:
+        Scalar float32 loss; 0 (not NaN) for an all-zero mask.
+    """
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    mask = mask.to(torch.float32)
+    squared = (model_pred.float() * mask - target.float() * mask) ** 2  # (B, C, h, w)
+    if not normalize_by_area:
+        return squared.mean()
+    covered = mask.expand_as(squared).sum()
+    return squared.sum() / covered.clamp_min(1.0)
+
+
+def cross_attention_loss(attention_maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: mean over handles of ``MSE(normalised CA(v_i), M_i)``.
+
+    Args:
+        attention_maps: (K, h, w) each sampled handle's cross-attention probabilities, averaged over heads and
+            layers (non-negative).
+        masks: (K, h, w) the same handles' masks resized to (h, w), values in [0, 1].
+    Returns:
+        Scalar float32: each map is divided by its maximum (so it spans [0, 1]), compared with its mask by mean
+        squared error, and the K errors are averaged.
+    """
+    if attention_maps.shape != masks.shape:
+        raise ValueError(f"attention maps {tuple(attention_maps.shape)} and masks {tuple(masks.shape)} differ")
+    normalized = normalize_maps(attention_maps.float())
+    per_handle = F.mse_loss(normalized, masks.float(), reduction="none").flatten(1).mean(dim=1)  # (K,)
+    return per_handle.mean()
+
+
+def prior_preservation_loss(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """DreamBooth's unmasked loss on class images (used by ``--prior-preservation``): plain MSE, float32."""
+    return F.mse_loss(model_pred.float(), target.float())

@@ -1,0 +1,609 @@
+"""The Break-A-Scene training recipe: two phases of union-sampled, masked, attention-guided steps.
+
+Read top to bottom: :func:`extract` checks everything, loads the model, caches the scene's latents, runs the
+phases (:class:`Trainer`), and writes the run folder atomically. One training step is
+:meth:`Trainer.loss_step`; the pieces it calls (union sampling, the two losses, attention capture, handles)
+are small modules of their own with their own tests.
+
+    scene + masks --VAE once--> cached latents (and the flipped copy)
+    every step: subset s ~ union sampling -> prompt "a photo of [v_i1] and ... [v_ik]"
+                z_t = noise(z, t);  eps_theta(z_t, t, p_s) with the 16x16 cross-attention recorded
+                loss = ||(eps - eps_theta) * M_s||^2 + 0.01 * mean_i MSE(CA(v_i) / max, M_i)
+    phase 1: only the handle vectors train (lr 5e-4); phase 2: handles + UNet + text encoder (lr 2e-6)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import math
+import platform
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0
+from tqdm.auto import tqdm
+
+from . import masks as mask_ops
+from .attention import AttentionStore, attention_grid, install_capture, mass_inside
+from .checkpoint import (
+    load_checkpoint_tensors,
+    read_checkpoint_state,
+    restore_optimizer,
+    restore_rng,
+    save_checkpoint,
+)
+from .config import ExtractConfig
+from .errors import ConfigError, SceneError
+from .handles import Handle, HandleEmbedding, attach_handles, find_handle_positions, make_handles, merge_handles, save_handles
+from .losses import cross_attention_loss, masked_diffusion_loss, prior_preservation_loss
+from .models import Components, check_model_reference, default_device, load_components
+from .run_folder import CHECKPOINT_DIR, HANDLES_FILE, SCENE_FILE, finalize, prepare_output, write_json
+from .scene import Scene
+from .union_sampling import all_handles, build_prompt, sample_subset
+from .visualize import attention_figure
+
+PAPER_CONCEPT_LIMIT = 4  # the paper reports good results for up to 4 concepts
+DIAGNOSTIC_TIMESTEPS = (250, 500, 750)  # noise levels at which the end-of-phase attention maps are averaged
+LOG_EVERY = 10  # read losses back (a device sync) only every this many steps
+
+
+@dataclass
+class Progress:
+    """What a progress callback receives after every step."""
+
+    phase: str
+    step: int  # steps done in this phase
+    phase_steps: int
+    global_step: int
+    total_steps: int
+    losses: dict[str, float] | None  # every LOG_EVERY steps and at a phase's end, else None
+    elapsed: float  # seconds since training started (this process)
+
+
+@dataclass
+class ExtractResult:
+    """What :func:`extract` returns: where the run is and what it learned."""
+
+    out: Path
+    handles: list[Handle]
+    handle_vectors: torch.Tensor  # (K, dim) float32
+    attention_scores: dict[str, list[list[float]]] = field(default_factory=dict)  # phase -> (K, K) mass_inside
+    losses: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> list[str]:
+        return [h.token for h in self.handles]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def encode_prompt(tokenizer, text_encoder, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> (input_ids (B, T), encoder_hidden_states (B, T, dim)) the way SD 1.x/2.x pipelines do it."""
+    input_ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+    return input_ids, text_encoder(input_ids)[0]
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor, batch_size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) in [0, 1] -> the VAE posterior's (mean, std), each (N, C, H/8, W/8), float32.
+
+    Caching the posterior rather than one sample keeps the research code's per-step sampling of the
+    latent without running the encoder every step. Encodes ``batch_size`` images at a time to bound memory.
+    """
+    means, stds = [], []
+    for chunk in images.split(batch_size):
+        dist = vae.encode(chunk.to(vae.device, vae.dtype) * 2 - 1).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("break-a-scene", "torch", "diffusers", "transformers", "accelerate", "safetensors"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prior preservation (the research code's default, not the paper's)
+
+
+def _class_images(config: ExtractConfig, components: Components, folder: Path, device: torch.device) -> torch.Tensor:
+    """(N, 3, R, R) class images in [0, 1]: from --class-images, or generated once with the base model."""
+    import numpy as np
+    from PIL import Image
+
+    from .scene import IMAGE_SUFFIXES
+
+    if config.class_images is not None:
+        source = Path(config.class_images)
+        if not source.is_dir():
+            raise ConfigError(f"--class-images {source} is not a folder")
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: config.num_class_images or None]
+        if not files:
+            raise ConfigError(f"--class-images {source} holds no images (.jpg, .png, .webp)")
+        if len(files) < config.num_class_images:
+            warnings.warn(f"--class-images has {len(files)} images, fewer than --num-class-images {config.num_class_images}")
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        files = sorted(folder.glob("*.png"))
+        missing = config.num_class_images - len(files)
+        if missing > 0:
+            pipe = StableDiffusionPipeline(
+                **components.__dict__, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            ).to(device)
+            pipe.set_progress_bar_config(disable=True)
+            generator = torch.Generator(device).manual_seed(config.seed)
+            for index in tqdm(range(len(files), config.num_class_images), desc="class images"):
+                image = pipe(
+                    config.class_prompt, height=config.resolution, width=config.resolution, generator=generator
+                ).images[0]
+                image.save(folder / f"{index:04d}.png")
+            files = sorted(folder.glob("*.png"))
+    images = []
+    for path in files:
+        image = Image.open(path).convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((config.resolution,) * 2, Image.BICUBIC)
+        images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(images)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    """Holds the models, the cached scene and the random generators, and runs the phases.
+
+    Construct with ready components (handles not yet attached); :meth:`setup` attaches the handles, installs
+    the attention capture and caches latents; :meth:`run_phase` trains one phase.
+    """
+
+    def __init__(self, scene: Scene, config: ExtractConfig, components: Components, handles: list[Handle], device):
+        self.scene, self.config, self.components, self.handles = scene, config, components, handles
+        self.device = torch.device(device)
+        self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
+        # One generator for host-side choices (subset, flip, class image), one on the device for tensors.
+        self.host_rng = torch.Generator().manual_seed(config.seed)
+        self.device_rng = torch.Generator(self.device).manual_seed(config.seed + 1)
+        self.store = AttentionStore()
+        self.loss_log: list[dict] = []
+        self.train_seconds = 0.0
+        self.attention_scores: dict[str, list[list[float]]] = {}
+
+    # -- setup ------------------------------------------------------------------------------------------
+    def setup(self, class_images: torch.Tensor | None = None) -> None:
+        c, cfg = self.components, self.config
+        for model in (c.vae, c.unet, c.text_encoder):
+            model.requires_grad_(False)
+        self.embedding: HandleEmbedding = attach_handles(c.tokenizer, c.text_encoder, self.handles)
+        self.handle_ids = self.embedding.handle_ids.tolist()
+        install_capture(c.unet, self.store)
+        if cfg.gradient_checkpointing:
+            c.unet.enable_gradient_checkpointing()
+            c.text_encoder.gradient_checkpointing_enable()
+
+        # Scene tensors, and their mirror images for the random flip: index 0 as is, 1 flipped.
+        image = self.scene.image[None]
+        masks = self.scene.masks
+        if cfg.background:
+            masks = mask_ops.with_background(masks)
+        self.pixel_masks = torch.stack([masks, masks.flip(-1)])  # (2, N, R, R)
+
+        c.vae.to(self.device)
+        self.latent_mean, self.latent_std = encode_images(c.vae, torch.cat([image, image.flip(-1)]))  # (2, C, h, w)
+        if class_images is not None:
+            self.class_mean, self.class_std = encode_images(c.vae, class_images)
+        c.vae.to("cpu")  # not needed again until the pipeline is saved
+
+        latent_h, latent_w = self.latent_mean.shape[-2:]
+        self.grid = attention_grid(latent_h, latent_w, cfg.attention_divisor)
+        self.store.query_tokens = self.grid[0] * self.grid[1]
+        n = len(self.handles)
+        self.latent_masks = mask_ops.resize(self.pixel_masks.flatten(0, 1), latent_h, latent_w).view(2, n, latent_h, latent_w).to(self.device)
+        self.grid_masks = mask_ops.resize(self.pixel_masks.flatten(0, 1), *self.grid).view(2, n, *self.grid).to(self.device)
+        self.latent_mean, self.latent_std = self.latent_mean.to(self.device), self.latent_std.to(self.device)
+        c.unet.to(self.device)
+        c.text_encoder.to(self.device)
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def _latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """A scaled latent sample from the cached VAE posterior (mean, std): (B, C, h, w)."""
+        sample = mean + std * torch.randn(mean.shape, generator=generator, device=self.device)
+        scaling = self.components.vae.config.scaling_factor
+        shift = getattr(self.components.vae.config, "shift_factor", None) or 0.0
+        return (sample - shift) * scaling
+
+    def loss_step(self) -> dict[str, torch.Tensor]:
+        """Samples a union, noises the scene, runs the UNet once and returns the loss terms (tensors)."""
+        c, cfg = self.components, self.config
+        n = len(self.handles)
+        subset = sample_subset(n, self.host_rng) if cfg.union_sampling else all_handles(n)
+        flip = int(torch.rand(1, generator=self.host_rng) < cfg.flip_probability)
+        prompts = [build_prompt([self.handles[i].token for i in subset])]
+
+        latents = self._latents(self.latent_mean[flip : flip + 1], self.latent_std[flip : flip + 1], self.device_rng)  # (1, C, h, w)
+        if cfg.prior_preservation:
+            pick = int(torch.randint(len(self.class_mean), (1,), generator=self.host_rng))
+            latents = torch.cat([latents, self._latents(self.class_mean[pick : pick + 1], self.class_std[pick : pick + 1], self.device_rng)])
+            prompts.append(cfg.class_prompt)
+        batch = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=self.device_rng, device=self.device)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=self.device_rng, device=self.device
+        )
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+
+        self.store.reset()
+        self.store.recording = cfg.attention_loss
+        with _autocast(self.device, cfg.mixed_precision):
+            input_ids, encoder_hidden_states = encode_prompt(c.tokenizer, c.text_encoder, prompts, self.device)
+            model_pred = c.unet(noisy_latents, timesteps, encoder_hidden_states).sample  # (B, C, h, w)
+
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.masked_loss:
+            union_mask = self.latent_masks[flip, subset].amax(dim=0)[None]  # (1, h, w)
+            terms["masked"] = masked_diffusion_loss(model_pred[:1], target[:1], union_mask, cfg.normalize_by_mask_area)
+        else:  # ablation: the plain, unmasked diffusion loss
+            terms["masked"] = prior_preservation_loss(model_pred[:1], target[:1])
+        if cfg.attention_loss:
+            maps = self.store.mean_map(*self.grid)[0]  # (gh, gw, T) for the instance prompt
+            positions = find_handle_positions(input_ids[0], [self.handle_ids[i] for i in subset])
+            handle_maps = maps[..., positions].permute(2, 0, 1)  # (k, gh, gw)
+            terms["attention"] = cross_attention_loss(handle_maps, self.grid_masks[flip, subset])
+        if cfg.prior_preservation:
+            terms["prior"] = prior_preservation_loss(model_pred[1:], target[1:])
+        total = terms["masked"]
+        if "attention" in terms:
+            total = total + cfg.lambda_attn * terms["attention"]
+        if "prior" in terms:
+            total = total + cfg.prior_loss_weight * terms["prior"]
+        terms["total"] = total
+        return terms
+
+    # -- a phase ----------------------------------------------------------------------------------------
+    def trainable_parameters(self, trains_model: bool) -> dict[str, torch.nn.Parameter]:
+        """Phase 1: the handle vectors only. Phase 2: plus the UNet and the text encoder's layers."""
+        params = {"handles": self.embedding.handle_vectors}
+        self.embedding.handle_vectors.requires_grad_(True)
+        c = self.components
+        if trains_model:
+            c.unet.requires_grad_(True)
+            for name, p in c.unet.named_parameters():
+                params[f"unet.{name}"] = p
+            if self.config.train_text_encoder:
+                for name, p in c.text_encoder.named_parameters():
+                    if "token_embedding." in name:
+                        continue  # ordinary words keep their meaning; the handle rows are "handles" above
+                    p.requires_grad_(True)
+                    params[f"text_encoder.{name}"] = p
+        return params
+
+    def make_optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        cfg = self.config
+        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+
+    def run_phase(
+        self,
+        index: int,
+        name: str,
+        steps: int,
+        lr: float,
+        trains_model: bool,
+        *,
+        start_step: int,
+        global_offset: int,
+        checkpoint_folder: Path,
+        optimizer_state: Path | None,
+        callback: Callable[[Progress], None] | None,
+        bar: tqdm | None,
+        started: float,
+    ) -> None:
+        cfg = self.config
+        params = self.trainable_parameters(trains_model)
+        optimizer = self.make_optimizer(list(params.values()), lr)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
+        if optimizer_state is not None:
+            restore_optimizer(optimizer_state, optimizer)
+        self.components.unet.train(trains_model)
+        self.components.text_encoder.train(trains_model)
+
+        for step in range(start_step, steps):
+            terms = self.loss_step()
+            scaler.scale(terms["total"]).backward()
+            if cfg.max_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+            done = step + 1
+            losses = None
+            if done % LOG_EVERY == 0 or done == steps:
+                losses = {k: float(v.detach()) for k, v in terms.items()}
+                self.loss_log.append({"phase": name, "step": done, **losses})
+            if bar is not None:
+                bar.update(1)
+                if losses is not None:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
+                self.save_checkpoint(checkpoint_folder, index, done, params, optimizer)
+            if callback is not None:
+                callback(Progress(name, done, steps, global_offset + done, cfg.total_steps, losses, time.time() - started))
+        # A checkpoint at each phase boundary lets --resume skip a finished phase even without --checkpoint-every.
+        if cfg.checkpoint_every:
+            self.save_checkpoint(checkpoint_folder, index, steps, params, optimizer)
+        for p in params.values():
+            p.requires_grad_(False)
+
+    def save_checkpoint(self, folder: Path, phase_index: int, step: int, params: dict, optimizer) -> None:
+        save_checkpoint(
+            folder,
+            trainable={k: p for k, p in params.items()},
+            optimizer=optimizer,
+            generators={"host": self.host_rng, "device": self.device_rng},
+            state={
+                "phase_index": phase_index,
+                "step": step,
+                "fingerprint": self.config.training_fingerprint(),
+                "loss_log": self.loss_log,
+                "attention_scores": self.attention_scores,
+            },
+        )
+
+    def load_trained_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Puts a checkpoint's trained tensors back in place (handles; UNet and text encoder if present)."""
+        with torch.no_grad():
+            self.embedding.handle_vectors.copy_(tensors["handles"])
+            unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
+            text = {k[len("text_encoder."):]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
+        if unet:
+            self.components.unet.load_state_dict(unet, strict=True)
+        if text:
+            self.components.text_encoder.load_state_dict(text, strict=False)
+
+    # -- diagnostics ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def attention_snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each handle's map on the (unflipped) scene with all handles in the prompt, averaged over a few
+        noise levels, with its own fixed noise so the training's random stream is untouched.
+
+        Returns:
+            maps: (N, gh, gw) float, non-negative; scores: (N, N) ``mass_inside`` against the pixel masks.
+        """
+        c = self.components
+        rng = torch.Generator(self.device).manual_seed(self.config.seed + 12345)
+        prompt = build_prompt([h.token for h in self.handles])
+        self.store.recording = True
+        maps = []
+        for t in DIAGNOSTIC_TIMESTEPS:
+            latents = self._latents(self.latent_mean[:1], self.latent_std[:1], rng)
+            noise = torch.randn(latents.shape, generator=rng, device=self.device)
+            timesteps = torch.tensor([t], device=self.device)
+            self.store.reset()
+            with _autocast(self.device, self.config.mixed_precision):
+                input_ids, hidden = encode_prompt(c.tokenizer, c.text_encoder, [prompt], self.device)
+                c.unet(self.noise_scheduler.add_noise(latents, noise, timesteps), timesteps, hidden)
+            positions = find_handle_positions(input_ids[0], self.handle_ids)
+            maps.append(self.store.mean_map(*self.grid)[0][..., positions].permute(2, 0, 1).float())
+        self.store.reset()
+        maps = torch.stack(maps).mean(dim=0).cpu()
+        return maps, mass_inside(maps, self.pixel_masks[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def extract(
+    scene: Scene,
+    config: ExtractConfig | None = None,
+    out: str | Path = "runs/scene",
+    *,
+    components: Components | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    callback: Callable[[Progress], None] | None = None,
+    progress: bool = True,
+) -> ExtractResult:
+    """Learns one handle per masked concept (and ``<bg>``) and writes a run folder at ``out``.
+
+    Args:
+        scene: the photo and masks (:func:`breakascene.load_scene`), already at ``config.resolution``.
+        config: the method's settings; ``ExtractConfig()`` is the paper's.
+        out: the run folder to write. It appears only when the run has finished (see ``run_folder``).
+        components: a ready base model (e.g. for tests or notebooks that keep one in memory); by default
+            ``config.model`` is loaded. It is modified in place (handles added, weights trained).
+        overwrite: replace an existing ``out`` (and a stale ``out.partial``).
+        resume: continue the interrupted run in ``out.partial`` from its last checkpoint.
+        callback: called with a :class:`Progress` after every step (raise inside it to stop the run).
+        progress: show a tqdm progress bar.
+
+    Raises:
+        ConfigError, SceneError, RunError: bad input, before any weights are loaded where possible.
+    """
+    config = config or ExtractConfig()
+    config.validate()
+    out = Path(out)
+    handles = make_handles(scene.num_concepts, config.names, config.init_words, config.background)
+    if scene.resolution != config.resolution:
+        raise SceneError(f"the scene is {scene.resolution} px but the config says --resolution {config.resolution}")
+    if config.background and scene.background_mask().sum() == 0:
+        raise SceneError("the masks together cover the whole image, leaving nothing for <bg>; pass --no-background")
+    if scene.num_concepts > PAPER_CONCEPT_LIMIT:
+        warnings.warn(
+            f"{scene.num_concepts} concepts: the paper reports good results for up to {PAPER_CONCEPT_LIMIT}; "
+            "expect weaker disentanglement"
+        )
+    if components is None:
+        check_model_reference(config.model)
+    device = _resolve_device(config)
+    partial = prepare_output(out, overwrite=overwrite, resume=resume)
+    try:
+        trainer = _train(scene, config, partial, handles, device, components, resume, callback, progress)
+        vectors = _write_run(partial, scene, config, trainer)
+    except BaseException:
+        # A run that got as far as a checkpoint stays resumable; anything less leaves nothing behind.
+        if not (partial / CHECKPOINT_DIR / "state.json").is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finalize(partial, out)
+    return ExtractResult(out, handles, vectors, trainer.attention_scores, trainer.loss_log)
+
+
+def _resolve_device(config: ExtractConfig) -> torch.device:
+    try:
+        device = torch.device(config.device) if config.device else default_device()
+    except RuntimeError as error:
+        raise ConfigError(f"--device {config.device!r} is not a device; use cuda, cuda:1, mps or cpu") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {config.device} asked for, but PyTorch sees no CUDA GPU here")
+    if config.mixed_precision == "fp16" and device.type == "cpu":
+        raise ConfigError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+    return device
+
+
+def _train(scene, config, partial, handles, device, components, resume, callback, progress) -> Trainer:
+    """Loads the model, restores a checkpoint if resuming, and runs the phases inside ``partial``."""
+    checkpoint_folder = partial / CHECKPOINT_DIR
+    state = read_checkpoint_state(checkpoint_folder) if resume else None
+    if state is not None and state["fingerprint"] != config.training_fingerprint():
+        changed = sorted(k for k, v in config.training_fingerprint().items() if state["fingerprint"].get(k) != v)
+        raise ConfigError(f"--resume with different settings ({', '.join(changed)}); use the interrupted run's options")
+
+    components = components or load_components(config.model)
+    if components.native_resolution != config.resolution:
+        warnings.warn(
+            f"the model's native resolution is {components.native_resolution} px but --resolution is "
+            f"{config.resolution}; results are usually best at the native size"
+        )
+    class_images = None
+    if config.prior_preservation:
+        class_images = _class_images(config, components, partial / "class_images", device)
+    trainer = Trainer(scene, config, components, handles, device)
+    trainer.setup(class_images)
+
+    # Resume: put the checkpoint's weights and random states back, and start where it stopped.
+    start_phase, start_step = 0, 0
+    if state is not None:
+        trainer.load_trained_weights(load_checkpoint_tensors(checkpoint_folder))
+        trainer.loss_log = state["loss_log"]
+        trainer.attention_scores = state["attention_scores"]
+        restore_rng(checkpoint_folder, {"host": trainer.host_rng, "device": trainer.device_rng})
+        start_phase, start_step = state["phase_index"], state["step"]
+
+    phases = config.phases
+    started = time.time()
+    with tqdm(total=config.total_steps, disable=not progress, desc="extract", unit="step") as bar:
+        bar.update(sum(steps for _, steps, _, _ in phases[:start_phase]) + start_step)
+        for index, (name, steps, lr, trains_model) in enumerate(phases):
+            if index < start_phase:
+                continue
+            first_step = start_step if index == start_phase else 0
+            if first_step < steps:
+                bar.set_description(name)
+                trainer.run_phase(
+                    index, name, steps, lr, trains_model,
+                    start_step=first_step,
+                    global_offset=sum(s for _, s, _, _ in phases[:index]),
+                    checkpoint_folder=checkpoint_folder,
+                    optimizer_state=checkpoint_folder if first_step > 0 else None,
+                    callback=callback, bar=bar, started=started,
+                )
+            maps, scores = trainer.attention_snapshot()
+            trainer.attention_scores[name] = scores.tolist()
+            _save_attention_figure(partial / "attention" / f"{name}.png", scene, config, handles, maps, scores)
+    trainer.train_seconds = time.time() - started
+    return trainer
+
+
+def _save_attention_figure(path: Path, scene: Scene, config: ExtractConfig, handles, maps, scores) -> None:
+    masks = mask_ops.with_background(scene.masks) if config.background else scene.masks
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = [h.token for h in handles]
+    attention_figure(scene.image, maps, masks, labels, scores.diagonal().tolist()).save(path)
+
+
+def _write_run(partial: Path, scene: Scene, config: ExtractConfig, trainer: Trainer) -> torch.Tensor:
+    """Writes the pipeline folder, handles.safetensors and scene.json into ``partial``."""
+    c = trainer.components
+    vectors = merge_handles(c.text_encoder)
+    for model in (c.unet, c.text_encoder, c.vae):
+        model.to("cpu")
+    c.unet.set_attn_processor(AttnProcessor2_0())  # drop the capture hooks: the saved UNet is stock
+    pipe = StableDiffusionPipeline(
+        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, scheduler=c.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(partial, safe_serialization=True)
+    save_handles(partial / HANDLES_FILE, trainer.handles, vectors)
+    # The scene as used: the resized/cropped photo and one mask per handle (<bg> included), named after it.
+    (partial / "scene").mkdir(exist_ok=True)
+    _to_image(scene.image).save(partial / "scene" / "image.png")
+    for handle, mask in zip(trainer.handles, trainer.pixel_masks[0]):
+        _to_image(mask).save(partial / "scene" / f"{handle.name}.png")
+    write_json(
+        partial / SCENE_FILE,
+        {
+            "format": "break-a-scene run",
+            "format_version": 1,
+            "base_model": config.model,
+            "resolution": config.resolution,
+            "prediction_type": c.prediction_type,
+            "handles": [
+                {"name": h.name, "token": h.token, "init_word": h.init_word, "background": h.is_background}
+                for h in trainer.handles
+            ],
+            "masks": list(scene.mask_names),
+            "seed": config.seed,
+            "steps": {name: steps for name, steps, _, _ in config.phases},
+            "total_steps": config.total_steps,
+            "train_seconds_this_process": round(trainer.train_seconds, 1),
+            "attention_mass_inside_own_mask": {
+                phase: [row[i] for i, row in enumerate(matrix)] for phase, matrix in trainer.attention_scores.items()
+            },
+            "attention_mass_matrix": trainer.attention_scores,
+            "losses": trainer.loss_log,
+            "config": config.to_dict(),
+            "versions": library_versions(),
+        },
+    )
+    return vectors
+
+
+def _to_image(tensor: torch.Tensor):
+    """(H, W) mask or (3, H, W) image, floats in [0, 1] -> 8-bit PIL image."""
+    from PIL import Image
+
+    array = (tensor.detach().cpu().clamp(0, 1) * 255).round().byte()
+    return Image.fromarray((array.permute(1, 2, 0) if array.ndim == 3 else array).numpy())

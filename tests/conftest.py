@@ -1,0 +1,37 @@
+"""Shared fixtures: seeded tiny SD2-shaped models and the synthetic shapes scene, all built in code (offline)."""
+
+import os
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the Hub fails instead of hanging
+
+import pytest
+import torch
+
+from breakascene.examples import make_shapes_scene
+from breakascene.models import Components
+from breakascene.scene import load_scene
+from breakascene.tiny import build_tiny_components
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny(resolution: int = 256, prediction_type: str = "epsilon") -> Components:
+    """A fresh tiny model whose native size is ``resolution`` px."""
+    return Components(**build_tiny_components(prediction_type=prediction_type, sample_size=resolution // 8))
+
+
+def shapes_scene(resolution: int = 256):
+    image, masks, _ = make_shapes_scene(512)
+    return load_scene(image, masks, resolution)
+
+
+@pytest.fixture
+def scene256():
+    return shapes_scene(256)

@@ -1,0 +1,215 @@
+"""The training recipe end to end on the tiny model: what trains, what is written, resume, ablations."""
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from breakascene.config import ExtractConfig
+from breakascene.errors import RunError
+from breakascene.recipe import Trainer, extract
+from breakascene.handles import make_handles
+from breakascene.run_folder import partial_path
+
+from conftest import shapes_scene, tiny
+
+
+def config(**overrides) -> ExtractConfig:
+    values = dict(model="builtin:tiny", resolution=256, phase1_steps=2, phase2_steps=2)
+    values.update(overrides)
+    return ExtractConfig(**values)
+
+
+def test_phase1_changes_only_the_handle_rows(tmp_path, scene256):
+    base = tiny()
+    table_before = base.text_encoder.get_input_embeddings().weight.detach().clone()
+    result = extract(scene256, config(phase1_steps=3, phase2_steps=0, phase1_lr=1e-2), tmp_path / "run",
+                     components=base, progress=False)
+    fresh = tiny()
+    trained = StableDiffusionPipeline.from_pretrained(tmp_path / "run")
+    table = trained.text_encoder.get_input_embeddings().weight.detach()
+    vocab = table_before.shape[0]
+    assert torch.equal(table[:vocab], table_before)  # every pre-existing row, bit for bit
+    ids = trained.tokenizer.convert_tokens_to_ids(result.tokens)
+    assert ids == list(range(vocab, vocab + 3))
+    assert torch.equal(table[ids], result.handle_vectors)
+    for name, p in fresh.unet.state_dict().items():
+        assert torch.equal(p, trained.unet.state_dict()[name]), name
+    for name, p in fresh.text_encoder.state_dict().items():
+        if "token_embedding" not in name:
+            assert torch.equal(p, trained.text_encoder.state_dict()[name]), name
+    # The handles did move away from their initial words.
+    init = fresh.text_encoder.get_input_embeddings().weight[fresh.tokenizer("object", add_special_tokens=False).input_ids[0]]
+    assert not torch.allclose(result.handle_vectors[0], init)
+
+
+def test_phase2_trains_unet_and_text_encoder_but_not_other_words(tmp_path, scene256):
+    extract(scene256, config(phase1_steps=1, phase2_steps=2, phase2_lr=1e-3), tmp_path / "run", components=tiny(), progress=False)
+    fresh, trained = tiny(), StableDiffusionPipeline.from_pretrained(tmp_path / "run")
+    unet_changed = [n for n, p in fresh.unet.state_dict().items() if not torch.equal(p, trained.unet.state_dict()[n])]
+    assert len(unet_changed) > 0.9 * len(fresh.unet.state_dict())
+    text_state = trained.text_encoder.state_dict()
+    text_changed = [n for n, p in fresh.text_encoder.state_dict().items()
+                    if "token_embedding" not in n and not torch.equal(p, text_state[n])]
+    assert any("encoder.layers" in n for n in text_changed)
+    vocab = fresh.text_encoder.get_input_embeddings().weight.shape[0]
+    assert torch.equal(trained.text_encoder.get_input_embeddings().weight[:vocab],
+                       fresh.text_encoder.get_input_embeddings().weight)
+
+
+def test_run_folder_loads_in_stock_diffusers_and_is_complete(tmp_path, scene256):
+    out = tmp_path / "run"
+    result = extract(scene256, config(), out, components=tiny(), progress=False)
+    assert not partial_path(out).exists()
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"model_index.json", "handles.safetensors", "scene.json", "attention/phase1.png", "attention/phase2.png",
+            "scene/image.png", "scene/asset0.png", "scene/asset1.png", "scene/bg.png"} <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl", ".ckpt")) for f in files)  # safetensors only
+    assert any(f.startswith("unet/") and f.endswith(".safetensors") for f in files)
+
+    info = json.loads((out / "scene.json").read_text())
+    assert info["base_model"] == "builtin:tiny" and info["resolution"] == 256 and info["seed"] == 0
+    assert [h["token"] for h in info["handles"]] == ["<asset0>", "<asset1>", "<bg>"]
+    assert info["steps"] == {"phase1": 2, "phase2": 2} and info["config"]["lambda_attn"] == 0.01
+    assert {"torch", "diffusers", "transformers"} <= set(info["versions"])
+
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    ids = pipe.tokenizer("a photo of <asset0> and <bg>").input_ids
+    assert pipe.tokenizer.convert_tokens_to_ids("<asset0>") in ids and pipe.tokenizer.convert_tokens_to_ids("<bg>") in ids
+    handles = load_file(out / "handles.safetensors")["embeddings"]
+    rows = pipe.tokenizer.convert_tokens_to_ids(result.tokens)
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[rows].detach(), handles)
+    image = pipe("a photo of <asset0> at <bg>", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (256, 256, 3)
+
+
+def test_background_mask_is_the_complement_of_the_union(tmp_path, scene256):
+    trainer = Trainer(scene256, config(), tiny(), make_handles(2), "cpu")
+    trainer.setup()
+    masks = trainer.pixel_masks[0]  # (3, R, R): asset0, asset1, bg
+    assert torch.equal(masks[2], 1 - torch.maximum(masks[0], masks[1]))
+    assert torch.equal(trainer.pixel_masks[1], masks.flip(-1))  # the flipped copy for the random flip
+
+
+def _weights(folder):
+    tensors = {}
+    for path in sorted(folder.rglob("*.safetensors")):
+        for key, value in load_file(path).items():
+            tensors[f"{path.relative_to(folder)}:{key}"] = value
+    return tensors
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_at", [2, 5])  # in phase 1 after its checkpoint; mid phase 2 after one
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, scene256, kill_at):
+    cfg = config(phase1_steps=3, phase2_steps=4, phase2_lr=1e-4, checkpoint_every=2)
+    extract(scene256, cfg, tmp_path / "straight", components=tiny(), progress=False)
+
+    def kill(progress):
+        if progress.global_step == kill_at:
+            raise _Kill
+
+    out = tmp_path / "killed"
+    with pytest.raises(_Kill):
+        extract(scene256, cfg, out, components=tiny(), progress=False, callback=kill)
+    assert not out.exists() and partial_path(out).exists()
+    with pytest.raises(RunError, match="--resume"):
+        extract(scene256, cfg, out, components=tiny(), progress=False)
+    steps_seen = []
+    extract(scene256, cfg, out, components=tiny(), progress=False, resume=True,
+            callback=lambda p: steps_seen.append(p.global_step))
+    assert steps_seen[0] == (2 if kill_at == 2 else 5) + 1  # continued after the last checkpoint
+    straight, resumed = _weights(tmp_path / "straight"), _weights(out)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_resume_refuses_changed_settings(tmp_path, scene256):
+    def kill(progress):
+        if progress.global_step == 3:
+            raise _Kill
+
+    out = tmp_path / "run"
+    with pytest.raises(_Kill):
+        extract(scene256, config(checkpoint_every=1), out, components=tiny(), progress=False, callback=kill)
+    with pytest.raises(Exception, match="phase2_lr"):
+        extract(scene256, config(checkpoint_every=1, phase2_lr=1e-3), out, components=tiny(), progress=False, resume=True)
+
+
+def test_v_prediction_model_trains_on_velocity(tmp_path, scene256):
+    components = tiny(prediction_type="v_prediction")
+    trainer = Trainer(scene256, config(), components, make_handles(2), "cpu")
+    trainer.setup()
+    seen = {}
+    original = trainer.noise_scheduler.get_velocity
+    trainer.noise_scheduler.get_velocity = lambda *a: seen.setdefault("v", original(*a))
+    trainer.trainable_parameters(False)
+    trainer.loss_step()["total"].backward()
+    assert "v" in seen
+    result = extract(scene256, config(), tmp_path / "run", components=tiny(prediction_type="v_prediction"), progress=False)
+    assert json.loads((result.out / "scene.json").read_text())["prediction_type"] == "v_prediction"
+
+
+def _prompts_seen(monkeypatch, cfg, scene, steps=60):
+    import breakascene.recipe as recipe
+
+    prompts = []
+    original = recipe.build_prompt
+    monkeypatch.setattr(recipe, "build_prompt", lambda tokens: prompts.append(tokens) or original(tokens))
+    trainer = Trainer(scene, cfg, tiny(), make_handles(2), "cpu")
+    trainer.setup()
+    trainer.trainable_parameters(False)
+    terms = [trainer.loss_step() for _ in range(steps)]
+    return prompts, terms, trainer
+
+
+def test_union_sampling_in_training_and_its_ablation(monkeypatch, scene256):
+    prompts, _, _ = _prompts_seen(monkeypatch, config(), scene256, steps=40)
+    assert len({len(p) for p in prompts}) == 3 and len({tuple(p) for p in prompts}) > 6
+    prompts, _, _ = _prompts_seen(monkeypatch, config(union_sampling=False), scene256, steps=5)
+    assert all(p == ["<asset0>", "<asset1>", "<bg>"] for p in prompts)
+
+
+def test_attention_and_masked_loss_ablations(monkeypatch, scene256):
+    _, terms, trainer = _prompts_seen(monkeypatch, config(attention_loss=False), scene256, steps=2)
+    assert all("attention" not in t for t in terms) and trainer.store.maps == []
+    _, terms, _ = _prompts_seen(monkeypatch, config(), scene256, steps=2)
+    assert all(t["attention"] > 0 for t in terms)
+    assert all(torch.allclose(t["total"], t["masked"] + 0.01 * t["attention"]) for t in terms)
+
+
+def test_no_phase1_ablation_skips_it(tmp_path, scene256):
+    result = extract(scene256, config(phase1=False), tmp_path / "run", components=tiny(), progress=False)
+    info = json.loads((result.out / "scene.json").read_text())
+    assert info["steps"] == {"phase2": 2} and set(result.attention_scores) == {"phase2"}
+
+
+def test_prior_preservation_with_given_and_generated_class_images(tmp_path, scene256):
+    from PIL import Image
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (300, 200), (40 * i, 90, 200)).save(folder / f"{i}.png")
+    cfg = config(prior_preservation=True, class_images=str(folder), num_class_images=2)
+    result = extract(scene256, cfg, tmp_path / "given", components=tiny(), progress=False)
+    assert all("prior" in entry for entry in result.losses)
+
+    cfg = config(preset="official", prior_preservation=True, num_class_images=1, optimizer="adamw", max_grad_norm=1.0)
+    result = extract(scene256, cfg, tmp_path / "generated", components=tiny(), progress=False)
+    assert len(list((tmp_path / "generated" / "class_images").glob("*.png"))) == 1  # generated once, kept
+    assert all("prior" in entry for entry in result.losses)
+
+
+def test_progress_callback_reports_every_step(tmp_path, scene256):
+    seen = []
+    extract(scene256, config(), tmp_path / "run", components=tiny(), progress=False, callback=seen.append)
+    assert [p.global_step for p in seen] == [1, 2, 3, 4]
+    assert [p.phase for p in seen] == ["phase1", "phase1", "phase2", "phase2"]
+    assert seen[-1].losses is not None and seen[-1].total_steps == 4
