@@ -12,6 +12,9 @@ one costs), fp32, on the CPU. Two configurations are compared in one invocation:
   (diffusers ``AttnProcessor`` style, ``attn.get_attention_scores``) and keeps every map with <= 32*32
   queries, with gradients, in a list (their ``AttentionStore``); the VAE stays on the device and encodes
   the image every step. The losses are the same (the library's loss_step runs unchanged on top).
+* ``research-defaults``: ``explicit-everywhere`` plus the rest of the research code's *default* run: prior
+  preservation (a class image batched with the scene, so batch 2, and encoded by the VAE every step too)
+  and AdamW -- ``--preset official``. This is what its users pay per step.
 
 Every (configuration, phase) runs in its own subprocess (``--worker``) so that the peak RSS
 (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that configuration alone; they run one at a time. The
@@ -38,7 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-CONFIGS = ("ours", "explicit-everywhere")
+CONFIGS = ("ours", "explicit-everywhere", "research-defaults")
+BASELINES = CONFIGS[1:]
 RESEARCH_STORE_MAX_QUERIES = 32 * 32  # the research code's AttentionStore keeps maps with <= 32*32 queries
 GIB = 1024**3
 
@@ -83,57 +87,9 @@ def _cpu_model() -> str:
 
 def build_full_size_components():
     """SD 2.1-base's architecture with random weights, fp32, on the CPU (nothing is downloaded)."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from breakascene.tiny import SD21_BASE_SHAPE, build_random_components
 
-    from breakascene.tiny import build_tiny_components, build_tiny_tokenizer
-
-    # The tiny tokenizer's ids all fit in CLIP's 49408-row table; the sequence is padded to 77 tokens
-    # either way, so the text encoder costs the same as with the real tokenizer.
-    tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=23,
-            num_attention_heads=16,
-            max_position_embeddings=77,
-            hidden_act="gelu",
-            projection_dim=512,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    torch.manual_seed(1)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        attention_head_dim=(5, 10, 20, 20),
-        cross_attention_dim=1024,
-        use_linear_projection=True,
-    )
-    torch.manual_seed(2)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    scheduler = build_tiny_components()["scheduler"]  # SD 2.1's DDIM settings
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}
+    return build_random_components(SD21_BASE_SHAPE)
 
 
 def make_explicit_trainer_class():
@@ -210,6 +166,8 @@ def make_explicit_trainer_class():
             mean, std = encode_images(self.components.vae, self.scene.image[None])
             self.latent_mean = torch.cat([mean, mean.flip(-1)]).to(self.device)
             self.latent_std = torch.cat([std, std.flip(-1)]).to(self.device)
+            if self.config.prior_preservation:  # the class image goes through the VAE every step as well
+                self.class_mean, self.class_std = encode_images(self.components.vae, self.class_pixels)
             self.research_maps = []  # their store is reset between steps; kept maps live through backward
             self.research_recording = True  # off again before backward, so checkpoint recomputation adds none
             try:
@@ -243,18 +201,21 @@ def run_worker(args) -> dict:
     built = time.perf_counter()
 
     trains_model = args.phase == 2
-    config = ExtractConfig(
+    config = ExtractConfig.from_preset(
+        "official" if args.config == "research-defaults" else "paper",
         model="builtin:tiny",  # not loaded: the components are passed in
         resolution=args.resolution,
         names=names,
         device="cpu",
         gradient_checkpointing=args.checkpointing,
     )
-    config.validate()
     handles = make_handles(scene.num_concepts, config.names, config.init_words, config.background)
     trainer_class = Trainer if args.config == "ours" else make_explicit_trainer_class()
     trainer = trainer_class(scene, config, components, handles, "cpu")
-    trainer.setup()
+    # One class image is enough to cost what their 100 do per step (one is drawn each step).
+    class_pixels = torch.rand(1, 3, args.resolution, args.resolution) if config.prior_preservation else None
+    trainer.class_pixels = class_pixels
+    trainer.setup(class_pixels)
     rss_after_setup = _rss_kib()
 
     name, _, lr, _ = config.phases[0 if args.phase == 1 else 1]
@@ -389,7 +350,8 @@ def machine_info() -> dict:
 def format_table(report: dict) -> str:
     configs = report["configs"]
     lines = [
-        f"{'phase':<7} {'metric':<15} " + " ".join(f"{c:>22}" for c in configs) + f" {'ours/explicit':>14}",
+        f"{'phase':<7} {'metric':<15} " + " ".join(f"{c:>22}" for c in configs)
+        + "".join(f" {'ours/' + b:>24}" for b in BASELINES if b in configs),
     ]
     for phase in report["phases"]:
         key = f"phase{phase}"
@@ -404,8 +366,12 @@ def format_table(report: dict) -> str:
             for c in configs:
                 r = row[c]
                 cells.append(f"{r[field]:.2f} {unit}" if r["ok"] and field in r else ("did not fit" if not r["ok"] else "-"))
-            value = ratio.get(field)
-            lines.append(f"{key:<7} {metric:<15} " + " ".join(f"{x:>22}" for x in cells) + f" {(f'{value:.2f}' if value is not None else '-'):>14}")
+            ratio_cells = []
+            for b in BASELINES:
+                if b in configs:
+                    value = ratio.get(b, {}).get(field)
+                    ratio_cells.append(f" {(f'{value:.2f}' if value is not None else '-'):>24}")
+            lines.append(f"{key:<7} {metric:<15} " + " ".join(f"{x:>22}" for x in cells) + "".join(ratio_cells))
         notes = [f"{c}: {row[c]['error']}" for c in configs if not row[c]["ok"]]
         checkpointing = {row[c]["gradient_checkpointing"] for c in configs}
         if True in checkpointing:
@@ -450,13 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     for phase in args.phases:
         for config in args.configs:  # one at a time: never two big workers at once
             results[config][f"phase{phase}"] = run_one(args, config, phase)
+    # ratios[phase][baseline][metric] = ours / baseline
     ratios: dict[str, dict] = {}
-    if "ours" in results and "explicit-everywhere" in results:
-        for phase in args.phases:
-            key = f"phase{phase}"
-            a, b = results["ours"][key], results["explicit-everywhere"][key]
-            if a["ok"] and b["ok"]:
-                ratios[key] = {f: a[f] / b[f] for f in ("median_s_per_step", "median_cpu_s_per_step", "peak_rss_gb") if f in a and f in b}
+    for phase in args.phases:
+        key = f"phase{phase}"
+        for baseline in BASELINES:
+            if "ours" in results and baseline in results:
+                a, b = results["ours"][key], results[baseline][key]
+                if a["ok"] and b["ok"]:
+                    ratios.setdefault(key, {})[baseline] = {
+                        f: a[f] / b[f] for f in ("median_s_per_step", "median_cpu_s_per_step", "peak_rss_gb") if f in a and f in b
+                    }
     report = {
         "machine": machine_info(),
         "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),

@@ -51,6 +51,7 @@ def cross_attention_loss(attention_maps: torch.Tensor, masks: torch.Tensor) -> t
     return per_handle.mean()
 
 
-def prior_preservation_loss(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """DreamBooth's unmasked loss on class images (used by ``--prior-preservation``): plain MSE, float32."""
+def diffusion_loss(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The plain, unmasked diffusion loss (MSE, float32): DreamBooth's prior-preservation term on class images,
+    and the ``--no-masked-loss`` ablation."""
     return F.mse_loss(model_pred.float(), target.float())

@@ -42,7 +42,7 @@ from .checkpoint import (
 from .config import ExtractConfig
 from .errors import ConfigError, SceneError
 from .handles import Handle, HandleEmbedding, attach_handles, find_handle_positions, make_handles, merge_handles, save_handles
-from .losses import cross_attention_loss, masked_diffusion_loss, prior_preservation_loss
+from .losses import cross_attention_loss, diffusion_loss, masked_diffusion_loss
 from .models import Components, check_model_reference, default_device, load_components
 from .run_folder import CHECKPOINT_DIR, HANDLES_FILE, SCENE_FILE, finalize, prepare_output, write_json
 from .scene import Scene
@@ -205,7 +205,9 @@ class Trainer:
         install_capture(c.unet, self.store)
         if cfg.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
-            c.text_encoder.gradient_checkpointing_enable()
+            # transformers 5 renamed it; 4.x only has the old name.
+            enable = getattr(c.text_encoder, "activation_checkpointing_enable", None) or c.text_encoder.gradient_checkpointing_enable
+            enable()
 
         # Scene tensors, and their mirror images for the random flip: index 0 as is, 1 flipped.
         image = self.scene.image[None]
@@ -271,17 +273,17 @@ class Trainer:
         terms: dict[str, torch.Tensor] = {}
         if cfg.masked_loss:
             union_mask = self.latent_masks[flip, subset].amax(dim=0)[None]  # (1, h, w)
-            terms["masked"] = masked_diffusion_loss(model_pred[:1], target[:1], union_mask, cfg.normalize_by_mask_area)
+            terms["rec"] = masked_diffusion_loss(model_pred[:1], target[:1], union_mask, cfg.normalize_by_mask_area)
         else:  # ablation: the plain, unmasked diffusion loss
-            terms["masked"] = prior_preservation_loss(model_pred[:1], target[:1])
+            terms["rec"] = diffusion_loss(model_pred[:1], target[:1])
         if cfg.attention_loss:
             maps = self.store.mean_map(*self.grid)[0]  # (gh, gw, T) for the instance prompt
             positions = find_handle_positions(input_ids[0], [self.handle_ids[i] for i in subset])
             handle_maps = maps[..., positions].permute(2, 0, 1)  # (k, gh, gw)
             terms["attention"] = cross_attention_loss(handle_maps, self.grid_masks[flip, subset])
         if cfg.prior_preservation:
-            terms["prior"] = prior_preservation_loss(model_pred[1:], target[1:])
-        total = terms["masked"]
+            terms["prior"] = diffusion_loss(model_pred[1:], target[1:])
+        total = terms["rec"]
         if "attention" in terms:
             total = total + cfg.lambda_attn * terms["attention"]
         if "prior" in terms:

@@ -71,30 +71,44 @@ def build_tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
 
 
-def build_tiny_components(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 64) -> dict:
-    """Builds the tiny model's components, seeded, on the CPU in float32.
+# The two shapes this module builds: the tiny one (demo, tests) and SD 2.1-base's own (cost measurements).
+TINY_SHAPE = dict(
+    text_hidden=32, text_intermediate=64, text_layers=2, text_heads=4, text_projection=32, text_vocab=None,
+    unet_channels=(32, 32, 64, 64), unet_layers=1, unet_heads=(2, 2, 4, 4), vae_channels=(8, 16, 16, 16),
+    vae_layers=1, vae_groups=8,
+)
+SD21_BASE_SHAPE = dict(
+    text_hidden=1024, text_intermediate=4096, text_layers=23, text_heads=16, text_projection=512, text_vocab=49408,
+    unet_channels=(320, 640, 1280, 1280), unet_layers=2, unet_heads=(5, 10, 20, 20), vae_channels=(128, 256, 512, 512),
+    vae_layers=2, vae_groups=32,
+)
+
+
+def build_random_components(shape: dict, seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 64) -> dict:
+    """Builds an SD-2-shaped model with random weights, seeded, on the CPU in float32.
 
     Args:
+        shape: ``TINY_SHAPE`` or ``SD21_BASE_SHAPE`` (the latter costs exactly what the real SD 2.1-base costs).
         seed: seeds the random weights, so two calls give identical models.
         prediction_type: ``"epsilon"`` (like SD 2.1-base) or ``"v_prediction"`` (like SD 2.1 at 768 px).
         sample_size: the UNet's native latent size; 64 means 512 px images, as for SD 2.1-base.
 
     Returns:
         A dict with ``tokenizer``, ``text_encoder``, ``unet``, ``vae`` and ``scheduler``: the keyword arguments
-        of ``StableDiffusionPipeline`` apart from the safety checker.
+        of ``StableDiffusionPipeline`` apart from the safety checker. The tokenizer is always the tiny one; a
+        larger ``text_vocab`` only sizes the embedding table (every sequence is padded to 77 tokens anyway).
     """
     tokenizer = build_tiny_tokenizer()
-    hidden = 32
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            vocab_size=shape["text_vocab"] or len(tokenizer),
+            hidden_size=shape["text_hidden"],
+            intermediate_size=shape["text_intermediate"],
+            num_hidden_layers=shape["text_layers"],
+            num_attention_heads=shape["text_heads"],
             max_position_embeddings=tokenizer.model_max_length,
-            projection_dim=hidden,
+            projection_dim=shape["text_projection"],
             hidden_act="gelu",
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -106,14 +120,14 @@ def build_tiny_components(seed: int = 0, prediction_type: str = "epsilon", sampl
         sample_size=sample_size,
         in_channels=4,
         out_channels=4,
-        # SD 2.x layout: cross-attention at latent/1, /2, /4 on the way down and up; none at /8 or in the mid block
-        # (the mid block of SD has cross-attention; we keep it, since the capture must skip it).
+        # SD 2.x layout: cross-attention at latent/1, /2, /4 on the way down and up, none at /8; the mid block
+        # has cross-attention too, which the capture must skip.
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=1,
-        attention_head_dim=(2, 2, 4, 4),
-        cross_attention_dim=hidden,
+        block_out_channels=shape["unet_channels"],
+        layers_per_block=shape["unet_layers"],
+        attention_head_dim=shape["unet_heads"],  # diffusers' legacy name: these are SD 2's head counts
+        cross_attention_dim=shape["text_hidden"],
         use_linear_projection=True,
         norm_num_groups=32,
     )
@@ -123,10 +137,10 @@ def build_tiny_components(seed: int = 0, prediction_type: str = "epsilon", sampl
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
+        block_out_channels=shape["vae_channels"],
+        layers_per_block=shape["vae_layers"],
         latent_channels=4,
-        norm_num_groups=8,
+        norm_num_groups=shape["vae_groups"],
         sample_size=sample_size * 8,
     )
     # SD 2.1's scheduler settings; DDIM so that 'generate' needs few steps on the tiny model.
@@ -141,3 +155,8 @@ def build_tiny_components(seed: int = 0, prediction_type: str = "epsilon", sampl
         prediction_type=prediction_type,
     )
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}
+
+
+def build_tiny_components(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 64) -> dict:
+    """The built-in tiny model (``--model builtin:tiny``): see :func:`build_random_components`."""
+    return build_random_components(TINY_SHAPE, seed, prediction_type, sample_size)
