@@ -1,4 +1,4 @@
-"""The ``break-a-scene`` command: thin adapters from flags to the library (``extract``, ``generate``, ``env``).
+"""The ``break-a-scene`` command: thin adapters from flags to the library (``extract``, ``masks``, ``generate``, ``env``).
 
 Bad input ends with one line on stderr and exit status 2; an unexpected failure with one line and status 1
 (``--debug`` shows the traceback); Ctrl-C with status 130 and a hint to ``--resume``.
@@ -35,10 +35,146 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+POINT_HELP = (
+    "a point x,y in photo pixels (x right, y down) gives one mask; join points with '+' (on the concept) or "
+    "'-' (off it) for one mask from several: 120,80+200,90-50,60"
+)
+BOX_HELP = "a box x0,y0,x1,y1 in photo pixels gives one mask"
+
+
+def _segment_options(text_flag: str) -> argparse.ArgumentParser:
+    """Flags shared by ``masks`` and ``extract``: which models, detection threshold, mask clean-up."""
+    from .segment import DEFAULT_DETECTOR_MODEL, DEFAULT_SAM_MODEL
+
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("automatic masks")
+    g.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, metavar="ID_OR_DIR",
+                   help=f"SAM model: Hub id (e.g. facebook/sam-vit-large, -huge) or local folder (default: {DEFAULT_SAM_MODEL})")
+    g.add_argument("--detector-model", default=DEFAULT_DETECTOR_MODEL, metavar="ID_OR_DIR",
+                   help=f"OWLv2 detector for {text_flag}: Hub id or local folder (default: {DEFAULT_DETECTOR_MODEL})")
+    g.add_argument("--detection-threshold", type=float, default=0.1,
+                   help=f"a phrase of {text_flag} whose best box scores below this is an error (default: 0.1)")
+    g.add_argument("--dilate", type=int, default=0, metavar="N", help="grow every mask by N px")
+    g.add_argument("--erode", type=int, default=0, metavar="N", help="shrink every mask by N px (before --dilate)")
+    g.add_argument("--fill-holes", action="store_true", help="fill holes inside every mask")
+    g.add_argument("--largest-component", action="store_true", help="keep only the largest connected piece of every mask")
+    return common
+
+
+def _mask_request(args, points=(), boxes=(), text=None, auto=False):
+    from .segment import MaskRequest
+
+    return MaskRequest(
+        points=points or (), boxes=boxes or (), text=text, auto=auto, sam_model=args.sam_model,
+        detector_model=args.detector_model, detection_threshold=args.detection_threshold,
+        max_masks=getattr(args, "max_masks", 4), min_area=getattr(args, "min_area", 0.01),
+        points_per_side=getattr(args, "points_per_side", 16), dilate=args.dilate, erode=args.erode,
+        fill_holes=args.fill_holes, largest_component=args.largest_component, device=args.device,
+    )
+
+
+def _report_masks(result, names: list[str]) -> None:
+    """Scores of text masks, then mask_tools' stats lines (warnings on stderr)."""
+    from .mask_tools import describe_stats, mask_stats
+
+    for label, score in zip(result.labels, result.scores or []):
+        print(f"{label}: score {score:.2f}")
+    stats, overlap = mask_stats(result.masks, names)
+    for line in describe_stats(stats, overlap):
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
+
+
+def _write_masks(folder: Path, photo_path: Path, photo, result, overwrite: bool) -> None:
+    """mask0.png ... (+ mask_names.txt for text masks), img.<suffix> (the photo, copied) and preview.png."""
+    import shutil
+
+    from .mask_tools import preview, save_masks
+    from .scene import IMAGE_SUFFIXES
+
+    names = result.labels if any(result.labels) else None
+    save_masks(result.masks, folder, names, overwrite=overwrite)
+    suffix = photo_path.suffix.lower()
+    target = folder / f"img{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
+    for old in folder.iterdir():
+        if old.is_file() and old.stem.lower() == "img" and old != target:
+            old.unlink()
+    if suffix in IMAGE_SUFFIXES:
+        if photo_path.resolve() != target.resolve():
+            shutil.copyfile(photo_path, target)
+    else:
+        photo.save(target)
+    labels = [f"mask{i}" + (f" {n}" if n else "") for i, n in enumerate(result.labels)]
+    preview(photo, result.masks, labels).save(folder / "preview.png")
+
+
+def add_masks_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "masks",
+        parents=[_common(), _segment_options("--text")],
+        help="make concept masks with SAM from points, boxes, text (OWLv2) or automatically",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make one mask per concept of a photo with SAM, from clicked points, boxes, phrases (OWLv2 "
+        "finds each phrase's best box) or automatically. DIR receives mask0.png, mask1.png, ... (8-bit, the "
+        "photo's size), a copy of the photo as img.<suffix> and preview.png, so `break-a-scene extract DIR` "
+        "works directly. Coordinates are pixels of the photo as displayed: x to the right, y down, 0,0 top "
+        "left.\n\nexamples:\n"
+        "  break-a-scene masks photo.jpg --point 120,80 --point 300,200 --out scene\n"
+        "  break-a-scene masks photo.jpg --point 120,80+200,90-50,60 --out scene   (2 points on, 1 off)\n"
+        "  break-a-scene masks photo.jpg --box 10,20,200,180 --out scene\n"
+        '  break-a-scene masks photo.jpg --text "dog, red shirt" --out scene\n'
+        "  break-a-scene masks photo.jpg --auto --max-masks 3 --out scene\n\n"
+        "Models are downloaded from the Hub once (network needed); offline, give a local folder "
+        "(--sam-model /path/to/folder).",
+    )
+    p.add_argument("input", metavar="IMAGE", help="the photo")
+    p.add_argument("--point", action="append", metavar="X,Y[+X,Y|-X,Y...]", help=POINT_HELP + " (repeat per mask)")
+    p.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1", help=BOX_HELP + " (repeat per mask)")
+    p.add_argument("--text", metavar='"PHRASE, PHRASE"', help='comma-separated phrases, one mask each: "dog, red shirt"')
+    p.add_argument("--auto", action="store_true", help="SAM on a grid of points; keep the largest non-overlapping segments")
+    p.add_argument("--max-masks", type=int, default=4, metavar="K", help="--auto: keep at most K masks (default: 4)")
+    p.add_argument("--min-area", type=float, default=0.01, help="--auto: smallest segment, fraction of the photo (default: 0.01)")
+    p.add_argument("--points-per-side", type=int, default=16, help="--auto: grid of N x N points (default: 16)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the masks, the photo copy and preview.png")
+    p.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace masks and photo already in DIR")
+    p.set_defaults(func=run_masks)
+    return p
+
+
+def _check_mask_folder(out: Path, overwrite: bool) -> None:
+    from .errors import RunError
+    from .scene import _MASK_NAME
+
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and not overwrite:
+        held = sorted(p.name for p in out.iterdir() if p.stem.lower() == "img" or _MASK_NAME.match(p.stem)
+                      or p.name in ("preview.png", "mask_names.txt"))
+        if held:
+            raise RunError(f"{out} already holds {', '.join(held[:4])}; choose another --out or pass --overwrite")
+
+
+def run_masks(args) -> int:
+    from .segment import check_request, make_masks, open_photo
+
+    source, out = Path(args.input), Path(args.out)
+    request = _mask_request(args, args.point, args.box, args.text, args.auto)
+    check_request(request)  # malformed prompts fail before the photo or any model is opened
+    photo = open_photo(source)
+    _check_mask_folder(out, args.overwrite)
+    result = make_masks(photo, request)
+    _report_masks(result, result.labels)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_masks(out, source, photo, result, args.overwrite)
+    print(f"{len(result.masks)} masks written to {out} (check {out / 'preview.png'}); "
+          f"next: break-a-scene extract {out} --out RUN")
+    return 0
+
+
 def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "extract",
-        parents=[_common()],
+        parents=[_common(), _segment_options("--text-masks")],
         help="learn one handle per masked concept (and <bg>) from one photo",
         description="Learn a text handle for every masked concept of one photo (Break-A-Scene). Defaults are "
         "the paper's: SD 2.1-base, 400 steps of handles only at 5e-4, then 400 steps of handles + UNet + text "
@@ -46,7 +182,13 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="a folder holding img.* and mask*.png, or a photo (then give --mask per concept)")
     p.add_argument("--mask", action="append", default=None, metavar="PNG", help="a concept's mask (repeat per concept)")
-    p.add_argument("--out", required=True, help="run folder to write; it appears only when the run has finished")
+    p.add_argument("--text-masks", metavar='"PHRASE, PHRASE"', help='make the masks of a photo with OWLv2 + SAM, '
+                   'one per comma-separated phrase; handles are named after the phrases (unless --names)')
+    p.add_argument("--points", nargs="+", metavar="X,Y[+X,Y|-X,Y...]", help="make the masks of a photo with SAM, one per "
+                   "point group: " + POINT_HELP)
+    p.add_argument("--boxes", nargs="+", metavar="X0,Y0,X1,Y1", help="make the masks of a photo with SAM, one per box")
+    p.add_argument("--out", required=True, help="run folder to write; it appears only when the run has finished "
+                   "(masks made by --text-masks/--points/--boxes are saved in its masks/ folder)")
     p.add_argument("--names", nargs="+", help="handle names, one per mask: --names dog shirt gives <dog> <shirt>")
     p.add_argument("--init-words", nargs="+", help="a word per mask to start each handle from (default: its name, or 'object')")
     p.add_argument("--no-background", dest="background", action="store_false", default=None, help="do not learn the <bg> handle")
@@ -92,15 +234,25 @@ def run_extract(args) -> int:
     source = Path(args.input)
     if not source.exists():
         raise BreakASceneError(f"{source} not found; give a folder with img.* and mask*.png, or a photo plus --mask")
+    made = None
+    segmenting = bool(args.text_masks is not None or args.points or args.boxes)
     if source.is_dir():
-        if args.mask:
-            raise BreakASceneError(f"{source} is a folder (masks come from its mask*.png); drop --mask or give a photo")
+        if args.mask or segmenting:
+            flag = "--mask" if args.mask else "--text-masks/--points/--boxes"
+            raise BreakASceneError(f"{source} is a folder (masks come from its mask*.png); drop {flag} or give a photo")
         scene = load_scene_folder(source, config.resolution)
+    elif segmenting:
+        if args.mask:
+            raise BreakASceneError("give either --mask files or --text-masks/--points/--boxes, not both")
+        made, photo, scene = _segment_for_extract(args, source, config)
+        config = _named_after_phrases(args, config, made)
     else:
         if not args.mask:
             raise BreakASceneError(f"no masks for {source}: add --mask PNG per concept, or give a folder with mask*.png")
         scene = load_scene(source, args.mask, config.resolution)
     result = extract(scene, config, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+    if made is not None:
+        _write_masks(result.out / "masks", source, photo, made, overwrite=True)
     print(f"handles {' '.join(result.tokens)} written to {result.out}")
     scores = result.attention_scores.get(config.phases[-1][0])
     if scores:
@@ -108,6 +260,37 @@ def run_extract(args) -> int:
         print(f"attention inside own mask: {inside}  (maps in {result.out / 'attention'})")
     print(f'try: break-a-scene generate {result.out} "a photo of {result.tokens[0]} at the beach"')
     return 0
+
+
+def _segment_for_extract(args, source: Path, config):
+    """Makes the masks of extract's --text-masks/--points/--boxes: all checks first, then the models."""
+    from .errors import RunError
+    from .scene import load_scene
+    from .segment import check_request, make_masks, open_photo
+
+    request = _mask_request(args, args.points, args.boxes, args.text_masks)
+    check_request(request)
+    config.validate()
+    out = Path(args.out)
+    if out.exists() and not args.overwrite and not args.resume:
+        raise RunError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    photo = open_photo(source)
+    made = make_masks(photo, request)
+    _report_masks(made, made.labels)
+    return made, photo, load_scene(source, made.masks_as_images(), config.resolution)
+
+
+def _named_after_phrases(args, config, made):
+    """Handles of text masks are named after their phrases ("red shirt" -> <red_shirt>) unless --names is given."""
+    import dataclasses
+
+    from .segment import phrase_name
+
+    if args.names is not None or not any(made.labels):
+        return config
+    names = [phrase_name(p) for p in made.labels]
+    init_words = config.init_words if config.init_words is not None else list(made.labels)
+    return dataclasses.replace(config, names=names, init_words=init_words)
 
 
 def add_generate_parser(subparsers) -> argparse.ArgumentParser:
@@ -172,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_extract_parser(subparsers)
+    add_masks_parser(subparsers)
     add_generate_parser(subparsers)
     add_env_parser(subparsers)
     return parser

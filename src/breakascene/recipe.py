@@ -371,7 +371,7 @@ class Trainer:
     def save_checkpoint(self, folder: Path, phase_index: int, step: int, params: dict, optimizer) -> None:
         save_checkpoint(
             folder,
-            trainable={k: p for k, p in params.items()},
+            trainable=params,
             optimizer=optimizer,
             generators={"host": self.host_rng, "device": self.device_rng},
             state={
