@@ -1,11 +1,12 @@
 """break-a-scene: learn a text handle for every concept of one photo (Break-A-Scene, SIGGRAPH Asia 2023).
 
-    from breakascene import ExtractConfig, load_scene_folder, extract, generate
+    from breakascene import ExtractConfig, load_scene_folder, extract, generate, edit
 
     config = ExtractConfig()                                   # the paper's defaults
     scene = load_scene_folder("examples/shapes", config.resolution)
     result = extract(scene, config, "runs/shapes")             # <asset0>, <asset1>, <bg>
     generate("runs/shapes", ["a photo of <asset0> at the beach"], num_images=4)
+    edit("runs/shapes", "other.jpg", [("region.png", "a photo of <asset0>")])   # Blended Latent Diffusion
 
 Names are imported on first use, so ``import breakascene`` stays light (no diffusers until it is needed).
 """
@@ -21,6 +22,9 @@ _EXPORTS = {
     "SceneWarning": "errors",
     "generate": "generate",
     "load_pipeline": "generate",
+    "variations": "generate",
+    "export": "export",
+    "edit": "edit",
     "ExtractResult": "recipe",
     "Progress": "recipe",
     "extract": "recipe",

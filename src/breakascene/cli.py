@@ -293,39 +293,187 @@ def _named_after_phrases(args, config, made):
     return dataclasses.replace(config, names=names, init_words=init_words)
 
 
+def _generation_options() -> argparse.ArgumentParser:
+    """Flags shared by ``generate`` and ``variations``."""
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("generation")
+    g.add_argument("--num-images", type=int, default=None, help="images per prompt (default: 1; variations: 4)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default: 0)")
+    g.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    g.add_argument("--negative", help="negative prompt")
+    g.add_argument("--scheduler", default="default", metavar="{default,ddim,dpm}",
+                   help="sampler: default (the run's saved scheduler), ddim (DDIM, as the research code), "
+                   "dpm (DPM-Solver++ multistep) (default: default)")
+    g.add_argument("--height", type=int, help="image height in px (default: the run's resolution)")
+    g.add_argument("--width", type=int, help="image width in px (default: the run's resolution)")
+    g.add_argument("--dtype", default="fp32", metavar="{fp32,fp16,bf16}",
+                   help="weights and compute precision; fp16 needs a GPU (default: fp32)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="images per pipeline call, each with its own seed "
+                   "(default: all images of a prompt on a GPU, 1 on CPU)")
+    g.add_argument("--attention-maps", action="store_true",
+                   help="also save NAME-attention.png: where each handle of the prompt looks in the image")
+    g.add_argument("--no-grid", dest="grid", action="store_false", help="do not write the contact sheet grids/grid.png")
+    g.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else mps, else cpu)")
+    g.add_argument("--overwrite", action="store_true", help="replace images of the same prompt and seed (and grid.png)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return common
+
+
+def _generation_kwargs(args) -> dict:
+    return dict(
+        seed=args.seed, steps=args.steps, guidance=args.guidance, negative=args.negative, height=args.height,
+        width=args.width, device=args.device, overwrite=args.overwrite, progress=not args.quiet,
+        scheduler=args.scheduler, dtype=args.dtype, batch_size=args.batch_size, grid=args.grid,
+        attention_maps=args.attention_maps,
+    )
+
+
 def add_generate_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("generate", parents=[_common()], help="generate images with a finished run's handles")
+    p = subparsers.add_parser(
+        "generate", parents=[_common(), _generation_options()], help="generate images with a finished run's handles",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Generate images from prompts that use the run's handles. Every image is saved as "
+        "NN-prompt-seedS.png (NN: the prompt's index), all of them on a contact sheet with prompt and "
+        "seed under each in grids/grid.png, and one line per image in metadata.jsonl.\n\nexamples:\n"
+        '  break-a-scene generate RUN "a photo of <asset0> at the beach" --num-images 4\n'
+        '  break-a-scene generate RUN "a photo of a car at <bg>"          (a new object in the learned background)\n'
+        "  break-a-scene generate RUN --prompts-file prompts.txt --scheduler dpm --steps 25",
+    )
     p.add_argument("run", help="a finished run folder (written by extract)")
-    p.add_argument("prompts", nargs="+", help='prompt(s), e.g. "a photo of <asset0> at the beach"')
-    p.add_argument("--num-images", type=int, default=1, help="images per prompt (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default: 0)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
-    p.add_argument("--negative", help="negative prompt")
-    p.add_argument("--height", type=int, help="image height in px (default: the run's resolution)")
-    p.add_argument("--width", type=int, help="image width in px (default: the run's resolution)")
-    p.add_argument("--out", help="folder for the images and metadata.jsonl (default: RUN/samples)")
-    p.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else mps, else cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace images of the same prompt and seed")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("prompts", nargs="*", help='prompt(s), e.g. "a photo of <asset0> at the beach"')
+    p.add_argument("--prompts-file", metavar="FILE", help="more prompts, one per line (lines starting with # are comments)")
+    p.add_argument("--out", help="folder for the images, grids/grid.png and metadata.jsonl (default: RUN/samples)")
     p.set_defaults(func=run_generate)
     return p
 
 
 def run_generate(args) -> int:
-    from .generate import generate
+    from .errors import ConfigError
+    from .generate import generate, read_prompts_file
     from .handles import HANDLE_PATTERN
+    from .run_folder import read_scene_json
 
-    images = generate(
-        args.run, args.prompts, num_images=args.num_images, seed=args.seed, steps=args.steps,
-        guidance=args.guidance, negative=args.negative, height=args.height, width=args.width, out=args.out,
-        device=args.device, overwrite=args.overwrite, progress=not args.quiet,
-    )
-    for prompt in args.prompts:
+    read_scene_json(args.run)
+    prompts = list(args.prompts) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
+    if not prompts:
+        raise ConfigError("no prompt given; pass prompts after RUN or --prompts-file FILE")
+    images = generate(args.run, prompts, num_images=args.num_images or 1, out=args.out, **_generation_kwargs(args))
+    for prompt in prompts:
         if not HANDLE_PATTERN.search(prompt):
             print(f"note: {prompt!r} uses no handle, so it shows what the fine-tuned model makes of plain text")
     for image in images:
         print(image.path)
+    return 0
+
+
+def add_variations_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "variations", parents=[_common(), _generation_options()],
+        help='image variations: "a photo of <asset0> and <asset1> ..." over all concept handles',
+        description='Image variations of the whole scene: generate "a photo of <asset0> and <asset1> and ..." '
+        "with every concept handle of the run, in the run's order. The background handle <bg> is left out "
+        "unless --with-background. Images, grids/grid.png and metadata.jsonl go to RUN/variations unless --out.",
+    )
+    p.add_argument("run", help="a finished run folder (written by extract)")
+    p.add_argument("--with-background", action="store_true", help="also put <bg> in the prompt (last)")
+    p.add_argument("--out", help="folder for the images, grids/grid.png and metadata.jsonl (default: RUN/variations)")
+    p.set_defaults(func=run_variations)
+    return p
+
+
+def run_variations(args) -> int:
+    from .generate import variations
+
+    images = variations(args.run, num_images=args.num_images or 4, with_background=args.with_background,
+                        out=args.out, **_generation_kwargs(args))
+    if images:
+        print(f"prompt: {images[0].prompt}")
+    for image in images:
+        print(image.path)
+    return 0
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "export", parents=[_common()], help="export the handles (textual inversion) or the pipeline (diffusers)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a finished run for other tools.\n\n"
+        "  textual-inversion: one <name>.safetensors per handle (pipe.load_textual_inversion(file) loads it), "
+        "handles.safetensors (N, dim) + tokens.txt, and README.md with the loading code. The handles were "
+        "trained with the run's fine-tuned UNet/text encoder and look right only with them.\n"
+        "  diffusers: a copy of the run's pipeline folder as safetensors (--fp16: fp16 variant) to share.\n\n"
+        "examples:\n  break-a-scene export RUN --format textual-inversion --out RUN-ti\n"
+        "  break-a-scene export RUN --format diffusers --fp16 --out RUN-fp16 --push-to-hub me/my-scene",
+    )
+    p.add_argument("run", help="a finished run folder (written by extract)")
+    p.add_argument("--format", default="textual-inversion", metavar="{textual-inversion,diffusers}",
+                   help="what to write (default: textual-inversion)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write; it appears only when complete")
+    p.add_argument("--fp16", action="store_true", help="diffusers: save fp16 weights as the fp16 variant")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload DIR to this Hub repo (needs `hf auth login`)")
+    p.add_argument("--private", action="store_true", help="--push-to-hub: create the repo private")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.set_defaults(func=run_export)
+    return p
+
+
+def run_export(args) -> int:
+    from .export import export
+
+    out = export(args.run, args.out, format=args.format, fp16=args.fp16, overwrite=args.overwrite,
+                 push_to_hub=args.push_to_hub, private=args.private)
+    print(f"{args.format} export written to {out} (see {out / 'README.md'})")
+    if args.push_to_hub:
+        print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
+def add_edit_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "edit",
+        parents=[_common()],
+        help="edit regions of another photo with a run's handles (Blended Latent Diffusion)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Edit masked regions of a photo, each with its own prompt, one after the other (region 2 is "
+        "edited in the result of region 1), with Blended Latent Diffusion: DDIM, the first --blend-start of the "
+        "steps skipped, latents outside the region replaced by the noised photo's at every step, and the pixels "
+        "outside the region copied from the input at the end. A mask is white where to edit and has the photo's "
+        "size. Writes edit-1.png, edit-2.png, ..., final.png and edit.json.\n\nexample:\n"
+        '  break-a-scene edit RUN photo.jpg --region dog.png "a photo of <asset0>" --region sky.png "a photo of <bg>"',
+    )
+    p.add_argument("run", help="a finished run folder (written by extract)")
+    p.add_argument("image", help="the photo to edit (kept at its size, rounded to multiples of 8)")
+    p.add_argument("--region", nargs=2, action="append", required=True, metavar=("MASK", "PROMPT"),
+                   help="a region mask and the prompt for it (repeat; applied in order)")
+    p.add_argument("--out", help="output folder (default: RUN/edits/<image stem>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of region 1; region i uses seed+i-1 (default: 0)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    p.add_argument("--blend-start", type=float, default=0.25,
+                   help="fraction of the steps skipped: start from the photo noised to that step (default: 0.25)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else mps, else cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs already in the output folder")
+
+    def one_line_error(message):  # argparse's usage block would break the one-line contract
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+    p.error = one_line_error
+    p.set_defaults(func=run_edit)
+    return p
+
+
+def run_edit(args) -> int:
+    from .edit import edit
+
+    paths = edit(
+        args.run, args.image, [tuple(region) for region in args.region], seed=args.seed, steps=args.steps,
+        guidance=args.guidance, blend_start=args.blend_start, out=args.out, overwrite=args.overwrite,
+        device=args.device,
+    )
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -357,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract_parser(subparsers)
     add_masks_parser(subparsers)
     add_generate_parser(subparsers)
+    add_variations_parser(subparsers)
+    add_export_parser(subparsers)
+    add_edit_parser(subparsers)
     add_env_parser(subparsers)
     return parser
 

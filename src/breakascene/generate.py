@@ -1,9 +1,16 @@
-"""Generating with a finished run: the run folder is a stock diffusers pipeline that knows the handles."""
+"""Generating with a finished run: the run folder is a stock diffusers pipeline that knows the handles.
+
+:func:`generate` makes ``num_images`` pictures per prompt (image i of every prompt from seed ``seed + i``),
+writes them as ``{prompt index:02d}-{slug}-seed{seed}.png``, a contact sheet ``grids/grid.png`` with prompt and seed
+under every picture, and one ``metadata.jsonl`` line per picture. :func:`variations` does the same for the
+prompt "a photo of <asset0> and <asset1> ..." over the run's handles (the paper's image variations).
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,6 +20,11 @@ from .errors import ConfigError, RunError
 from .handles import HANDLE_PATTERN
 from .models import default_device
 from .run_folder import read_scene_json
+
+SCHEDULERS = ("default", "ddim", "dpm")
+"""``default``: the run's saved scheduler; ``ddim``: DDIM from its config (the research code);
+``dpm``: DPM-Solver++ (multistep) from its config."""
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -27,6 +39,17 @@ class GeneratedImage:
     guidance: float
     height: int
     width: int
+    scheduler: str = "default"
+    dtype: str = "fp32"
+    attention_path: str | None = None
+
+    def record(self) -> dict:
+        """The ``metadata.jsonl`` line: prompt, negative, seed, steps, guidance, scheduler, size, file, ..."""
+        data = asdict(self)
+        data.update(negative=self.negative_prompt, size=f"{self.width}x{self.height}", file=Path(self.path).name)
+        if self.attention_path is None:
+            del data["attention_path"]
+        return data
 
 
 def check_prompt_handles(prompt: str, tokens: list[str]) -> list[str]:
@@ -38,8 +61,56 @@ def check_prompt_handles(prompt: str, tokens: list[str]) -> list[str]:
     return used
 
 
+def read_prompts_file(path: str | Path) -> list[str]:
+    """One prompt per line; blank lines and lines starting with ``#`` are skipped. Raises ConfigError if none."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"prompts file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"prompts file {path} is not UTF-8 text ({error.reason})") from error
+    prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not prompts:
+        raise ConfigError(f"prompts file {path} holds no prompt (one per line; lines starting with # are comments)")
+    return prompts
+
+
 def _slug(text: str, limit: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None) -> torch.dtype:
+    """``fp32``/``fp16``/``bf16`` -> torch dtype; fp16 only on a GPU (CPU half-precision kernels are missing)."""
+    if isinstance(dtype, torch.dtype):
+        torch_dtype = dtype
+    elif dtype in DTYPES:
+        torch_dtype = DTYPES[dtype]
+    else:
+        raise ConfigError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    kind = torch.device(device).type if device else default_device().type
+    if torch_dtype == torch.float16 and kind == "cpu":
+        raise ConfigError("--dtype fp16 needs a GPU (cuda or mps); on CPU use fp32 (default) or bf16")
+    return torch_dtype
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+
+
+def make_scheduler(name: str, default):
+    """The sampling scheduler for ``--scheduler NAME`` built from the run's own (``default``) scheduler config."""
+    if name not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    if name == "default":
+        return default
+    if name == "ddim":
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(default.config)
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(default.config, algorithm_type="dpmsolver++")
 
 
 def load_pipeline(run: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
@@ -53,9 +124,59 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
     return pipe, info
 
 
+def contact_sheet(images: list, captions: list[str], columns: int):
+    """The images in a grid (``columns`` wide) with each caption, word-wrapped, in a white band under its image.
+
+    All images must have one size (w, h); the sheet is ``columns * w`` wide and ``rows * (h + band)`` high, where
+    the band fits the longest wrapped caption.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not images:
+        raise ValueError("no images for the contact sheet")
+    w, h = images[0].size
+    font = ImageFont.load_default()
+    left, top, right, bottom = font.getbbox("Ag")
+    char_w = max(1, font.getbbox("x")[2] - font.getbbox("x")[0])
+    line_h = (bottom - top) + 4
+    width_chars = max(8, (w - 8) // char_w)
+    wrapped = []
+    for caption in captions:
+        lines = []
+        for part in caption.split("\n"):
+            lines.extend(textwrap.wrap(part, width_chars, break_long_words=True) or [""])
+        wrapped.append(lines)
+    band = max(len(lines) for lines in wrapped) * line_h + 8
+    columns = max(1, min(columns, len(images)))
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * w, rows * (h + band)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (image, lines) in enumerate(zip(images, wrapped)):
+        x, y = (k % columns) * w, (k // columns) * (h + band)
+        sheet.paste(image.convert("RGB").resize((w, h)), (x, y))
+        for j, line in enumerate(lines):
+            draw.text((x + 4, y + h + 4 + j * line_h - top), line, fill="black", font=font)
+    return sheet
+
+
+def _free_grid_path(out: Path, overwrite: bool) -> Path:
+    """``out/grids/grid.png``; if it exists and may not be replaced, the first free ``grid-2.png``, ...
+
+    (In a subfolder so that ``out/*.png`` stays exactly the generated images.)
+    """
+    out = out / "grids"
+    out.mkdir(exist_ok=True)
+    path = out / "grid.png"
+    k = 2
+    while path.exists() and not overwrite:
+        path = out / f"grid-{k}.png"
+        k += 1
+    return path
+
+
 def generate(
     run: str | Path,
-    prompts: list[str],
+    prompts: list[str] | None = None,
     *,
     num_images: int = 1,
     seed: int = 0,
@@ -69,57 +190,156 @@ def generate(
     overwrite: bool = False,
     pipeline=None,
     progress: bool = True,
+    scheduler: str = "default",
+    dtype: str | torch.dtype = "fp32",
+    batch_size: int | None = None,
+    prompts_file: str | Path | None = None,
+    grid: bool = True,
+    attention_maps: bool = False,
 ) -> list[GeneratedImage]:
     """Generates ``num_images`` pictures per prompt; image i of every prompt uses seed ``seed + i``.
 
-    Files are named ``{prompt index:02d}-{prompt slug}-seed{seed}.png`` in ``out`` (default ``<run>/samples``),
-    and every image gets a line in ``metadata.jsonl`` there (prompt, seed, steps, guidance, size).
+    Files are named ``{prompt index:02d}-{prompt slug}-seed{seed}.png`` in ``out`` (default ``<run>/samples``);
+    every image gets a line in ``metadata.jsonl`` there (prompt, negative, seed, steps, guidance, scheduler,
+    size, file, ...) and, with ``grid``, all of them go on a contact sheet ``grids/grid.png`` (``grid-2.png``, ... when
+    one exists and ``overwrite`` is off) with prompt and seed under each.
+
+    Args:
+        prompts: prompts; ``prompts_file`` (one per line, ``#`` comments) adds its prompts after them.
+        scheduler: ``default`` (the run's saved scheduler), ``ddim`` or ``dpm`` (DPM-Solver++).
+        dtype: ``fp32``, ``fp16`` (GPU only) or ``bf16``.
+        batch_size: images per pipeline call, each with its own seeded generator. Default: all images of a
+            prompt in one call on a GPU, one at a time on CPU (where batching gains little). Batching changes
+            float rounding, so a batched image may differ from the same seed made alone by a pixel level.
+        attention_maps: also save ``<name>-attention.png``, each handle's cross-attention over the image
+            (images are then made one at a time).
 
     Raises:
         RunError: the run folder is missing or unfinished, or an output file exists without ``overwrite``.
-        ConfigError: a prompt names a handle the run does not have, or a number is out of range.
+        ConfigError: a prompt names a handle the run does not have, an empty prompts file, unknown scheduler
+            or dtype, fp16 on CPU, or a number out of range.
     """
     info = read_scene_json(run)
     tokens = [h["token"] for h in info["handles"]]
+    prompts = list(prompts or [])
+    if prompts_file is not None:
+        prompts += read_prompts_file(prompts_file)
     if not prompts:
-        raise ConfigError("no prompt given")
+        raise ConfigError("no prompt given; pass prompts or --prompts-file")
     for prompt in prompts:
         check_prompt_handles(prompt, tokens)
     if num_images < 1 or steps < 1:
         raise ConfigError(f"--num-images and --steps must be >= 1 (got {num_images} and {steps})")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1 (got {batch_size})")
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    target = pipeline.device if pipeline is not None else device
+    torch_dtype = resolve_dtype(dtype, target)
     height = height or info["resolution"]
     width = width or info["resolution"]
-    if height % 8 or width % 8:
-        raise ConfigError(f"--height/--width must be multiples of 8 (got {height}x{width})")
+    if height < 8 or width < 8 or height % 8 or width % 8:
+        raise ConfigError(f"--height/--width must be positive multiples of 8 (got {height}x{width})")
     out = Path(out) if out is not None else Path(run) / "samples"
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
     plan = [
-        (prompt, seed + i, out / f"{p:02d}-{_slug(prompt)}-seed{seed + i}.png")
+        (p, prompt, seed + i, out / f"{p:02d}-{_slug(prompt)}-seed{seed + i}.png")
         for p, prompt in enumerate(prompts)
         for i in range(num_images)
     ]
-    clashes = [str(path) for _, _, path in plan if path.exists()]
+    wanted = [path for *_, path in plan]
+    if attention_maps:
+        wanted += [path.with_name(path.stem + "-attention.png") for path in wanted]
+    clashes = [str(path) for path in wanted if path.exists()]
     if clashes and not overwrite:
         raise RunError(f"{clashes[0]} already exists; pass --overwrite or choose another --out/--seed")
+    if len(set(wanted)) != len(wanted):
+        raise ConfigError("two prompts give the same file name; make them differ or generate them separately")
 
-    pipe = pipeline if pipeline is not None else load_pipeline(run, device)[0]
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
+    pipe = pipeline if pipeline is not None else load_pipeline(run, device, torch_dtype)[0]
+    if pipeline is not None and pipe.dtype != torch_dtype:
+        pipe = pipe.to(dtype=torch_dtype)
+    if batch_size is None:
+        batch_size = 1 if pipe.device.type == "cpu" or attention_maps else num_images
+    if attention_maps:
+        batch_size = 1
+        from .attention_view import attention_view_image, generate_with_attention
+    saved_scheduler = pipe.scheduler
+    pipe.scheduler = make_scheduler(scheduler, saved_scheduler)
+    dtype_name = _dtype_name(torch_dtype)
+    common = dict(
+        negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width
+    )
+    # a pipeline call never mixes prompts: each prompt's images, batch_size at a time
+    chunks = [
+        plan[p * num_images + start : p * num_images + min(start + batch_size, num_images)]
+        for p in range(len(prompts))
+        for start in range(0, num_images, batch_size)
+    ]
     from tqdm.auto import tqdm
 
-    for prompt, image_seed, path in tqdm(plan, desc="generate", unit="image", disable=not progress):
-        generator = torch.Generator(pipe.device).manual_seed(image_seed)
-        image = pipe(
-            prompt,
-            negative_prompt=negative,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=height,
-            width=width,
-            generator=generator,
-        ).images[0]
-        image.save(path)
-        results.append(GeneratedImage(str(path), prompt, negative, image_seed, steps, guidance, height, width))
-    with open(out / "metadata.jsonl", "a") as f:
-        for item in results:
-            f.write(json.dumps(asdict(item)) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    results, pictures = [], []
+    try:
+        with tqdm(total=len(plan), desc="generate", unit="image", disable=not progress) as bar:
+            for chunk in chunks:
+                generators = [torch.Generator(pipe.device).manual_seed(s) for _, _, s, _ in chunk]
+                prompt = chunk[0][1]
+                attention = None
+                if attention_maps:
+                    image, maps = generate_with_attention(pipe, prompt, tokens, generator=generators[0], **common)
+                    images = [image]
+                    attention = attention_view_image(image, maps)
+                else:
+                    images = pipe(
+                        prompt, num_images_per_prompt=len(chunk),
+                        generator=generators if len(chunk) > 1 else generators[0], **common,
+                    ).images
+                for (_, _, image_seed, path), image in zip(chunk, images):
+                    image.save(path)
+                    item = GeneratedImage(
+                        str(path), prompt, negative, image_seed, steps, guidance, height, width, scheduler, dtype_name
+                    )
+                    if attention is not None:
+                        item.attention_path = str(path.with_name(path.stem + "-attention.png"))
+                        attention.save(item.attention_path)
+                    results.append(item)
+                    pictures.append(image)
+                bar.update(len(chunk))
+    finally:
+        pipe.scheduler = saved_scheduler
+        with open(out / "metadata.jsonl", "a") as f:
+            for item in results:
+                f.write(json.dumps(item.record()) + "\n")
+    if grid and pictures:
+        columns = num_images if num_images > 1 else min(len(pictures), 4)
+        captions = [f"{item.prompt}\nseed {item.seed}" for item in results]
+        contact_sheet(pictures, captions, columns).save(_free_grid_path(out, overwrite))
     return results
+
+
+def variations_prompt(tokens: list[str], background_tokens: list[str], with_background: bool = False) -> str:
+    """"a photo of <asset0> and <asset1>" over the run's handles in order; ``<bg>`` only ``with_background``."""
+    from .union_sampling import build_prompt
+
+    chosen = [t for t in tokens if with_background or t not in background_tokens]
+    if not chosen:
+        raise ConfigError("this run has no concept handle to make variations of; try --with-background")
+    return build_prompt(chosen)
+
+
+def variations(
+    run: str | Path, *, num_images: int = 4, with_background: bool = False, out: str | Path | None = None, **kwargs
+) -> list[GeneratedImage]:
+    """Image variations (paper Sec. 5): ``num_images`` pictures of "a photo of <asset0> and <asset1> ..." over all
+    concept handles of the run (and ``<bg>`` too ``with_background``); other keywords as :func:`generate`.
+
+    Output goes to ``<run>/variations`` unless ``out`` is given.
+    """
+    info = read_scene_json(run)
+    tokens = [h["token"] for h in info["handles"]]
+    background = [h["token"] for h in info["handles"] if h.get("background")]
+    prompt = variations_prompt(tokens, background, with_background)
+    out = Path(out) if out is not None else Path(run) / "variations"
+    return generate(run, [prompt], num_images=num_images, out=out, **kwargs)

@@ -1,0 +1,180 @@
+"""Exporting a finished run for other tools: textual-inversion embeddings, or a diffusers folder to share.
+
+``textual-inversion`` writes, into ``out``:
+
+* ``<name>.safetensors`` per handle: a single key, the token (``"<asset0>"``), holding a (1, dim) vector, the
+  layout of diffusers' own textual-inversion training script, so ``pipe.load_textual_inversion(path)`` works;
+* ``handles.safetensors`` (one (N, dim) tensor under ``"embeddings"``, tokens in the metadata) and
+  ``tokens.txt`` (one token per line, in row order);
+* ``README.md`` with the loading code.
+
+The handles were trained jointly with the run's UNet and text encoder (phase 2), so on a stock base model they
+only look roughly right: load them into the run's own pipeline for faithful results.
+
+``diffusers`` writes a copy of the run's pipeline folder as safetensors (``--fp16``: fp16 weights saved as the
+``fp16`` variant), plus ``handles.safetensors``, ``scene.json`` and a README.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError, RunError
+from .handles import load_handles
+from .run_folder import HANDLES_FILE, SCENE_FILE, read_scene_json
+
+FORMATS = ("textual-inversion", "diffusers")
+
+NOTE = (
+    "The handles were trained jointly with this run's fine-tuned UNet and text encoder (phase 2 of "
+    "Break-A-Scene), so they need the run's own UNet/text encoder to look right; in a stock base model they "
+    "give only a rough likeness."
+)
+
+
+def _ti_readme(tokens: list[str], files: list[str], base_model: str) -> str:
+    one = files[0]
+    return f"""# Break-A-Scene handles as textual-inversion embeddings
+
+Tokens: {", ".join(f"`{t}`" for t in tokens)} (base model: `{base_model}`).
+
+{NOTE}
+
+Load every handle from its own file:
+
+```python
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("{base_model}")
+pipe.load_textual_inversion(["{'", "'.join(f"EXPORT_DIR/{f}" for f in files)}"])
+image = pipe("a photo of {tokens[0]} at the beach").images[0]
+```
+
+(one file: `pipe.load_textual_inversion("EXPORT_DIR/{one}")`; the token is the file's only key.)
+
+Or all at once from `handles.safetensors` and `tokens.txt`:
+
+```python
+from pathlib import Path
+from safetensors.torch import load_file
+
+tokens = Path("EXPORT_DIR/tokens.txt").read_text().split()
+vectors = load_file("EXPORT_DIR/handles.safetensors")["embeddings"]  # (N, dim)
+pipe.load_textual_inversion(list(vectors), token=tokens)
+```
+
+Do not give `handles.safetensors` itself to `load_textual_inversion`: it would read one multi-vector concept.
+"""
+
+
+def _diffusers_readme(tokens: list[str], fp16: bool) -> str:
+    variant = ', variant="fp16", torch_dtype=torch.float16' if fp16 else ""
+    return f"""# Break-A-Scene run: a Stable Diffusion pipeline that knows {", ".join(f"`{t}`" for t in tokens)}
+
+```python
+import torch
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained("THIS_FOLDER_OR_REPO"{variant})
+image = pipe("a photo of {tokens[0]} at the beach").images[0]
+```
+
+The handle tokens are already in the tokenizer and text encoder. This folder is also a break-a-scene run
+folder (`scene.json`, `handles.safetensors`): `break-a-scene generate THIS_FOLDER "a photo of {tokens[0]}"`.
+"""
+
+
+def _check_push(repo_id: str | None) -> None:
+    if repo_id is None:
+        return
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise ConfigError(
+            f"--push-to-hub {repo_id} needs a Hugging Face token: run `hf auth login` (or `huggingface-cli login`) "
+            "or set HF_TOKEN, then try again"
+        )
+
+
+def export(
+    run: str | Path,
+    out: str | Path,
+    format: str = "textual-inversion",
+    fp16: bool = False,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+) -> Path:
+    """Exports ``run`` to ``out`` in ``format`` (``textual-inversion`` or ``diffusers``); returns ``out``.
+
+    Everything is written into ``<out>.partial`` and renamed at the end, so ``out`` appears only complete.
+    ``push_to_hub``: also upload ``out`` to that Hub repo (needs a configured token; checked before any work).
+
+    Raises:
+        RunError: ``run`` is not a finished run folder; ``out`` exists without ``overwrite``.
+        ConfigError: unknown format, ``fp16`` with textual-inversion, no Hub token for ``push_to_hub``.
+    """
+    info = read_scene_json(run)
+    run, out = Path(run), Path(out)
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if fp16 and format != "diffusers":
+        raise ConfigError("--fp16 is for --format diffusers; textual-inversion vectors are kept exactly (fp32)")
+    if out.exists() and not overwrite:
+        raise RunError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
+    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
+        raise ConfigError(f"--out {out} is inside the run folder; choose a folder outside it")
+    _check_push(push_to_hub)
+    tokens, vectors = load_handles(run / HANDLES_FILE)
+    if not tokens or len(tokens) != vectors.shape[0]:
+        raise RunError(f"{run / HANDLES_FILE} is damaged (tokens do not match the vectors); extract the scene again")
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        if format == "textual-inversion":
+            _write_textual_inversion(run, partial, tokens, vectors, info)
+        else:
+            _write_diffusers(run, partial, tokens, fp16)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    if push_to_hub is not None:
+        from huggingface_hub import create_repo, upload_folder
+
+        create_repo(push_to_hub, private=private, exist_ok=True)
+        upload_folder(repo_id=push_to_hub, folder_path=str(out), commit_message="Break-A-Scene export")
+    return out
+
+
+def _write_textual_inversion(run: Path, folder: Path, tokens: list[str], vectors: torch.Tensor, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    files = []
+    for token, vector in zip(tokens, vectors):
+        name = token.strip("<>") + ".safetensors"
+        save_file({token: vector.detach().float().reshape(1, -1).contiguous()}, str(folder / name))
+        files.append(name)
+    shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
+    (folder / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    (folder / "README.md").write_text(_ti_readme(tokens, files, str(info.get("base_model", "BASE_MODEL"))))
+
+
+def _write_diffusers(run: Path, folder: Path, tokens: list[str], fp16: bool) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    dtype = torch.float16 if fp16 else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(str(run), torch_dtype=dtype, safety_checker=None)
+    pipe.save_pretrained(str(folder), safe_serialization=True, variant="fp16" if fp16 else None)
+    shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
+    shutil.copyfile(run / SCENE_FILE, folder / SCENE_FILE)
+    (folder / "README.md").write_text(_diffusers_readme(tokens, fp16))

@@ -1,0 +1,195 @@
+"""Generation, variations and background prompts through the CLI (offline tiny run, 128 px, 2 steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from breakascene.cli import main
+from breakascene.examples import write_shapes_example
+from test_cli import _lines, _run_captured, assert_one_error
+
+GEN = ["--steps", "2", "--height", "128", "--width", "128", "--quiet"]
+FIELDS = {"prompt", "negative", "seed", "steps", "guidance", "scheduler", "size", "file", "path", "height", "width"}
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path)).astype(int)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    scene = write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
+    run = tmp_path_factory.mktemp("runs") / "run"
+    code, _, err = _run_captured(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "256",
+                                  "--phase1-steps", "2", "--phase2-steps", "2", "--out", str(run), "--quiet"])
+    assert code == 0, err
+    return run
+
+
+@pytest.fixture(scope="module")
+def batched(run, tmp_path_factory):
+    """Two prompts (one with <bg>) x two seeds, both images of a prompt in one pipeline call."""
+    out = tmp_path_factory.mktemp("gen") / "batched"
+    code, stdout, err = _run_captured(["generate", str(run), "a photo of <asset0>", "a photo of a car at <bg>",
+                                       "--num-images", "2", "--seed", "3", "--batch-size", "2",
+                                       "--negative", "blurry", *GEN, "--out", str(out)])
+    assert code == 0, err
+    return out, stdout
+
+
+NAMES = ["00-a-photo-of-asset0-seed3.png", "00-a-photo-of-asset0-seed4.png",
+         "01-a-photo-of-a-car-at-bg-seed3.png", "01-a-photo-of-a-car-at-bg-seed4.png"]
+
+
+def test_files_metadata_and_grid(batched):
+    out, stdout = batched
+    assert sorted(p.name for p in out.glob("*.png")) == NAMES
+    records = _records(out)
+    assert [r["file"] for r in records] == NAMES
+    for r in records:
+        assert FIELDS <= set(r), r
+        assert (r["negative"], r["steps"], r["guidance"], r["scheduler"], r["size"]) == ("blurry", 2, 7.5, "default", "128x128")
+    assert [(r["prompt"], r["seed"]) for r in records] == [
+        ("a photo of <asset0>", 3), ("a photo of <asset0>", 4), ("a photo of a car at <bg>", 3), ("a photo of a car at <bg>", 4)]
+    grid = Image.open(out / "grids" / "grid.png")
+    assert grid.width == 2 * 128  # one column per seed
+    assert grid.height > 2 * 128  # one row per prompt, each with a text band under the images
+    assert not any(line.startswith("note:") for line in _lines(stdout))
+
+
+def test_background_prompt_generates(batched):
+    out, _ = batched
+    image = Image.open(out / "01-a-photo-of-a-car-at-bg-seed3.png")
+    assert image.size == (128, 128)
+
+
+def test_deterministic_and_per_image_seeds(run, batched, tmp_path):
+    out, _ = batched
+    again = tmp_path / "again"
+    code, _, err = _run_captured(["generate", str(run), "a photo of <asset0>", "a photo of a car at <bg>",
+                                  "--num-images", "2", "--seed", "3", "--batch-size", "2", "--negative", "blurry",
+                                  *GEN, "--out", str(again)])
+    assert code == 0, err
+    for name in NAMES:
+        assert np.array_equal(_pixels(out / name), _pixels(again / name)), name
+    single = tmp_path / "single"
+    code, _, err = _run_captured(["generate", str(run), "a photo of <asset0>", "--seed", "4", "--negative", "blurry",
+                                  *GEN, "--out", str(single)])
+    assert code == 0, err
+    # image 1 of the batched call is seed 3+1; batching may change float rounding by at most one level
+    diff = np.abs(_pixels(single / "00-a-photo-of-asset0-seed4.png") - _pixels(out / "00-a-photo-of-asset0-seed4.png"))
+    assert diff.max() <= 1
+
+
+@pytest.mark.parametrize("scheduler", ["default", "ddim", "dpm"])
+def test_every_scheduler_runs(run, tmp_path, scheduler):
+    code, _, err = _run_captured(["generate", str(run), "a photo of <asset1>", "--scheduler", scheduler, *GEN,
+                                  "--out", str(tmp_path)])
+    assert code == 0, err
+    assert _records(tmp_path)[0]["scheduler"] == scheduler
+    assert (tmp_path / "00-a-photo-of-asset1-seed0.png").is_file()
+
+
+def test_prompts_file(run, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# my prompts\na photo of <asset0>\n\n  # indented comment\na photo of <asset1> at <bg>\n")
+    out = tmp_path / "out"
+    code, stdout, err = _run_captured(["generate", str(run), "--prompts-file", str(prompts), *GEN, "--out", str(out)])
+    assert code == 0, err
+    assert [r["prompt"] for r in _records(out)] == ["a photo of <asset0>", "a photo of <asset1> at <bg>"]
+    assert (out / "01-a-photo-of-asset1-at-bg-seed0.png").is_file()
+
+
+def test_variations_prompt(run, tmp_path):
+    out = tmp_path / "v"
+    code, stdout, err = _run_captured(["variations", str(run), "--num-images", "2", "--seed", "7", *GEN,
+                                       "--out", str(out)])
+    assert code == 0, err
+    records = _records(out)
+    assert [(r["prompt"], r["seed"]) for r in records] == [("a photo of <asset0> and <asset1>", 7)] * 1 + [
+        ("a photo of <asset0> and <asset1>", 8)]
+    out2 = tmp_path / "vbg"
+    code, _, err = _run_captured(["variations", str(run), "--num-images", "1", "--with-background", *GEN,
+                                  "--out", str(out2)])
+    assert code == 0, err
+    assert _records(out2)[0]["prompt"] == "a photo of <asset0> and <asset1> and <bg>"
+
+
+def test_variations_python_default_folder(run):
+    from breakascene.generate import variations
+
+    images = variations(run, num_images=1, steps=2, height=128, width=128, progress=False, overwrite=True)
+    assert Path(images[0].path).parent == run / "variations"
+
+
+def test_attention_maps(run, tmp_path):
+    code, _, err = _run_captured(["generate", str(run), "a photo of <asset0> at <bg>", "--attention-maps", *GEN,
+                                  "--out", str(tmp_path)])
+    assert code == 0, err
+    view = Image.open(tmp_path / "00-a-photo-of-asset0-at-bg-seed0-attention.png")
+    assert view.width > 128
+
+
+def test_second_call_keeps_grid(run, batched, tmp_path):
+    """Another seed into the same folder adds grid-2.png instead of replacing grid.png."""
+    out = tmp_path / "g"
+    for seed in ("0", "1"):
+        code, _, err = _run_captured(["generate", str(run), "a photo of <asset0>", "--seed", seed, *GEN,
+                                      "--out", str(out)])
+        assert code == 0, err
+    assert (out / "grids" / "grid.png").is_file() and (out / "grids" / "grid-2.png").is_file()
+    assert len(_records(out)) == 2
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: one error line, exit 2, nothing written
+
+
+@pytest.mark.parametrize(
+    "extra, fragments",
+    [(["a photo of <dog>"], ["<dog>", "<asset0>"]),
+     (["a photo of <asset0>", "--scheduler", "euler"], ["scheduler", "ddim"]),
+     (["a photo of <asset0>", "--dtype", "fp16", "--device", "cpu"], ["fp16", "GPU"]),
+     (["a photo of <asset0>", "--dtype", "fp64"], ["fp64"]),
+     (["a photo of <asset0>", "--batch-size", "0"], ["--batch-size"]),
+     ([], ["no prompt"])],
+    ids=["unknown-handle", "scheduler", "fp16-cpu", "dtype", "batch-size", "no-prompt"],
+)
+def test_bad_generate_input(run, tmp_path, capsys, extra, fragments):
+    out = tmp_path / "out"
+    code = main(["generate", str(run), *extra, *GEN, "--out", str(out)])
+    assert_one_error(code, capsys.readouterr().err, *fragments)
+    assert not out.exists()
+
+
+def test_empty_prompts_file(run, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("# only a comment\n\n")
+    out = tmp_path / "out"
+    code = main(["generate", str(run), "--prompts-file", str(prompts), *GEN, "--out", str(out)])
+    assert_one_error(code, capsys.readouterr().err, "no prompt", str(prompts))
+    assert not out.exists()
+
+
+def test_variations_bad_run_and_existing_output(run, tmp_path, capsys):
+    folder = tmp_path / "notrun"
+    folder.mkdir()
+    code = main(["variations", str(folder), *GEN])
+    assert_one_error(code, capsys.readouterr().err, "not a break-a-scene run")
+    assert list(folder.iterdir()) == []
+    out = tmp_path / "v"
+    assert main(["variations", str(run), "--num-images", "1", *GEN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = (out / "metadata.jsonl").read_text()
+    code = main(["variations", str(run), "--num-images", "1", *GEN, "--out", str(out)])
+    assert_one_error(code, capsys.readouterr().err, "already exists", "--overwrite")
+    assert (out / "metadata.jsonl").read_text() == before
