@@ -6,6 +6,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the Hub fails instead of hanging
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,3 +37,16 @@ def shapes_scene(resolution: int = 256):
 @pytest.fixture
 def scene256():
     return shapes_scene(256)
+
+
+def make_tiny_run(tmp_path_factory) -> Path:
+    """A finished 2+2-step run of the tiny model on the shapes example at 256 px, made through the real CLI."""
+    from breakascene.cli import main
+    from breakascene.examples import write_shapes_example
+
+    scene = write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
+    out = tmp_path_factory.mktemp("runs") / "run"
+    code = main(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "256",
+                 "--phase1-steps", "2", "--phase2-steps", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    return out

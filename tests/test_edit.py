@@ -14,8 +14,8 @@ from PIL import Image
 import breakascene.edit as edit_module
 from breakascene.cli import main
 from breakascene.edit import edit
-from breakascene.examples import write_shapes_example
 from breakascene.generate import load_pipeline
+from conftest import make_tiny_run
 
 W, H = 128, 96  # not square: the edit image keeps its own size
 FAST = ["--steps", "4"]
@@ -53,12 +53,7 @@ def assert_one_error(code, err, *fragments):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    scene = write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
-    out = tmp_path_factory.mktemp("runs") / "run"
-    code, _, err = _run_captured(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "256",
-                                  "--phase1-steps", "2", "--phase2-steps", "2", "--out", str(out), "--quiet"])
-    assert code == 0, err
-    return out
+    return make_tiny_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from breakascene.cli import main
-from breakascene.examples import write_shapes_example
 from breakascene.handles import load_handles
+from conftest import make_tiny_run
 from test_cli import _run_captured, assert_one_error
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    scene = write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
-    run = tmp_path_factory.mktemp("runs") / "run"
-    code, _, err = _run_captured(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "256",
-                                  "--phase1-steps", "2", "--phase2-steps", "2", "--out", str(run), "--quiet"])
-    assert code == 0, err
-    return run
+    return make_tiny_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

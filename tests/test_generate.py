@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from breakascene.cli import main
-from breakascene.examples import write_shapes_example
+from conftest import make_tiny_run
 from test_cli import _lines, _run_captured, assert_one_error
 
 GEN = ["--steps", "2", "--height", "128", "--width", "128", "--quiet"]
@@ -27,12 +27,7 @@ def _pixels(path: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    scene = write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
-    run = tmp_path_factory.mktemp("runs") / "run"
-    code, _, err = _run_captured(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "256",
-                                  "--phase1-steps", "2", "--phase2-steps", "2", "--out", str(run), "--quiet"])
-    assert code == 0, err
-    return run
+    return make_tiny_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
