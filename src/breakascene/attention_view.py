@@ -27,12 +27,12 @@ afterwards, even when generation fails.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from .attention import AttentionStore, attention_grid, install_capture, normalize_maps
+from .visualize import heat_colors
 
 __all__ = ["generate_with_attention", "attention_view_image", "token_positions"]
 
@@ -123,16 +123,9 @@ def attention_view_image(image: Image.Image, maps: dict[str, torch.Tensor], tile
     for i, (token, values) in enumerate(maps.items(), start=1):
         scaled = normalize_maps(values.detach().float().cpu()[None])  # (1, h, w) in [0, 1]
         big = F.interpolate(scaled[None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        overlay = Image.blend(base, _heat(big), 0.5)
+        overlay = Image.blend(base, heat_colors(big), 0.5)
         draw = ImageDraw.Draw(overlay)
         draw.rectangle((0, 0, 8 + 7 * len(token), 16), fill="black")
         draw.text((4, 2), token, fill="white")
         figure.paste(overlay, (i * width, 0))
     return figure
-
-
-def _heat(values: torch.Tensor) -> Image.Image:
-    """(H, W) in [0, 1] -> RGB heat map at full size (the same colour ramp as :func:`visualize.heatmap`)."""
-    v = values.clamp(0, 1).numpy()
-    rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
-    return Image.fromarray((rgb * 255).astype(np.uint8))

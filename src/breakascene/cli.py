@@ -250,9 +250,12 @@ def run_extract(args) -> int:
         if not args.mask:
             raise BreakASceneError(f"no masks for {source}: add --mask PNG per concept, or give a folder with mask*.png")
         scene = load_scene(source, args.mask, config.resolution)
-    result = extract(scene, config, args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
-    if made is not None:
-        _write_masks(result.out / "masks", source, photo, made, overwrite=True)
+    write_masks = None
+    if made is not None:  # saved inside the run folder before it appears, never after
+        def write_masks(folder: Path) -> None:
+            _write_masks(folder / "masks", source, photo, made, overwrite=True)
+    result = extract(scene, config, args.out, overwrite=args.overwrite, resume=args.resume,
+                     progress=not args.quiet, write_extra=write_masks)
     print(f"handles {' '.join(result.tokens)} written to {result.out}")
     scores = result.attention_scores.get(config.phases[-1][0])
     if scores:

@@ -437,6 +437,7 @@ def extract(
     resume: bool = False,
     callback: Callable[[Progress], None] | None = None,
     progress: bool = True,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> ExtractResult:
     """Learns one handle per masked concept (and ``<bg>``) and writes a run folder at ``out``.
 
@@ -450,6 +451,8 @@ def extract(
         resume: continue the interrupted run in ``out.partial`` from its last checkpoint.
         callback: called with a :class:`Progress` after every step (raise inside it to stop the run).
         progress: show a tqdm progress bar.
+        write_extra: called with the unfinished run folder just before it is renamed to ``out``, to add files
+            (e.g. the masks ``extract --text-masks`` made) that must appear atomically with the run.
 
     Raises:
         ConfigError, SceneError, RunError: bad input, before any weights are loaded where possible.
@@ -474,6 +477,8 @@ def extract(
     try:
         trainer = _train(scene, config, partial, handles, device, components, resume, callback, progress)
         vectors = _write_run(partial, scene, config, trainer)
+        if write_extra is not None:
+            write_extra(partial)
     except BaseException:
         # A run that got as far as a checkpoint stays resumable; anything less leaves nothing behind.
         if not (partial / CHECKPOINT_DIR / "state.json").is_file():

@@ -191,36 +191,28 @@ class Detector:
         return cls(owl, processor, next(owl.parameters()).device)
 
 
-def load_sam(model: str = DEFAULT_SAM_MODEL, device=None):
-    """``(SamModel, SamProcessor)`` from a Hub id (cached) or a local folder, in eval mode on ``device``.
+def _load_pair(model_class, processor_class, model: str, what: str, flag: str, device):
+    """``(model, processor)`` from a Hub id (cached) or a local folder, in eval mode on ``device``."""
+    try:
+        loaded = model_class.from_pretrained(model)
+        processor = processor_class.from_pretrained(model)
+    except (OSError, ValueError, KeyError) as error:
+        raise _load_error(what, model, flag, error) from error
+    return loaded.to(_device(device)).eval(), processor
 
-    Raises:
-        ConfigError: the model cannot be found or loaded (says how to download it or use a local folder).
-    """
+
+def load_sam(model: str = DEFAULT_SAM_MODEL, device=None):
+    """``(SamModel, SamProcessor)``. Raises ConfigError (saying how to download it or use a folder) if it cannot load."""
     from transformers import SamModel, SamProcessor
 
-    try:
-        sam = SamModel.from_pretrained(model)
-        processor = SamProcessor.from_pretrained(model)
-    except (OSError, ValueError, KeyError) as error:
-        raise _load_error("SAM", model, "--sam-model", error) from error
-    return sam.to(_device(device)).eval(), processor
+    return _load_pair(SamModel, SamProcessor, model, "SAM", "--sam-model", device)
 
 
 def load_detector(model: str = DEFAULT_DETECTOR_MODEL, device=None):
-    """``(Owlv2ForObjectDetection, Owlv2Processor)`` from a Hub id (cached) or a local folder.
-
-    Raises:
-        ConfigError: the model cannot be found or loaded (says how to download it or use a local folder).
-    """
+    """``(Owlv2ForObjectDetection, Owlv2Processor)``; errors as :func:`load_sam`."""
     from transformers import Owlv2ForObjectDetection, Owlv2Processor
 
-    try:
-        owl = Owlv2ForObjectDetection.from_pretrained(model)
-        processor = Owlv2Processor.from_pretrained(model)
-    except (OSError, ValueError, KeyError) as error:
-        raise _load_error("detector", model, "--detector-model", error) from error
-    return owl.to(_device(device)).eval(), processor
+    return _load_pair(Owlv2ForObjectDetection, Owlv2Processor, model, "detector", "--detector-model", device)
 
 
 def _unpack(obj) -> tuple[Any, Any, torch.device]:

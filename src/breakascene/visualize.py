@@ -9,11 +9,16 @@ from PIL import Image, ImageDraw
 TILE = 192  # pixels per tile side: big enough to read a 16x16 map, small enough to keep files light
 
 
-def heatmap(values: torch.Tensor, size: int = TILE) -> Image.Image:
-    """(h, w) values in [0, 1] -> an RGB heat map (black -> red -> yellow -> white), nearest-upsampled."""
+def heat_colors(values: torch.Tensor) -> Image.Image:
+    """(H, W) values in [0, 1] -> an RGB heat map of the same size (black -> red -> yellow -> white)."""
     v = values.detach().float().clamp(0, 1).cpu().numpy()
     rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
-    return Image.fromarray((rgb * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+    return Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+def heatmap(values: torch.Tensor, size: int = TILE) -> Image.Image:
+    """(h, w) values in [0, 1] -> a ``size`` x ``size`` heat map, nearest-upsampled so each cell stays visible."""
+    return heat_colors(values).resize((size, size), Image.NEAREST)
 
 
 def attention_figure(
