@@ -70,11 +70,22 @@ class ExtractConfig:
     num_class_images: int = 100
     prior_loss_weight: float = 1.0
 
+    # --- parameter-efficient phase 2 (not the paper's: it found a parameter-efficient variant worse, Sec. 4.1)
+    lora_rank: int = 0  # > 0: phase 2 trains LoRA adapters of this rank instead of the full UNet
+    lora_alpha: float | None = None  # LoRA scale numerator; None: the rank (scale 1)
+    lora_text_encoder: bool = False  # with --lora-rank: LoRA on the text encoder too (else it stays frozen)
+
     # --- running
     seed: int = 0
     device: str | None = None  # None: cuda, else mps, else cpu
+    # bf16/fp16: autocast, and weights that never train in this run are stored in that dtype; what trains
+    # (handles, and the UNet/text encoder in a full phase 2, or the LoRA adapters) stays float32.
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False  # bitsandbytes' 8-bit Adam/AdamW (CUDA only): optimiser state 4x smaller
+    compile: bool = False  # torch.compile the UNet (slow first steps; pays off over 800 steps on a GPU)
+    allow_tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (what PyTorch's "high" precision means)
+    low_vram: bool = False  # set by --low-vram; the options it chose are already applied (see low_vram_options)
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps; 0: never
     preset: Literal["paper", "official"] = "paper"
     extra: dict = field(default_factory=dict)  # free-form notes carried into scene.json
@@ -85,6 +96,8 @@ class ExtractConfig:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         values = dict(_OFFICIAL) if preset == "official" else {}
+        if overrides.get("low_vram"):  # between the preset and the user's own flags, which win
+            values.update(low_vram_options(*machine_facts(overrides.get("device")))[0])
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -109,6 +122,12 @@ class ExtractConfig:
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.lora_rank < 0:
+            raise ConfigError(f"--lora-rank must be >= 0 (0: full fine-tuning), got {self.lora_rank}")
+        if self.lora_text_encoder and not self.lora_rank:
+            raise ConfigError("--lora-text-encoder needs --lora-rank N (LoRA on the UNet too)")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ConfigError(f"--lora-alpha must be > 0, got {self.lora_alpha}")
         if self.total_steps == 0:
             raise ConfigError("nothing to train: both phases have 0 steps (check --phase1-steps/--phase2-steps)")
         if not self.masked_loss and not self.attention_loss and not self.prior_preservation:
@@ -130,10 +149,67 @@ class ExtractConfig:
     def total_steps(self) -> int:
         return sum(steps for _, steps, _, _ in self.phases)
 
+    @property
+    def trains_unet(self) -> bool:
+        """Whether the UNet's own weights change (a full phase 2); LoRA leaves them frozen."""
+        return bool(self.phase2_steps) and not self.lora_rank
+
+    @property
+    def trains_text_encoder_weights(self) -> bool:
+        return bool(self.phase2_steps) and self.train_text_encoder and not self.lora_rank
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def training_fingerprint(self) -> dict:
         """The fields that must match for ``--resume`` to continue a run (everything but how it is run)."""
-        ignored = {"checkpoint_every", "device", "extra"}
+        ignored = {"checkpoint_every", "device", "extra", "compile", "allow_tf32"}
         return {k: v for k, v in self.to_dict().items() if k not in ignored}
+
+
+LOW_VRAM_OPTIONS = {
+    "mixed_precision": "bf16",  # fp16 where the GPU has no bf16 (see low_vram_options)
+    "gradient_checkpointing": True,
+    "use_8bit_adam": True,
+    "train_text_encoder": False,
+}
+
+
+def machine_facts(device: str | None) -> tuple[str, bool, bool]:
+    """(device type, bf16 supported, bitsandbytes importable) for ``--device`` (None: the default device)."""
+    import importlib.util
+
+    import torch
+
+    if device:
+        device_type = device.split(":")[0]
+    else:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = device_type != "cuda" or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return device_type, bf16, importlib.util.find_spec("bitsandbytes") is not None
+
+
+def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_available: bool) -> tuple[dict, list[str]]:
+    """What ``--low-vram`` sets, for this machine: (config overrides, one line per choice saying why).
+
+    The budget is a 12 GB GPU with the full (not LoRA) phase 2, the paper's method. What phase 2 holds is
+    UNet weights + gradients in fp32 (2 x 3.46 GB) + optimiser state: 8-bit Adam makes that 1.7 GB instead of
+    6.9 GB. The text encoder (340 M parameters) stays frozen in phase 2, in half precision, which is the usual
+    12 GB recipe (diffusers' and kohya's DreamBooth guides); the paper trains it, so this is a deviation.
+    Gradient checkpointing keeps the activations of a 512 px step around 1 GB.
+    """
+    options, notes = dict(LOW_VRAM_OPTIONS), []
+    if device_type == "cuda" and not bf16_supported:
+        options["mixed_precision"] = "fp16"
+    if device_type == "cpu" and options["mixed_precision"] == "fp16":
+        options["mixed_precision"] = "bf16"
+    notes.append(f"mixed precision {options['mixed_precision']}: frozen weights stored in it, autocast compute")
+    notes.append("gradient checkpointing: activations are recomputed in the backward pass")
+    if device_type == "cuda" and bitsandbytes_available:
+        notes.append("8-bit Adam (bitsandbytes): optimiser state 1.7 GB instead of 6.9 GB")
+    else:
+        options["use_8bit_adam"] = False
+        why = "no CUDA GPU" if device_type != "cuda" else "bitsandbytes is not installed (pip install 'break-a-scene[bnb]')"
+        notes.append(f"fp32 Adam: 8-bit Adam needs CUDA and bitsandbytes ({why}); add --lora-rank 4 to fit 12 GB")
+    notes.append("text encoder frozen in phase 2 (the paper trains it): saves its gradients and optimiser state")
+    return options, notes

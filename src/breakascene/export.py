@@ -170,10 +170,10 @@ def _write_textual_inversion(run: Path, folder: Path, tokens: list[str], vectors
 
 
 def _write_diffusers(run: Path, folder: Path, tokens: list[str], fp16: bool) -> None:
-    from diffusers import StableDiffusionPipeline
+    from .generate import load_pipeline
 
     dtype = torch.float16 if fp16 else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(str(run), torch_dtype=dtype, safety_checker=None)
+    pipe = load_pipeline(run, "cpu", dtype)[0]  # a LoRA run comes out as a full pipeline, adapters fused
     pipe.save_pretrained(str(folder), safe_serialization=True, variant="fp16" if fp16 else None)
     shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
     shutil.copyfile(run / SCENE_FILE, folder / SCENE_FILE)

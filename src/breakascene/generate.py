@@ -118,10 +118,54 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
     from diffusers import StableDiffusionPipeline
 
     info = read_scene_json(run)
-    pipe = StableDiffusionPipeline.from_pretrained(str(run), torch_dtype=dtype, safety_checker=None)
+    if info.get("lora"):
+        pipe = _load_lora_run(Path(run), info).to(dtype=dtype)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(str(run), torch_dtype=dtype, safety_checker=None)
     pipe = pipe.to(torch.device(device) if device else default_device())
     pipe.set_progress_bar_config(disable=True)
     return pipe, info
+
+
+def _load_lora_run(run: Path, info: dict):
+    """A LoRA run (``extract --lora-rank``): the base model, plus the handles, plus the adapters (fused)."""
+    from diffusers import StableDiffusionPipeline
+
+    from .handles import load_handles
+    from .models import load_components
+    from .run_folder import HANDLES_FILE
+
+    components = load_components(info["base_model"])
+    pipe = StableDiffusionPipeline(
+        **components.__dict__, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    tokens, vectors = load_handles(run / HANDLES_FILE)
+    pipe.load_textual_inversion(vectors, token=tokens)
+    pipe.load_lora_weights(str(run), weight_name=info["lora"]["weights"])
+    pipe.fuse_lora()  # plain weights again: generation runs at the base model's speed
+    pipe.unload_lora_weights()
+    if info["lora"].get("text_encoder"):
+        _merge_text_encoder_lora(pipe.text_encoder, run / info["lora"]["text_encoder"])
+    return pipe
+
+
+def _merge_text_encoder_lora(text_encoder, path: Path) -> None:
+    """Adds the run's text-encoder LoRA (peft keys, see ``recipe.add_text_encoder_lora``) and merges it in."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .recipe import add_text_encoder_lora
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    add_text_encoder_lora(text_encoder, int(meta["rank"]), float(meta["alpha"]))
+    unexpected = text_encoder.load_state_dict(load_file(str(path)), strict=False).unexpected_keys
+    if unexpected:
+        raise RunError(f"{path.name} does not fit the base model's text encoder (e.g. {unexpected[0]})")
+    for module in text_encoder.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
 
 
 def contact_sheet(images: list, captions: list[str], columns: int):

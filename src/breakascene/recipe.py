@@ -10,6 +10,10 @@ are small modules of their own with their own tests.
                 z_t = noise(z, t);  eps_theta(z_t, t, p_s) with the 16x16 cross-attention recorded
                 loss = ||(eps - eps_theta) * M_s||^2 + 0.01 * mean_i MSE(CA(v_i) / max, M_i)
     phase 1: only the handle vectors train (lr 5e-4); phase 2: handles + UNet + text encoder (lr 2e-6)
+
+Memory and speed options (``ExtractConfig``): mixed precision stores every weight that never trains in this
+run in bf16/fp16 and keeps what trains in fp32; gradient checkpointing; 8-bit Adam; LoRA adapters instead of
+the full UNet in phase 2 (``lora_rank``); ``torch.compile``; TF32. ``docs/performance.md`` has the numbers.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ExtractConfig
-from .errors import ConfigError, SceneError
+from .errors import ConfigError, RunError, SceneError
 from .handles import Handle, HandleEmbedding, attach_handles, find_handle_positions, make_handles, merge_handles, save_handles
 from .losses import cross_attention_loss, diffusion_loss, masked_diffusion_loss
 from .models import Components, check_model_reference, default_device, load_components
@@ -52,6 +56,11 @@ from .visualize import attention_figure
 PAPER_CONCEPT_LIMIT = 4  # the paper reports good results for up to 4 concepts
 DIAGNOSTIC_TIMESTEPS = (250, 500, 750)  # noise levels at which the end-of-phase attention maps are averaged
 LOG_EVERY = 10  # read losses back (a device sync) only every this many steps
+LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection, as diffusers' LoRA scripts
+LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name: pipe.load_lora_weights(run) finds it
+TEXT_LORA_FILE = "text_encoder_lora.safetensors"  # peft's own keys; see _save_lora for why not diffusers' file
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -117,6 +126,39 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def load_bitsandbytes(device: torch.device):
+    """bitsandbytes for 8-bit Adam, or a ConfigError that says what to do instead."""
+    if device.type != "cuda":
+        raise ConfigError(
+            f"--use-8bit-adam needs a CUDA GPU (bitsandbytes), not {device.type}; drop it, or use --lora-rank N "
+            "to make the optimiser state small"
+        )
+    try:
+        import bitsandbytes
+    except ImportError as error:
+        raise ConfigError("--use-8bit-adam needs bitsandbytes: pip install 'break-a-scene[bnb]'") from error
+    return bitsandbytes
+
+
+def add_text_encoder_lora(text_encoder, rank: int, alpha: float) -> None:
+    """LoRA on the text encoder's attention projections, through peft directly.
+
+    transformers' own ``add_adapter``/``load_adapter`` (which diffusers' text-encoder LoRA loading calls) refuse
+    peft releases older than the one transformers 5.24 asks for, which is not on PyPI yet; peft's
+    ``inject_adapter_in_model`` does the same injection with any peft.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_TEXT_TARGETS)
+    inject_adapter_in_model(config, text_encoder)
+
+
+def set_tf32(device: torch.device, allow: bool) -> None:
+    """TF32 matmuls on Ampere+ GPUs ("high"), or strict fp32 ("highest"). Process-wide, as in PyTorch."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if allow else "highest")
 
 
 def _autocast(device: torch.device, mixed_precision: str):
@@ -202,7 +244,13 @@ class Trainer:
             model.requires_grad_(False)
         self.embedding: HandleEmbedding = attach_handles(c.tokenizer, c.text_encoder, self.handles)
         self.handle_ids = self.embedding.handle_ids.tolist()
+        if cfg.lora_rank:
+            self._add_lora()
+        self._store_frozen_weights_in_half()
         install_capture(c.unet, self.store)
+        set_tf32(self.device, cfg.allow_tf32)
+        if cfg.compile:
+            c.unet.compile()  # in place: parameter names (checkpoints, saving) stay those of the plain UNet
         if cfg.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
             # transformers 5 renamed it; 4.x only has the old name.
@@ -231,6 +279,43 @@ class Trainer:
         self.latent_mean, self.latent_std = self.latent_mean.to(self.device), self.latent_std.to(self.device)
         c.unet.to(self.device)
         c.text_encoder.to(self.device)
+
+    def _add_lora(self) -> None:
+        """LoRA adapters (peft) on the UNet's attention projections, and optionally the text encoder's.
+
+        The adapters' B matrices start at zero, so the model is unchanged until phase 2 trains them; phase 1
+        runs with them in place (frozen).
+        """
+        from peft import LoraConfig
+
+        c, cfg = self.components, self.config
+        alpha = cfg.lora_alpha or cfg.lora_rank
+        c.unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_UNET_TARGETS))
+        if cfg.lora_text_encoder:
+            add_text_encoder_lora(c.text_encoder, cfg.lora_rank, alpha)
+        for model in (c.unet, c.text_encoder):
+            model.requires_grad_(False)
+
+    def _store_frozen_weights_in_half(self) -> None:
+        """With mixed precision, weights that never train in this run are stored in bf16/fp16 (half the memory).
+
+        What trains keeps float32 master weights: the handle vectors, LoRA adapters, and in a full phase 2 the
+        whole UNet (and text encoder). Autocast does the compute in half precision either way.
+        """
+        c, cfg = self.components, self.config
+        dtype = HALF_DTYPES.get(cfg.mixed_precision)
+        if dtype is None:
+            return
+        halved = []
+        if not cfg.trains_unet:
+            halved.append(c.unet.to(dtype))
+        if not cfg.trains_text_encoder_weights:
+            halved.append(c.text_encoder.to(dtype))
+        for model in halved:
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.data = p.data.float()
+        self.embedding.handle_vectors.data = self.embedding.handle_vectors.data.float()
 
     # -- one step ---------------------------------------------------------------------------------------
     def _latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -293,11 +378,19 @@ class Trainer:
 
     # -- a phase ----------------------------------------------------------------------------------------
     def trainable_parameters(self, trains_model: bool) -> dict[str, torch.nn.Parameter]:
-        """Phase 1: the handle vectors only. Phase 2: plus the UNet and the text encoder's layers."""
+        """Phase 1: the handle vectors only. Phase 2: plus the UNet and the text encoder's layers, or with
+        ``lora_rank`` plus the LoRA adapters only."""
         params = {"handles": self.embedding.handle_vectors}
         self.embedding.handle_vectors.requires_grad_(True)
         c = self.components
-        if trains_model:
+        if trains_model and self.config.lora_rank:
+            models = [("unet", c.unet)] + ([("text_encoder", c.text_encoder)] if self.config.lora_text_encoder else [])
+            for prefix, model in models:
+                for name, p in model.named_parameters():
+                    if "lora_" in name:
+                        p.requires_grad_(True)
+                        params[f"{prefix}.{name}"] = p
+        elif trains_model:
             c.unet.requires_grad_(True)
             for name, p in c.unet.named_parameters():
                 params[f"unet.{name}"] = p
@@ -311,7 +404,11 @@ class Trainer:
 
     def make_optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
         cfg = self.config
-        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        if cfg.use_8bit_adam:
+            optim = load_bitsandbytes(self.device).optim
+            kind = optim.AdamW8bit if cfg.optimizer == "adamw" else optim.Adam8bit
+        else:
+            kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
 
     def run_phase(
@@ -389,8 +486,10 @@ class Trainer:
             self.embedding.handle_vectors.copy_(tensors["handles"])
             unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
             text = {k[len("text_encoder."):]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
-        if unet:
-            self.components.unet.load_state_dict(unet, strict=True)
+        if unet:  # all of the UNet after a full phase 2; only its LoRA adapters with lora_rank
+            unexpected = self.components.unet.load_state_dict(unet, strict=not self.config.lora_rank).unexpected_keys
+            if unexpected:
+                raise RunError(f"the checkpoint does not fit this model (e.g. {unexpected[0]}); start the run again")
         if text:
             self.components.text_encoder.load_state_dict(text, strict=False)
 
@@ -472,7 +571,7 @@ def extract(
         )
     if components is None:
         check_model_reference(config.model)
-    device = _resolve_device(config)
+    device = resolve_device(config)
     partial = prepare_output(out, overwrite=overwrite, resume=resume)
     try:
         trainer = _train(scene, config, partial, handles, device, components, resume, callback, progress)
@@ -488,7 +587,7 @@ def extract(
     return ExtractResult(out, handles, vectors, trainer.attention_scores, trainer.loss_log)
 
 
-def _resolve_device(config: ExtractConfig) -> torch.device:
+def resolve_device(config: ExtractConfig) -> torch.device:
     try:
         device = torch.device(config.device) if config.device else default_device()
     except RuntimeError as error:
@@ -497,6 +596,8 @@ def _resolve_device(config: ExtractConfig) -> torch.device:
         raise ConfigError(f"--device {config.device} asked for, but PyTorch sees no CUDA GPU here")
     if config.mixed_precision == "fp16" and device.type == "cpu":
         raise ConfigError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+    if config.use_8bit_adam:
+        load_bitsandbytes(device)  # fail before any weights are loaded
     return device
 
 
@@ -567,12 +668,16 @@ def _write_run(partial: Path, scene: Scene, config: ExtractConfig, trainer: Trai
     vectors = merge_handles(c.text_encoder)
     for model in (c.unet, c.text_encoder, c.vae):
         model.to("cpu")
-    c.unet.set_attn_processor(AttnProcessor2_0())  # drop the capture hooks: the saved UNet is stock
-    pipe = StableDiffusionPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, scheduler=c.scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(partial, safe_serialization=True)
+    if config.lora_rank:
+        # Small output: the adapters in diffusers' LoRA format; the base model is loaded again to generate.
+        _save_lora(partial, c, config)
+    else:
+        c.unet.set_attn_processor(AttnProcessor2_0())  # drop the capture hooks: the saved UNet is stock
+        pipe = StableDiffusionPipeline(
+            vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, scheduler=c.scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.save_pretrained(partial, safe_serialization=True)
     save_handles(partial / HANDLES_FILE, trainer.handles, vectors)
     # The scene as used: the resized/cropped photo and one mask per handle (<bg> included), named after it.
     (partial / "scene").mkdir(exist_ok=True)
@@ -587,6 +692,9 @@ def _write_run(partial: Path, scene: Scene, config: ExtractConfig, trainer: Trai
             "base_model": config.model,
             "resolution": config.resolution,
             "prediction_type": c.prediction_type,
+            "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha or config.lora_rank,
+                     "weights": LORA_WEIGHTS_FILE,
+                     "text_encoder": TEXT_LORA_FILE if config.lora_text_encoder else None} if config.lora_rank else None,
             "handles": [
                 {"name": h.name, "token": h.token, "init_word": h.init_word, "background": h.is_background}
                 for h in trainer.handles
@@ -606,6 +714,30 @@ def _write_run(partial: Path, scene: Scene, config: ExtractConfig, trainer: Trai
         },
     )
     return vectors
+
+
+def _save_lora(folder: Path, components: Components, config: ExtractConfig) -> None:
+    """Writes the LoRA adapters as ``pytorch_lora_weights.safetensors`` (float32), the format
+    ``StableDiffusionPipeline.load_lora_weights`` reads."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    def layers(model):
+        return {k: v.float() for k, v in convert_state_dict_to_diffusers(get_peft_model_state_dict(model)).items()}
+
+    StableDiffusionPipeline.save_lora_weights(
+        folder,
+        unet_lora_layers=layers(components.unet),
+        # rank and alpha travel in the file, so loading needs no flags
+        unet_lora_adapter_metadata=components.unet.peft_config["default"].to_dict(),
+        weight_name=LORA_WEIGHTS_FILE,
+        safe_serialization=True,
+    )
+    if config.lora_text_encoder:  # see add_text_encoder_lora: loaded back by generate._load_lora_run
+        from safetensors.torch import save_file
+
+        tensors = {k: v.float().contiguous() for k, v in components.text_encoder.state_dict().items() if "lora_" in k}
+        save_file(tensors, str(folder / TEXT_LORA_FILE), metadata={"rank": str(config.lora_rank), "alpha": str(config.lora_alpha or config.lora_rank)})
 
 
 def _to_image(tensor: torch.Tensor):

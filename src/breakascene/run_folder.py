@@ -83,9 +83,14 @@ def read_scene_json(run: Path) -> dict:
             raise RunError(f"{run} is not finished ({partial_path(run)} exists); resume it with extract --resume")
         raise RunError(f"run folder {run} does not exist")
     path = run / SCENE_FILE
-    if not path.is_file() or not (run / "model_index.json").is_file():
-        raise RunError(f"{run} is not a break-a-scene run folder (no {SCENE_FILE} or model_index.json)")
+    if not path.is_file():
+        raise RunError(f"{run} is not a break-a-scene run folder (no {SCENE_FILE})")
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise RunError(f"{path} is damaged ({error.msg}); extract the scene again") from error
+    # A full run holds the fine-tuned pipeline; a LoRA run (extract --lora-rank) only its adapters.
+    weights = run / info["lora"]["weights"] if info.get("lora") else run / "model_index.json"
+    if not weights.is_file():
+        raise RunError(f"{run} is not a complete break-a-scene run folder ({weights.name} is missing)")
+    return info

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU benchmark: one prepared run (under 8 minutes on an H100) that records, at 512 px bf16, s/step of both
+# phases, the projected 800-step time, and the peak GPU memory of the default, --low-vram and LoRA modes, plus
+# torch.compile and the research code's attention handling for comparison. JSON reports go to $OUT (default
+# bench-out/); docs/performance.md says how to read them.
+#
+#   benchmarks/fetch_wheels.sh          # where PyPI is reachable: diffusers + bitsandbytes wheels into .whl/
+#   benchmarks/gpu.sh                   # on the GPU machine (carry .whl/ there)
+#
+# Packages the machine lacks are installed from $WHEELS (default .whl/) into a private folder; nothing is
+# fetched. BENCH_ARGS adds flags to every bench call (the CPU test of this script uses a tiny model);
+# GROUPS picks which of the three measurement groups run (default: all, in this order).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+WHEELS=${WHEELS:-.whl}
+OUT=${OUT:-bench-out}
+mkdir -p "$OUT"
+
+if ! "$PY" -c "import diffusers, peft" 2>/dev/null; then
+    ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "gpu.sh: diffusers is missing and $WHEELS/ has no wheels; run benchmarks/fetch_wheels.sh" >&2; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/bas-site "$WHEELS"/*.whl
+    export PYTHONPATH=/tmp/bas-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error
+
+read -r -a extra <<< "${BENCH_ARGS:-}"
+GROUPS=" ${GROUPS:-modes explicit compile} "
+bench() { "$PY" -m breakascene.cli bench --mixed-precision bf16 "${extra[@]}" "$@"; }
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+"$PY" -m breakascene.cli env | tee "$OUT/env.txt"
+
+# 1. The targets: speed of the default, and the memory of the three modes (each JSON is written as soon as
+#    its group finishes, so a later group running out of time loses only itself).
+[[ $GROUPS == *" modes "* ]] && bench --compare default low-vram lora --steps 5 --warmup 2 --json "$OUT/modes.json"
+# 2. The research code's attention handling against ours, same precision.
+[[ $GROUPS == *" explicit "* ]] && bench --compare explicit-everywhere default --steps 3 --warmup 1 --json "$OUT/explicit.json"
+# 3. torch.compile: the first steps compile (minutes), so more warm-up.
+[[ $GROUPS == *" compile "* ]] && bench --compare default compile --steps 5 --warmup 3 --json "$OUT/compile.json"
+echo "gpu.sh: reports in $OUT/"

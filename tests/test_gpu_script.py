@@ -1,0 +1,29 @@
+"""benchmarks/gpu.sh runs end to end here on the CPU with a tiny model, so the GPU run is a rehearsed one."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_script_writes_its_reports(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(Path(os.sys.executable)),
+               BENCH_ARGS="--model builtin:tiny --resolution 128 --device cpu --steps 1 --warmup 0",
+               GROUPS="modes explicit")  # the compile group needs a GPU to be worth its build time
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    modes = json.loads((tmp_path / "out" / "modes.json").read_text())
+    assert [r["name"] for r in modes["results"]] == ["default", "low-vram", "lora"]
+    assert all(r["ok"] for r in modes["results"])
+    assert modes["results"][0]["config"]["mixed_precision"] == "bf16"
+    explicit = json.loads((tmp_path / "out" / "explicit.json").read_text())
+    assert explicit["reference"] == "explicit-everywhere"
+    assert (tmp_path / "out" / "env.txt").read_text().strip()
+    assert not (tmp_path / "out" / "compile.json").exists()

@@ -1,0 +1,182 @@
+"""Speed and memory options of extraction: LoRA phase 2, half-precision frozen weights, 8-bit Adam, --low-vram,
+torch.compile, TF32. Each on the tiny model, checking what the option must change and what it must not."""
+
+import json
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from breakascene import recipe
+from breakascene.cli import main
+from breakascene.config import ExtractConfig, low_vram_options
+from breakascene.errors import ConfigError
+from breakascene.generate import load_pipeline
+from breakascene.handles import load_handles, make_handles
+from breakascene.recipe import Trainer, extract
+
+from conftest import tiny
+
+TO_Q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+
+
+def config(**overrides) -> ExtractConfig:
+    values = dict(model="builtin:tiny", resolution=256, phase1_steps=2, phase2_steps=2)
+    values.update(overrides)
+    return ExtractConfig(**values)
+
+
+def _unet_base_weights(unet) -> dict[str, torch.Tensor]:
+    """The UNet's own weights under their plain names (peft's wrapped layers hold them as ``.base_layer.``)."""
+    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in unet.state_dict().items() if "lora_" not in k}
+
+
+def test_lora_phase2_trains_only_the_adapters_and_writes_a_small_run(tmp_path, scene256):
+    components = tiny()
+    before = _unet_base_weights(components.unet)
+    result = extract(scene256, config(lora_rank=4, phase2_lr=1e-2), tmp_path / "run", components=components, progress=False)
+
+    after = _unet_base_weights(components.unet)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the UNet itself did not move
+    saved = load_file(result.out / "pytorch_lora_weights.safetensors")
+    ups = [v for k, v in saved.items() if "lora.up" in k or "lora_B" in k]
+    assert ups and any(v.abs().sum() > 0 for v in ups)  # B starts at zero: non-zero means phase 2 trained it
+    assert not (result.out / "model_index.json").exists() and not (result.out / "unet").exists()
+    lora_bytes = (result.out / "pytorch_lora_weights.safetensors").stat().st_size
+    unet_bytes = sum(p.numel() * 4 for p in before.values())
+    assert lora_bytes < unet_bytes / 5
+    info = json.loads((result.out / "scene.json").read_text())
+    assert info["lora"] == {"rank": 4, "alpha": 4, "weights": "pytorch_lora_weights.safetensors", "text_encoder": None}
+
+
+def test_lora_run_loads_back_as_base_plus_scaled_adapters_with_handles(tmp_path, scene256):
+    cfg = config(lora_rank=2, lora_alpha=4, lora_text_encoder=True, phase2_lr=1e-2)
+    result = extract(scene256, cfg, tmp_path / "run", components=tiny(), progress=False)
+    pipe, _ = load_pipeline(result.out, "cpu")
+    base = tiny()
+
+    saved = load_file(result.out / "pytorch_lora_weights.safetensors")
+    down = next(v for k, v in saved.items() if TO_Q + ".lora" in k and ("down" in k or "lora_A" in k))
+    up = next(v for k, v in saved.items() if TO_Q + ".lora" in k and ("up" in k or "lora_B" in k))
+    expected = base.unet.get_submodule(TO_Q).weight + (4 / 2) * up @ down
+    assert torch.allclose(pipe.unet.get_submodule(TO_Q).weight, expected, atol=1e-6)
+
+    text = load_file(result.out / "text_encoder_lora.safetensors")
+    q = "encoder.layers.0.self_attn.q_proj"  # transformers 5 names (4.x had a text_model. prefix)
+    a, b = text[f"{q}.lora_A.default.weight"], text[f"{q}.lora_B.default.weight"]
+    assert b.abs().sum() > 0
+    merged = pipe.text_encoder.get_submodule(q)
+    merged_weight = merged.get_base_layer().weight if hasattr(merged, "get_base_layer") else merged.weight
+    assert torch.allclose(merged_weight, base.text_encoder.get_submodule(q).weight + 2 * b @ a, atol=1e-6)
+
+    tokens, vectors = load_handles(result.out / "handles.safetensors")
+    ids = pipe.tokenizer.convert_tokens_to_ids(tokens)
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], vectors)
+
+
+def test_lora_run_generates_through_the_cli(tmp_path, scene256):
+    result = extract(scene256, config(lora_rank=4), tmp_path / "run", components=tiny(), progress=False)
+    code = main(["generate", str(result.out), "a photo of <asset0> at <bg>", "--steps", "2", "--height", "64",
+                 "--width", "64", "--device", "cpu"])
+    assert code == 0
+    assert len(list((result.out / "samples").glob("*.png"))) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, unet_dtype, text_dtype",
+    [
+        (dict(lora_rank=4), torch.bfloat16, torch.bfloat16),  # nothing of the base model trains
+        (dict(), torch.float32, torch.float32),  # full phase 2: fp32 master weights
+        (dict(train_text_encoder=False), torch.float32, torch.bfloat16),
+        (dict(phase2_steps=0), torch.bfloat16, torch.bfloat16),  # handles only
+    ],
+)
+def test_mixed_precision_stores_only_frozen_weights_in_half(scene256, overrides, unet_dtype, text_dtype):
+    cfg = config(mixed_precision="bf16", **overrides)
+    components = tiny()
+    trainer = Trainer(scene256, cfg, components, make_handles(2), "cpu")
+    trainer.setup()
+    assert components.unet.conv_in.weight.dtype == unet_dtype
+    assert components.text_encoder.get_submodule("encoder.layers.0.mlp.fc1").weight.dtype == text_dtype
+    assert trainer.embedding.handle_vectors.dtype == torch.float32
+    lora = [p for n, p in components.unet.named_parameters() if "lora_" in n]
+    assert all(p.dtype == torch.float32 for p in lora) and bool(lora) == bool(cfg.lora_rank)
+    trainer.trainable_parameters(trains_model=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        terms = trainer.loss_step()
+    terms["total"].backward()
+    assert torch.isfinite(trainer.embedding.handle_vectors.grad).all()
+
+
+def test_8bit_adam_is_refused_without_cuda_before_anything_is_written(tmp_path, scene256):
+    with pytest.raises(ConfigError, match="CUDA"):
+        extract(scene256, config(use_8bit_adam=True), tmp_path / "run", components=tiny(), progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_8bit_adam_builds_bitsandbytes_optimisers_for_each_phase(tmp_path, scene256, monkeypatch):
+    made = []
+
+    class Adam8bit(torch.optim.Adam):  # stands in for bitsandbytes.optim.Adam8bit (CUDA only)
+        def __init__(self, params, **kwargs):
+            made.append(kwargs)
+            super().__init__(params, **kwargs)
+
+    fake = types.SimpleNamespace(optim=types.SimpleNamespace(Adam8bit=Adam8bit, AdamW8bit=None))
+    monkeypatch.setattr(recipe, "load_bitsandbytes", lambda device: fake)
+    extract(scene256, config(use_8bit_adam=True), tmp_path / "run", components=tiny(), progress=False)
+    assert [m["lr"] for m in made] == [5e-4, 2e-6]
+    assert made[0]["betas"] == (0.9, 0.99)
+
+
+def test_low_vram_choices_per_machine():
+    options, notes = low_vram_options("cuda", bf16_supported=True, bitsandbytes_available=True)
+    assert options == {"mixed_precision": "bf16", "gradient_checkpointing": True, "use_8bit_adam": True,
+                       "train_text_encoder": False}
+    assert low_vram_options("cuda", False, True)[0]["mixed_precision"] == "fp16"
+    options, notes = low_vram_options("cpu", True, True)
+    assert options["use_8bit_adam"] is False and any("8-bit Adam needs CUDA" in n for n in notes)
+    # the user's own flags win over the preset's choices
+    cfg = ExtractConfig.from_preset("paper", low_vram=True, device="cpu", mixed_precision="no")
+    assert cfg.mixed_precision == "no" and cfg.gradient_checkpointing and not cfg.train_text_encoder
+
+
+def test_low_vram_extract_through_the_cli_says_what_it_chose(tmp_path, capsys):
+    from breakascene.examples import write_shapes_example
+
+    scene = write_shapes_example(tmp_path / "shapes")
+    code = main(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "128", "--phase1-steps", "1",
+                 "--phase2-steps", "1", "--low-vram", "--device", "cpu", "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "--low-vram chose:" in err and "bf16" in err and "gradient checkpointing" in err
+    saved = json.loads((tmp_path / "run" / "scene.json").read_text())["config"]
+    assert saved["mixed_precision"] == "bf16" and saved["gradient_checkpointing"] and not saved["train_text_encoder"]
+
+
+def test_compile_wraps_the_unet_in_place_and_trains(tmp_path, scene256, monkeypatch):
+    calls = []
+    original = torch.nn.Module.compile
+
+    def compile_eagerly(module, *args, **kwargs):  # inductor's C++ build takes minutes; dynamo's tracing is the point
+        calls.append(type(module).__name__)
+        return original(module, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
+    components = tiny()
+    result = extract(scene256, config(compile=True, phase1_steps=1, phase2_steps=1), tmp_path / "run",
+                     components=components, progress=False)
+    assert calls == ["UNet2DConditionModel"]
+    assert (result.out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert all(torch.isfinite(torch.tensor(e["total"])) for e in result.losses)
+
+
+def test_tf32_is_set_only_on_cuda(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", seen.append)
+    recipe.set_tf32(torch.device("cpu"), True)
+    recipe.set_tf32(torch.device("cuda"), True)
+    recipe.set_tf32(torch.device("cuda"), False)
+    assert seen == ["high", "highest"]
