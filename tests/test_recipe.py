@@ -7,6 +7,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from breakascene import recipe
 from breakascene.config import ExtractConfig
 from breakascene.errors import RunError
 from breakascene.recipe import Trainer, extract
@@ -228,3 +229,49 @@ def test_bf16_mixed_precision_runs_and_keeps_fp32_weights(tmp_path, scene256):
     assert all(entry["total"] == entry["total"] for entry in result.losses)  # finite, not NaN
     pipe = StableDiffusionPipeline.from_pretrained(result.out)
     assert pipe.unet.dtype == torch.float32 and result.handle_vectors.dtype == torch.float32
+
+
+def _item(image, masks, present):
+    from types import SimpleNamespace
+
+    keep = torch.zeros(masks.shape[0])
+    keep[present] = 1
+    return SimpleNamespace(image=image, masks=masks * keep[:, None, None], present=present)
+
+
+def test_training_on_a_collection_prompts_with_each_images_concepts(scene256, monkeypatch):
+    """The masked baselines' path: every step is one collection image, its prompt names what it holds."""
+    items = [_item(scene256.image.flip(-1), scene256.masks.flip(-1), [1]), _item(scene256.image, scene256.masks, [0, 1])]
+    cfg = config(background=False, attention_loss=False)
+    trainer = Trainer(scene256, cfg, tiny(), make_handles(2, background=False), "cpu", collection=items)
+    trainer.setup()
+    assert trainer.latent_mean.shape[:2] == (3, 2)  # the scene, then the two items; each with its mirror image
+    prompts, real = [], recipe.encode_prompt
+
+    def recording(tokenizer, text_encoder, batch, device):
+        prompts.extend(batch)
+        return real(tokenizer, text_encoder, batch, device)
+
+    monkeypatch.setattr(recipe, "encode_prompt", recording)
+    with torch.no_grad():
+        for _ in range(8):
+            trainer.loss_step()
+    assert set(prompts) == {"a photo of <asset1>", "a photo of <asset0> and <asset1>"}
+
+
+def test_cross_attention_kv_phase2_trains_only_those_projections(tmp_path, scene256):
+    components = tiny()
+    before = {k: v.clone() for k, v in components.unet.state_dict().items()}
+    cfg = config(phase2_params="cross_attention_kv", train_text_encoder=False, phase2_lr=1e-3)
+    extract(scene256, cfg, tmp_path / "run", components=components, progress=False)
+    changed = {k for k, v in components.unet.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".attn2.to_k." in k or ".attn2.to_v." in k for k in changed)
+
+
+def test_collection_is_checked_before_training(tmp_path, scene256):
+    bad = [_item(scene256.image[:, :128], scene256.masks[:, :128], [0])]
+    with pytest.raises(Exception, match="collection item 0"):
+        extract(scene256, config(background=False), tmp_path / "run", components=tiny(), progress=False, collection=bad)
+    with pytest.raises(Exception, match="background"):
+        extract(scene256, config(), tmp_path / "run", components=tiny(), progress=False, collection=bad)
+    assert not (tmp_path / "run").exists()

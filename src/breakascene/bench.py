@@ -32,8 +32,10 @@ import os
 import platform
 import resource
 import statistics
+import contextlib
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -202,8 +204,8 @@ def explicit_everywhere_trainer():
         def loss_step(self):
             # The research code encodes the image (and the class image) every step.
             mean, std = encode_images(self.components.vae, self.scene.image[None])
-            self.latent_mean = torch.cat([mean, mean.flip(-1)]).to(self.device)
-            self.latent_std = torch.cat([std, std.flip(-1)]).to(self.device)
+            self.latent_mean = torch.stack([mean, mean.flip(-1)], dim=1).to(self.device)  # (1, 2, C, h, w)
+            self.latent_std = torch.stack([std, std.flip(-1)], dim=1).to(self.device)
             if self.config.prior_preservation:
                 self.class_mean, self.class_std = encode_images(self.components.vae, self.class_pixels)
             self.research_maps = []  # their store is reset between steps; kept maps live through backward
@@ -232,8 +234,12 @@ def build_components(model: str):
 
 
 def measure(name: str, base: dict, *, model: str, device: torch.device, resolution: int, steps: int, warmup: int,
-            phases: list[int], progress=print) -> dict:
-    """Runs ``warmup + steps`` steps of each phase in ``phases`` for configuration ``name``; returns its numbers."""
+            phases: list[int], profile: bool = False, progress=print) -> dict:
+    """Runs ``warmup + steps`` steps of each phase in ``phases`` for configuration ``name``; returns its numbers.
+
+    On CUDA it also counts the implicit host-device synchronisations inside the loop (PyTorch's sync debug
+    mode); with ``profile`` it keeps a table of the ops that took the most time.
+    """
     from .examples import make_shapes_scene
     from .handles import make_handles
     from .recipe import Trainer, resolve_device
@@ -278,8 +284,9 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
         trainer.loss_step = loss_step
         memory.reset()
         progress(f"[bench] {name}: {phase_name}, {warmup} warm-up + {steps} steps ...")
+        profiler = _profiler(device) if profile else contextlib.nullcontext()
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, _count_syncs(device) as syncs, profiler as prof:
             trainer.run_phase(
                 phase - 1, phase_name, warmup + steps, lr, trains_model, start_step=0, global_offset=0,
                 checkpoint_folder=Path(folder), optimizer_state=None, callback=on_step, bar=None, started=time.time(),
@@ -298,7 +305,11 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
             "trainable_params": trainable,
             "losses_finite": bool(torch.isfinite(torch.stack(losses)).all()),
             "research_maps_kept": len(getattr(trainer, "research_maps", [])),
+            "implicit_syncs": syncs[0] if device.type == "cuda" else None,
         }
+        if profile:
+            sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            result["phases"][phase_name]["profile"] = prof.key_averages().table(sort_by=sort, row_limit=15)
         progress(f"[bench]   {statistics.median(measured):.3f} s/step, peak {memory.peak_gb():.2f} GB")
     steps_of = {"phase1": config.phase1_steps, "phase2": config.phase2_steps}
     if len(result["phases"]) == 2:
@@ -308,19 +319,43 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
     return result
 
 
+@contextlib.contextmanager
+def _count_syncs(device: torch.device):
+    """Counts implicit GPU synchronisations (``.item()``, ``nonzero``, ...) in the block: yields a 1-list."""
+    count = [0]
+    if device.type != "cuda":
+        yield count
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield count
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    count[0] = sum("synchroniz" in str(w.message) for w in caught)
+
+
+def _profiler(device: torch.device):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return profile(activities=activities)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The report
 
 
 def compare(names: list[str], base: dict, *, model: str, device: torch.device, resolution: int, steps: int,
-            warmup: int, phases: list[int], progress=print) -> dict:
+            warmup: int, phases: list[int], profile: bool = False, progress=print) -> dict:
     """Measures each configuration in turn and adds ratios over the first. A configuration that cannot run
     here (8-bit Adam without CUDA, out of memory) is reported as skipped with the reason."""
     results = []
     for name in names:
         try:
             results.append(measure(name, base, model=model, device=device, resolution=resolution, steps=steps,
-                                   warmup=warmup, phases=phases, progress=progress))
+                                   warmup=warmup, phases=phases, profile=profile, progress=progress))
         except BreakASceneError as error:
             results.append({"name": name, "ok": False, "error": str(error)})
         except torch.OutOfMemoryError:

@@ -43,6 +43,9 @@ class ExtractConfig:
     phase1_lr: float = 5e-4
     phase2_lr: float = 2e-6
     train_text_encoder: bool = True  # phase 2 also trains the text encoder's layers (the paper does)
+    # what of the UNet phase 2 trains: "full" (the paper) or "cross_attention_kv" (Custom Diffusion's K/V
+    # projections of the cross-attention layers, for the CD-m baseline; the text encoder then stays frozen)
+    phase2_params: Literal["full", "cross_attention_kv"] = "full"
 
     # --- optimiser (paper: Adam, betas 0.9/0.99, weight decay 1e-8, no clipping)
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -122,6 +125,10 @@ class ExtractConfig:
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.phase2_params not in ("full", "cross_attention_kv"):
+            raise ConfigError(f"phase2_params must be full or cross_attention_kv, got {self.phase2_params!r}")
+        if self.phase2_params != "full" and self.lora_rank:
+            raise ConfigError("LoRA (--lora-rank) and phase2_params=cross_attention_kv are two different phase 2s; pick one")
         if self.lora_rank < 0:
             raise ConfigError(f"--lora-rank must be >= 0 (0: full fine-tuning), got {self.lora_rank}")
         if self.lora_text_encoder and not self.lora_rank:
@@ -156,7 +163,7 @@ class ExtractConfig:
 
     @property
     def trains_text_encoder_weights(self) -> bool:
-        return bool(self.phase2_steps) and self.train_text_encoder and not self.lora_rank
+        return bool(self.phase2_steps) and self.train_text_encoder and not self.lora_rank and self.phase2_params == "full"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -96,11 +96,12 @@ class ExtractResult:
 
 
 def encode_prompt(tokenizer, text_encoder, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> (input_ids (B, T), encoder_hidden_states (B, T, dim)) the way SD 1.x/2.x pipelines do it."""
+    """Prompts -> (input_ids (B, T) on the CPU, encoder_hidden_states (B, T, dim) on ``device``), the way SD
+    1.x/2.x pipelines do it. The ids stay on the host: finding the handles in them must not wait for the GPU."""
     input_ids = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
-    return input_ids, text_encoder(input_ids)[0]
+    ).input_ids
+    return input_ids, text_encoder(input_ids.to(device))[0]
 
 
 @torch.no_grad()
@@ -225,8 +226,10 @@ class Trainer:
     the attention capture and caches latents; :meth:`run_phase` trains one phase.
     """
 
-    def __init__(self, scene: Scene, config: ExtractConfig, components: Components, handles: list[Handle], device):
+    def __init__(self, scene: Scene, config: ExtractConfig, components: Components, handles: list[Handle], device,
+                 collection: list | None = None):
         self.scene, self.config, self.components, self.handles = scene, config, components, handles
+        self.collection = collection
         self.device = torch.device(device)
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
         # One generator for host-side choices (subset, flip, class image), one on the device for tensors.
@@ -257,15 +260,20 @@ class Trainer:
             enable = getattr(c.text_encoder, "activation_checkpointing_enable", None) or c.text_encoder.gradient_checkpointing_enable
             enable()
 
-        # Scene tensors, and their mirror images for the random flip: index 0 as is, 1 flipped.
-        image = self.scene.image[None]
-        masks = self.scene.masks
-        if cfg.background:
-            masks = mask_ops.with_background(masks)
-        self.pixel_masks = torch.stack([masks, masks.flip(-1)])  # (2, N, R, R)
+        # The training images: the scene (example 0), then a collection's items if training on one (baselines).
+        # Each with its mirror image for the random flip: [e, 0] as is, [e, 1] flipped.
+        masks = mask_ops.with_background(self.scene.masks) if cfg.background else self.scene.masks
+        images, all_masks = [self.scene.image], [masks]
+        for item in self.collection or []:
+            images.append(item.image)
+            all_masks.append(item.masks)
+        images, all_masks = torch.stack(images), torch.stack(all_masks)  # (E, 3, R, R), (E, N, R, R)
+        self.pixel_masks = torch.stack([all_masks, all_masks.flip(-1)], dim=1)  # (E, 2, N, R, R)
 
         c.vae.to(self.device)
-        self.latent_mean, self.latent_std = encode_images(c.vae, torch.cat([image, image.flip(-1)]))  # (2, C, h, w)
+        mean, std = encode_images(c.vae, torch.cat([images, images.flip(-1)]))  # (2E, C, h, w)
+        self.latent_mean = torch.stack(mean.chunk(2), dim=1)  # (E, 2, C, h, w)
+        self.latent_std = torch.stack(std.chunk(2), dim=1)
         if class_images is not None:
             self.class_mean, self.class_std = encode_images(c.vae, class_images)
         c.vae.to("cpu")  # not needed again until the pipeline is saved
@@ -273,9 +281,9 @@ class Trainer:
         latent_h, latent_w = self.latent_mean.shape[-2:]
         self.grid = attention_grid(latent_h, latent_w, cfg.attention_divisor)
         self.store.query_tokens = self.grid[0] * self.grid[1]
-        n = len(self.handles)
-        self.latent_masks = mask_ops.resize(self.pixel_masks.flatten(0, 1), latent_h, latent_w).view(2, n, latent_h, latent_w).to(self.device)
-        self.grid_masks = mask_ops.resize(self.pixel_masks.flatten(0, 1), *self.grid).view(2, n, *self.grid).to(self.device)
+        flat = self.pixel_masks.flatten(0, 2)
+        self.latent_masks = mask_ops.resize(flat, latent_h, latent_w).view(*self.pixel_masks.shape[:3], latent_h, latent_w).to(self.device)
+        self.grid_masks = mask_ops.resize(flat, *self.grid).view(*self.pixel_masks.shape[:3], *self.grid).to(self.device)
         self.latent_mean, self.latent_std = self.latent_mean.to(self.device), self.latent_std.to(self.device)
         c.unet.to(self.device)
         c.text_encoder.to(self.device)
@@ -326,14 +334,24 @@ class Trainer:
         return (sample - shift) * scaling
 
     def loss_step(self) -> dict[str, torch.Tensor]:
-        """Samples a union, noises the scene, runs the UNet once and returns the loss terms (tensors)."""
+        """Samples a union, noises the scene, runs the UNet once and returns the loss terms (tensors).
+
+        Training on a collection (the masked baselines), it samples one of its images instead, and the
+        concepts present in that image are the subset.
+        """
         c, cfg = self.components, self.config
         n = len(self.handles)
-        subset = sample_subset(n, self.host_rng) if cfg.union_sampling else all_handles(n)
+        if self.collection:
+            e = 1 + int(torch.randint(len(self.collection), (1,), generator=self.host_rng))
+            subset = list(self.collection[e - 1].present)
+        else:
+            e = 0
+            subset = sample_subset(n, self.host_rng) if cfg.union_sampling else all_handles(n)
         flip = int(torch.rand(1, generator=self.host_rng) < cfg.flip_probability)
         prompts = [build_prompt([self.handles[i].token for i in subset])]
 
-        latents = self._latents(self.latent_mean[flip : flip + 1], self.latent_std[flip : flip + 1], self.device_rng)  # (1, C, h, w)
+        mean, std = self.latent_mean[e, flip : flip + 1], self.latent_std[e, flip : flip + 1]
+        latents = self._latents(mean, std, self.device_rng)  # (1, C, h, w)
         if cfg.prior_preservation:
             pick = int(torch.randint(len(self.class_mean), (1,), generator=self.host_rng))
             latents = torch.cat([latents, self._latents(self.class_mean[pick : pick + 1], self.class_std[pick : pick + 1], self.device_rng)])
@@ -357,7 +375,7 @@ class Trainer:
 
         terms: dict[str, torch.Tensor] = {}
         if cfg.masked_loss:
-            union_mask = self.latent_masks[flip, subset].amax(dim=0)[None]  # (1, h, w)
+            union_mask = self.latent_masks[e, flip, subset].amax(dim=0)[None]  # (1, h, w)
             terms["rec"] = masked_diffusion_loss(model_pred[:1], target[:1], union_mask, cfg.normalize_by_mask_area)
         else:  # ablation: the plain, unmasked diffusion loss
             terms["rec"] = diffusion_loss(model_pred[:1], target[:1])
@@ -365,7 +383,7 @@ class Trainer:
             maps = self.store.mean_map(*self.grid)[0]  # (gh, gw, T) for the instance prompt
             positions = find_handle_positions(input_ids[0], [self.handle_ids[i] for i in subset])
             handle_maps = maps[..., positions].permute(2, 0, 1)  # (k, gh, gw)
-            terms["attention"] = cross_attention_loss(handle_maps, self.grid_masks[flip, subset])
+            terms["attention"] = cross_attention_loss(handle_maps, self.grid_masks[e, flip, subset])
         if cfg.prior_preservation:
             terms["prior"] = diffusion_loss(model_pred[1:], target[1:])
         total = terms["rec"]
@@ -390,6 +408,11 @@ class Trainer:
                     if "lora_" in name:
                         p.requires_grad_(True)
                         params[f"{prefix}.{name}"] = p
+        elif trains_model and self.config.phase2_params == "cross_attention_kv":
+            for name, p in c.unet.named_parameters():  # Custom Diffusion's choice (the CD-m baseline)
+                if ".attn2.to_k." in name or ".attn2.to_v." in name:
+                    p.requires_grad_(True)
+                    params[f"unet.{name}"] = p
         elif trains_model:
             c.unet.requires_grad_(True)
             for name, p in c.unet.named_parameters():
@@ -487,7 +510,8 @@ class Trainer:
             unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
             text = {k[len("text_encoder."):]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
         if unet:  # all of the UNet after a full phase 2; only its LoRA adapters with lora_rank
-            unexpected = self.components.unet.load_state_dict(unet, strict=not self.config.lora_rank).unexpected_keys
+            whole = not self.config.lora_rank and self.config.phase2_params == "full"
+            unexpected = self.components.unet.load_state_dict(unet, strict=whole).unexpected_keys
             if unexpected:
                 raise RunError(f"the checkpoint does not fit this model (e.g. {unexpected[0]}); start the run again")
         if text:
@@ -508,7 +532,7 @@ class Trainer:
         self.store.recording = True
         maps = []
         for t in DIAGNOSTIC_TIMESTEPS:
-            latents = self._latents(self.latent_mean[:1], self.latent_std[:1], rng)
+            latents = self._latents(self.latent_mean[0, :1], self.latent_std[0, :1], rng)
             noise = torch.randn(latents.shape, generator=rng, device=self.device)
             timesteps = torch.tensor([t], device=self.device)
             self.store.reset()
@@ -519,7 +543,7 @@ class Trainer:
             maps.append(self.store.mean_map(*self.grid)[0][..., positions].permute(2, 0, 1).float())
         self.store.reset()
         maps = torch.stack(maps).mean(dim=0).cpu()
-        return maps, mass_inside(maps, self.pixel_masks[0])
+        return maps, mass_inside(maps, self.pixel_masks[0, 0])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -537,6 +561,7 @@ def extract(
     callback: Callable[[Progress], None] | None = None,
     progress: bool = True,
     write_extra: Callable[[Path], None] | None = None,
+    collection: list | None = None,
 ) -> ExtractResult:
     """Learns one handle per masked concept (and ``<bg>``) and writes a run folder at ``out``.
 
@@ -552,6 +577,10 @@ def extract(
         progress: show a tqdm progress bar.
         write_extra: called with the unfinished run folder just before it is renamed to ``out``, to add files
             (e.g. the masks ``extract --text-masks`` made) that must appear atomically with the run.
+        collection: train on these images instead of union-sampling the scene (the evaluation's masked
+            baselines, paper Fig. 6): items with ``image`` (3, R, R), ``masks`` (N, R, R), zero for a concept
+            not in the image, and ``present`` (the concept indices in it, which make its prompt). Needs
+            ``config.background`` off. The scene is still what the attention snapshots are taken on.
 
     Raises:
         ConfigError, SceneError, RunError: bad input, before any weights are loaded where possible.
@@ -564,6 +593,8 @@ def extract(
         raise SceneError(f"the scene is {scene.resolution} px but the config says --resolution {config.resolution}")
     if config.background and scene.background_mask().sum() == 0:
         raise SceneError("the masks together cover the whole image, leaving nothing for <bg>; pass --no-background")
+    if collection is not None:
+        _check_collection(collection, scene, config)
     if scene.num_concepts > PAPER_CONCEPT_LIMIT:
         warnings.warn(
             f"{scene.num_concepts} concepts: the paper reports good results for up to {PAPER_CONCEPT_LIMIT}; "
@@ -574,7 +605,7 @@ def extract(
     device = resolve_device(config)
     partial = prepare_output(out, overwrite=overwrite, resume=resume)
     try:
-        trainer = _train(scene, config, partial, handles, device, components, resume, callback, progress)
+        trainer = _train(scene, config, partial, handles, device, components, resume, callback, progress, collection)
         vectors = _write_run(partial, scene, config, trainer)
         if write_extra is not None:
             write_extra(partial)
@@ -601,7 +632,23 @@ def resolve_device(config: ExtractConfig) -> torch.device:
     return device
 
 
-def _train(scene, config, partial, handles, device, components, resume, callback, progress) -> Trainer:
+def _check_collection(collection: list, scene: Scene, config: ExtractConfig) -> None:
+    if config.background:
+        raise ConfigError("training on a collection learns no <bg> handle; set background=False")
+    if not collection:
+        raise ConfigError("the collection is empty")
+    side = config.resolution
+    for i, item in enumerate(collection):
+        if tuple(item.image.shape) != (3, side, side) or tuple(item.masks.shape) != (scene.num_concepts, side, side):
+            raise SceneError(
+                f"collection item {i}: image {tuple(item.image.shape)} and masks {tuple(item.masks.shape)} must be "
+                f"(3, {side}, {side}) and ({scene.num_concepts}, {side}, {side})"
+            )
+        if not item.present or not all(0 <= j < scene.num_concepts for j in item.present):
+            raise SceneError(f"collection item {i}: present {item.present} must name concepts 0..{scene.num_concepts - 1}")
+
+
+def _train(scene, config, partial, handles, device, components, resume, callback, progress, collection=None) -> Trainer:
     """Loads the model, restores a checkpoint if resuming, and runs the phases inside ``partial``."""
     checkpoint_folder = partial / CHECKPOINT_DIR
     state = read_checkpoint_state(checkpoint_folder) if resume else None
@@ -618,7 +665,7 @@ def _train(scene, config, partial, handles, device, components, resume, callback
     class_images = None
     if config.prior_preservation:
         class_images = _class_images(config, components, partial / "class_images", device)
-    trainer = Trainer(scene, config, components, handles, device)
+    trainer = Trainer(scene, config, components, handles, device, collection)
     trainer.setup(class_images)
 
     # Resume: put the checkpoint's weights and random states back, and start where it stopped.
@@ -682,7 +729,7 @@ def _write_run(partial: Path, scene: Scene, config: ExtractConfig, trainer: Trai
     # The scene as used: the resized/cropped photo and one mask per handle (<bg> included), named after it.
     (partial / "scene").mkdir(exist_ok=True)
     _to_image(scene.image).save(partial / "scene" / "image.png")
-    for handle, mask in zip(trainer.handles, trainer.pixel_masks[0]):
+    for handle, mask in zip(trainer.handles, trainer.pixel_masks[0, 0]):
         _to_image(mask).save(partial / "scene" / f"{handle.name}.png")
     write_json(
         partial / SCENE_FILE,
