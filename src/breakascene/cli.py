@@ -202,8 +202,7 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--normalize-by-mask-area", action="store_true", default=None, help="average the masked loss over the mask, not the whole latent")
     p.add_argument("--seed", type=int, help=f"random seed of the whole run {_paper('seed')}")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: cuda if available, else mps, else cpu)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="compute precision; weights stay fp32 (default: no)")
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in backward to save memory")
+    _memory_options(p)
     p.add_argument("--prior-preservation", action="store_true", default=None, help="add DreamBooth's class-image loss (research code's default)")
     p.add_argument("--class-prompt", help=f"prompt of the class images {_paper('class_prompt')}")
     p.add_argument("--class-images", metavar="DIR", help="use the images in DIR instead of generating class images")
@@ -221,16 +220,49 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _memory_options(p: argparse.ArgumentParser) -> None:
+    """Speed and memory flags, shared by ``extract`` and ``bench`` (docs/performance.md has their costs)."""
+    g = p.add_argument_group("speed and memory")
+    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="autocast compute in bf16/fp16; weights that "
+                   "never train in the run are stored in it, what trains stays fp32 (default: no)")
+    g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in backward to save memory")
+    g.add_argument("--use-8bit-adam", action="store_true", default=None, help="8-bit Adam from bitsandbytes (CUDA only): 4x smaller optimiser state")
+    g.add_argument("--lora-rank", type=int, metavar="R", help="phase 2 trains rank-R LoRA adapters (peft) instead of the whole "
+                   "UNet: small output, far less memory; not the paper's method (default: 0, full fine-tuning)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA scale numerator (default: the rank)")
+    g.add_argument("--lora-text-encoder", action="store_true", default=None, help="with --lora-rank: LoRA on the text encoder too")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (slow first steps, faster after; GPU)")
+    g.add_argument("--no-tf32", dest="allow_tf32", action="store_false", default=None, help="strict fp32 matmuls on Ampere+ GPUs (TF32 is on by default)")
+    g.add_argument("--low-vram", action="store_true", default=None, help="pick the options that fit a 12 GB GPU (bf16, "
+                   "gradient checkpointing, 8-bit Adam, frozen text encoder in phase 2); prints what it chose; flags given "
+                   "explicitly win")
+
+
+MEMORY_FIELDS = "mixed_precision gradient_checkpointing use_8bit_adam lora_rank lora_alpha lora_text_encoder compile allow_tf32 low_vram".split()
+
+
+def _print_low_vram_choices(args) -> None:
+    from .config import low_vram_options, machine_facts
+
+    options, notes = low_vram_options(*machine_facts(args.device))
+    print("--low-vram chose: " + "; ".join(notes), file=sys.stderr)
+    overridden = sorted(name for name in options if getattr(args, name, None) is not None)
+    if overridden:
+        print("  (your own " + ", ".join("--" + n.replace("_", "-") for n in overridden) + " replaced its choice)", file=sys.stderr)
+
+
 def run_extract(args) -> int:
     from .recipe import extract
     from .scene import load_scene, load_scene_folder
 
     fields = (
         "model resolution names init_words background phase1_steps phase2_steps phase1_lr phase2_lr lambda_attn "
-        "normalize_by_mask_area seed device mixed_precision gradient_checkpointing prior_preservation class_prompt "
+        "normalize_by_mask_area seed device prior_preservation class_prompt "
         "class_images num_class_images phase1 masked_loss attention_loss union_sampling checkpoint_every"
-    ).split()
+    ).split() + MEMORY_FIELDS
     config = ExtractConfig.from_preset(args.preset, **{name: getattr(args, name) for name in fields})
+    if args.low_vram:
+        _print_low_vram_choices(args)
     source = Path(args.input)
     if not source.exists():
         raise BreakASceneError(f"{source} not found; give a folder with img.* and mask*.png, or a photo plus --mask")
@@ -480,6 +512,78 @@ def run_edit(args) -> int:
     return 0
 
 
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    from .bench import DEFAULT_BENCH_MODEL, OPTIONS, RANDOM_MODELS
+
+    p = subparsers.add_parser(
+        "bench",
+        parents=[_common()],
+        help="measure s/step and peak memory of both phases, for several configurations side by side",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure what a training step costs: median s/step and peak memory (CUDA allocator peak, or "
+        "peak RSS on the CPU) of phase 1 and phase 2, and the projected time of a full 400 + 400-step run. By "
+        f"default the model is {DEFAULT_BENCH_MODEL}: the full-size architecture with random weights (nothing is "
+        "downloaded; it costs what the real model costs). --compare measures several configurations in one "
+        "process, one after the other, and prints ratios over the first.\n\nexamples:\n"
+        "  break-a-scene bench                                  # the paper's settings, on cuda if there is one\n"
+        "  break-a-scene bench --compare explicit-everywhere default lora low-vram --mixed-precision bf16\n"
+        "  break-a-scene bench --model builtin:tiny --resolution 128 --steps 1 --json   # a quick self-test",
+    )
+    p.add_argument("--model", default=DEFAULT_BENCH_MODEL, metavar="ID_OR_DIR",
+                   help=f"{', '.join(RANDOM_MODELS)} (random weights), builtin:tiny, or a real model like extract's "
+                   f"--model (default: {DEFAULT_BENCH_MODEL})")
+    p.add_argument("--compare", nargs="+", default=["default"], metavar="CONFIG",
+                   help=f"configurations to measure, in order; join options with '+' (e.g. lora+bf16). Known: "
+                   f"{', '.join(OPTIONS)} (default: default)")
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: cuda if available, else mps, else cpu)")
+    p.add_argument("--resolution", type=int, default=512, help="square training size in px (default: 512)")
+    p.add_argument("--steps", type=int, default=3, help="measured steps per phase (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="steps run first and not counted (default: 1; use more with --compile)")
+    p.add_argument("--phases", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="which phases (default: 1 2)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU (default: PyTorch's choice)")
+    p.add_argument("--profile", action="store_true", help="print the ops that took the most time in each phase (torch.profiler)")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="write the report as JSON to PATH, or to stdout without PATH (the table then goes to stderr)")
+    _memory_options(p)
+    p.set_defaults(func=run_bench)
+    return p
+
+
+def run_bench(args) -> int:
+    import json
+
+    import torch
+
+    from .bench import compare, format_report, parse_configuration
+    from .recipe import resolve_device
+
+    if args.steps < 1 or args.warmup < 0:
+        raise BreakASceneError("--steps must be >= 1 and --warmup >= 0")
+    for name in args.compare:
+        parse_configuration(name)  # unknown names fail before anything is built
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = {name: getattr(args, name) for name in MEMORY_FIELDS if getattr(args, name) is not None}
+    device = resolve_device(ExtractConfig(device=args.device))
+    log = (lambda line: print(line, file=sys.stderr, flush=True))
+    report = compare(args.compare, base, model=args.model, device=device, resolution=args.resolution,
+                     steps=args.steps, warmup=args.warmup, phases=sorted(set(args.phases)), profile=args.profile,
+                     progress=log)
+    table = format_report(report)
+    for result in report["results"]:
+        for phase, numbers in result.get("phases", {}).items():
+            if "profile" in numbers:
+                log(f"[bench] {result['name']} {phase}: where the time goes\n{numbers['profile']}")
+    if args.json == "-":
+        print(table, file=sys.stderr)
+        print(json.dumps(report, indent=2))
+    else:
+        print(table)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def add_env_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("env", parents=[_common()], help="print versions and devices, for bug reports")
     p.set_defaults(func=run_env)
@@ -499,6 +603,36 @@ def run_env(args) -> int:
     return 0
 
 
+def add_ui_parser(subparsers) -> argparse.ArgumentParser:
+    from .segment import DEFAULT_DETECTOR_MODEL, DEFAULT_SAM_MODEL
+
+    p = subparsers.add_parser(
+        "ui", parents=[_common()], help="the web app: paint or click masks, train with live progress, generate, edit",
+        description="Start the web app (gradio; pip install 'break-a-scene[ui]'). It listens on 127.0.0.1 only, "
+        "unless --host or --share asks otherwise. See docs/ui.md.",
+    )
+    p.add_argument("--model", help=f"base model preselected in the Extract tab (default: {DEFAULT_MODEL})",
+                   metavar="ID_OR_DIR")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback lets other "
+                   "machines in, without a login (default: 127.0.0.1)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link (anyone with it can use the app)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where runs are written and listed (default: runs)")
+    p.add_argument("--sam-model", default=DEFAULT_SAM_MODEL, metavar="ID_OR_DIR", help=f"SAM model for clicks and boxes (default: {DEFAULT_SAM_MODEL})")
+    p.add_argument("--detector-model", default=DEFAULT_DETECTOR_MODEL, metavar="ID_OR_DIR",
+                   help=f"OWLv2 model for text masks (default: {DEFAULT_DETECTOR_MODEL})")
+    p.set_defaults(func=run_ui)
+    return p
+
+
+def run_ui(args) -> int:
+    try:  # gradio is an optional extra and slow to import, so only this command imports it
+        from .ui import serve
+    except ImportError as error:
+        raise BreakASceneError(f"the web app needs gradio ({error}); install it with pip install 'break-a-scene[ui]'") from error
+    return serve(args.model, args.host, args.port, args.share, args.runs_dir, args.sam_model, args.detector_model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="break-a-scene",
@@ -512,6 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(subparsers)
     add_edit_parser(subparsers)
     add_env_parser(subparsers)
+    add_ui_parser(subparsers)
+    from .evaluation.cli import add_eval_parser  # argparse only; pycocotools, metric models, matplotlib load per step
+
+    add_eval_parser(subparsers)
+    add_bench_parser(subparsers)
     return parser
 
 

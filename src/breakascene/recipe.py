@@ -430,9 +430,11 @@ class Trainer:
         if cfg.use_8bit_adam:
             optim = load_bitsandbytes(self.device).optim
             kind = optim.AdamW8bit if cfg.optimizer == "adamw" else optim.Adam8bit
-        else:
-            kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+            return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        # One fused CUDA kernel for the whole update instead of a few per parameter group (phase 2 updates 1.2 B).
+        fused = self.device.type == "cuda"
+        return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, fused=fused)
 
     def run_phase(
         self,
