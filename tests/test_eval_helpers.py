@@ -116,7 +116,6 @@ def make_metric_models(root: Path) -> dict[str, str]:
     import torch
     from transformers import CLIPConfig, CLIPModel, Mask2FormerConfig, SwinConfig, ViTConfig, ViTModel
 
-    from breakascene.evaluation.scorers import _without_training_loss
     from breakascene.tiny import build_tiny_tokenizer
 
     torch.manual_seed(0)
@@ -148,8 +147,7 @@ def make_metric_models(root: Path) -> dict[str, str]:
     )
     from transformers import Mask2FormerForUniversalSegmentation
 
-    with _without_training_loss():
-        Mask2FormerForUniversalSegmentation(config).save_pretrained(root / "m2f")
+    Mask2FormerForUniversalSegmentation(config).save_pretrained(root / "m2f")
     _processor(root / "m2f", "Mask2FormerImageProcessor", size={"shortest_edge": 64, "longest_edge": 64},
                size_divisor=32, ignore_index=255, num_labels=len(SEGMENTER_LABELS))
     return {"clip": str(root / "clip"), "dino": str(root / "dino"), "segmenter": str(root / "m2f")}

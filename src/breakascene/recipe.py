@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import math
 import platform
 import shutil
 import time

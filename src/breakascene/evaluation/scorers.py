@@ -9,13 +9,12 @@ The paper used MaskFormer Swin-L (COCO panoptic); we default to Mask2Former Swin
 same family with the same 133 COCO-panoptic classes (``--segmenter-model`` picks another).
 
 Image processors come through ``AutoImageProcessor``, which uses the PIL backend when torchvision is missing.
-Mask2Former builds its *training* loss (a Hungarian matcher that needs scipy) in ``__init__``; inference never
-calls it, so without scipy the model is built with a stand-in loss (:func:`_without_training_loss`).
+Mask2Former builds its training loss (a Hungarian matcher) in ``__init__``, which needs scipy (in the ``eval``
+extra) even though scoring only runs inference.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 
@@ -144,42 +143,6 @@ class DinoEmbedder:
         return self.model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu()
 
 
-class _InferenceOnlyLoss(torch.nn.Module):
-    """Stands in for Mask2FormerLoss when scipy is missing: scoring never computes the training loss.
-
-    It keeps the loss's attributes that weight initialisation and the state dict touch (``empty_weight``).
-    """
-
-    def __init__(self, config, weight_dict=None):
-        super().__init__()
-        self.num_labels = config.num_labels
-        self.weight_dict = weight_dict
-        self.eos_coef = config.no_object_weight
-        empty_weight = torch.ones(self.num_labels + 1)
-        empty_weight[-1] = self.eos_coef
-        self.register_buffer("empty_weight", empty_weight)
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError("Mask2Former's training loss needs scipy; the evaluation only runs inference")
-
-
-@contextlib.contextmanager
-def _without_training_loss():
-    """While building Mask2Former, replace its scipy-needing training loss when scipy is not installed."""
-    from transformers.models.mask2former import modeling_mask2former as module
-    from transformers.utils import is_scipy_available
-
-    if is_scipy_available():
-        yield
-        return
-    original = module.Mask2FormerLoss
-    module.Mask2FormerLoss = _InferenceOnlyLoss
-    try:
-        yield
-    finally:
-        module.Mask2FormerLoss = original
-
-
 class PanopticSegmenter:
     """COCO-panoptic segmentation of generated images, and the mask of one class in it."""
 
@@ -187,8 +150,7 @@ class PanopticSegmenter:
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         try:
-            with _without_training_loss():
-                self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model).to(device).eval()
+            self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model).to(device).eval()
             self.processor = AutoImageProcessor.from_pretrained(model)
         except (OSError, ValueError) as error:
             raise _load_error("segmenter", model, error) from error
