@@ -13,7 +13,7 @@ import torch
 from breakascene.attention_view import attention_view_image, generate_with_attention
 from breakascene.cli import main
 from breakascene.examples import write_shapes_example
-from breakascene.generate import load_pipeline
+from breakascene.generation import load_pipeline
 
 SIZE = 128  # latent 16 -> attention grid 4 x 4
 KWARGS = dict(num_inference_steps=2, guidance_scale=7.5, height=SIZE, width=SIZE)

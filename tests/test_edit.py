@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import breakascene.edit as edit_module
+import breakascene.editing as edit_module
 from breakascene.cli import main
-from breakascene.edit import edit
-from breakascene.generate import load_pipeline
+from breakascene.editing import edit
+from breakascene.generation import load_pipeline
 from conftest import make_tiny_run
 
 W, H = 128, 96  # not square: the edit image keeps its own size

@@ -86,7 +86,7 @@ def test_diffusers_export_loads(run, tmp_path, fp16):
 
 
 def test_python_export_overwrite(run, tmp_path):
-    from breakascene.export import export
+    from breakascene.exports import export
 
     out = tmp_path / "x"
     assert export(run, out) == out

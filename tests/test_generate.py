@@ -120,7 +120,7 @@ def test_variations_prompt(run, tmp_path):
 
 
 def test_variations_python_default_folder(run):
-    from breakascene.generate import variations
+    from breakascene.generation import variations
 
     images = variations(run, num_images=1, steps=2, height=128, width=128, progress=False, overwrite=True)
     assert Path(images[0].path).parent == run / "variations"

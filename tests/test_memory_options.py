@@ -12,7 +12,7 @@ from breakascene import recipe
 from breakascene.cli import main
 from breakascene.config import ExtractConfig, low_vram_options
 from breakascene.errors import ConfigError
-from breakascene.generate import load_pipeline
+from breakascene.generation import load_pipeline
 from breakascene.handles import load_handles, make_handles
 from breakascene.recipe import Trainer, extract
 

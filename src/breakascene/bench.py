@@ -113,6 +113,11 @@ class PeakMemory:
         return _proc_status_kib("VmHWM", fallback=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024 / GIB
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _proc_status_kib(field: str, fallback: int) -> int:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -268,6 +273,7 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
         phase_name, trains_model = f"phase{phase}", phase == 2
         lr = config.phase2_lr if trains_model else config.phase1_lr
         marks: list[float] = []
+        cpu_marks: list[float] = []  # process CPU seconds: less disturbed than wall time by other jobs on a CPU
         losses: list[torch.Tensor] = []
         original_loss_step = trainer.loss_step
 
@@ -280,12 +286,13 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # per-step wall time needs the GPU done; the library never syncs here
             marks.append(time.perf_counter())
+            cpu_marks.append(_cpu_seconds())
 
         trainer.loss_step = loss_step
         memory.reset()
         progress(f"[bench] {name}: {phase_name}, {warmup} warm-up + {steps} steps ...")
         profiler = _profiler(device) if profile else contextlib.nullcontext()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         with tempfile.TemporaryDirectory() as folder, _count_syncs(device) as syncs, profiler as prof:
             trainer.run_phase(
                 phase - 1, phase_name, warmup + steps, lr, trains_model, start_step=0, global_offset=0,
@@ -294,12 +301,15 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
         trainer.loss_step = original_loss_step
         times = [b - a for a, b in zip([t0] + marks[:-1], marks)]
         measured = times[warmup:]
+        cpu_times = [b - a for a, b in zip([c0] + cpu_marks[:-1], cpu_marks)][warmup:]
         trainable = sum(p.numel() for p in trainer.trainable_parameters(trains_model).values())
         for p in trainer.trainable_parameters(trains_model).values():
             p.requires_grad_(False)
         result["phases"][phase_name] = {
             "median_s_per_step": statistics.median(measured),
             "step_s": measured,
+            "cpu_s_per_step": statistics.median(cpu_times),  # all threads together; the wall clock's share of it
+            "load_average": os.getloadavg()[0],  # other processes slow the wall clock: see it here
             "warmup_s": times[:warmup],
             "peak_gb": memory.peak_gb(),
             "trainable_params": trainable,

@@ -385,7 +385,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_generate(args) -> int:
     from .errors import ConfigError
-    from .generate import generate, read_prompts_file
+    from .generation import generate, read_prompts_file
     from .handles import HANDLE_PATTERN
     from .run_folder import read_scene_json
 
@@ -418,7 +418,7 @@ def add_variations_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_variations(args) -> int:
-    from .generate import variations
+    from .generation import variations
 
     images = variations(args.run, num_images=args.num_images or 4, with_background=args.with_background,
                         out=args.out, **_generation_kwargs(args))
@@ -454,7 +454,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_export(args) -> int:
-    from .export import export
+    from .exports import export
 
     out = export(args.run, args.out, format=args.format, fp16=args.fp16, overwrite=args.overwrite,
                  push_to_hub=args.push_to_hub, private=args.private)
@@ -500,7 +500,7 @@ def add_edit_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_edit(args) -> int:
-    from .edit import edit
+    from .editing import edit
 
     paths = edit(
         args.run, args.image, [tuple(region) for region in args.region], seed=args.seed, steps=args.steps,

@@ -781,7 +781,7 @@ def _save_lora(folder: Path, components: Components, config: ExtractConfig) -> N
         weight_name=LORA_WEIGHTS_FILE,
         safe_serialization=True,
     )
-    if config.lora_text_encoder:  # see add_text_encoder_lora: loaded back by generate._load_lora_run
+    if config.lora_text_encoder:  # see add_text_encoder_lora: loaded back by generation._load_lora_run
         from safetensors.torch import save_file
 
         tensors = {k: v.float().contiguous() for k, v in components.text_encoder.state_dict().items() if "lora_" in k}

@@ -19,7 +19,7 @@ already finished is skipped, so a re-run after an interruption (or on more GPUs)
 
 The method -> training function dispatch is :data:`METHODS`: one :class:`Method` per ``--method`` value. A method's
 ``train`` gets a :class:`TrainRequest` and must leave a finished run folder at ``request.out`` that
-``generate.generate`` can read (``recipe.extract`` does exactly that).
+``generation.generate`` can read (``recipe.extract`` does exactly that).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class EvalSettings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         choose_templates(self.templates)
-        from ..generate import SCHEDULERS
+        from ..generation import SCHEDULERS
 
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown --scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
@@ -325,7 +325,7 @@ def train_scene(entry: SceneEntry, scene_folder: Path, method: Method, settings:
 
 def generate_batch(scene_folder: Path, batch: int, items: list[PromptItem], settings: EvalSettings, pipeline) -> None:
     """Generates one batch into a hidden temporary folder, moves the images in place, then writes the record."""
-    from ..generate import generate
+    from ..generation import generate
 
     tmp = scene_folder / f".batch-{batch:04d}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -416,7 +416,7 @@ def run_eval(
                 summary.batches_skipped += 1
                 continue
             if loaded != scene_folder:  # consecutive items mostly share a scene: load its pipeline once
-                from ..generate import load_pipeline
+                from ..generation import load_pipeline
 
                 pipeline, loaded = load_pipeline(scene_folder / "run", settings.device)[0], scene_folder
             generate_batch(scene_folder, b, batch, settings, pipeline)

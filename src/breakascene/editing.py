@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, RunError, SceneError, SceneWarning
-from .generate import check_prompt_handles, load_pipeline
+from .generation import check_prompt_handles, load_pipeline
 from .run_folder import read_scene_json
 from .scene import _coverage, _open, _to_rgb
 

@@ -170,7 +170,7 @@ def _write_textual_inversion(run: Path, folder: Path, tokens: list[str], vectors
 
 
 def _write_diffusers(run: Path, folder: Path, tokens: list[str], fp16: bool) -> None:
-    from .generate import load_pipeline
+    from .generation import load_pipeline
 
     dtype = torch.float16 if fp16 else torch.float32
     pipe = load_pipeline(run, "cpu", dtype)[0]  # a LoRA run comes out as a full pipeline, adapters fused
