@@ -282,16 +282,19 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
             losses.append(terms["total"].detach())
             return terms
 
+        profiler = _profiler(device, warmup, steps) if profile else contextlib.nullcontext()
+
         def on_step(_progress) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # per-step wall time needs the GPU done; the library never syncs here
             marks.append(time.perf_counter())
             cpu_marks.append(_cpu_seconds())
+            if profile:
+                profiler.step()
 
         trainer.loss_step = loss_step
         memory.reset()
         progress(f"[bench] {name}: {phase_name}, {warmup} warm-up + {steps} steps ...")
-        profiler = _profiler(device) if profile else contextlib.nullcontext()
         t0, c0 = time.perf_counter(), _cpu_seconds()
         with tempfile.TemporaryDirectory() as folder, _count_syncs(device) as syncs, profiler as prof:
             trainer.run_phase(
@@ -346,11 +349,12 @@ def _count_syncs(device: torch.device):
     count[0] = sum("synchroniz" in str(w.message) for w in caught)
 
 
-def _profiler(device: torch.device):
-    from torch.profiler import ProfilerActivity, profile
+def _profiler(device: torch.device, warmup: int, steps: int):
+    """torch.profiler over the measured steps only: warm-up steps (optimiser state, compilation) are skipped."""
+    from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    return profile(activities=activities)
+    return profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1))
 
 
 # ----------------------------------------------------------------------------------------------------------

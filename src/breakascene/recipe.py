@@ -431,8 +431,9 @@ class Trainer:
             kind = optim.AdamW8bit if cfg.optimizer == "adamw" else optim.Adam8bit
             return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
         kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        # One fused CUDA kernel for the whole update instead of a few per parameter group (phase 2 updates 1.2 B).
-        fused = self.device.type == "cuda"
+        # The fused update (one kernel over all tensors) instead of several per tensor: phase 2 updates 1.2 B
+        # parameters, and on the CPU the fused step measured 3.3x faster (docs/performance.md).
+        fused = self.device.type in ("cuda", "cpu")
         return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, fused=fused)
 
     def run_phase(
