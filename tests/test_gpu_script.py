@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_script_writes_its_reports(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(Path(os.sys.executable)),
-               BENCH_ARGS="--model builtin:tiny --resolution 128 --device cpu --steps 1 --warmup 0",
+               BENCH_ARGS="--model builtin:tiny --resolution 64 --device cpu --steps 1 --warmup 0",
                GROUPS="modes explicit")  # the compile group needs a GPU to be worth its build time
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
