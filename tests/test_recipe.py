@@ -89,9 +89,9 @@ def test_run_folder_loads_in_stock_diffusers_and_is_complete(tmp_path, scene256)
 def test_background_mask_is_the_complement_of_the_union(tmp_path, scene256):
     trainer = Trainer(scene256, config(), tiny(), make_handles(2), "cpu")
     trainer.setup()
-    masks = trainer.pixel_masks[0]  # (3, R, R): asset0, asset1, bg
+    masks = trainer.pixel_masks[0, 0]  # the scene, as is: (3, R, R): asset0, asset1, bg
     assert torch.equal(masks[2], 1 - torch.maximum(masks[0], masks[1]))
-    assert torch.equal(trainer.pixel_masks[1], masks.flip(-1))  # the flipped copy for the random flip
+    assert torch.equal(trainer.pixel_masks[0, 1], masks.flip(-1))  # the flipped copy for the random flip
 
 
 def _weights(folder):

@@ -92,5 +92,5 @@ def read_scene_json(run: Path) -> dict:
     # A full run holds the fine-tuned pipeline; a LoRA run (extract --lora-rank) only its adapters.
     weights = run / info["lora"]["weights"] if info.get("lora") else run / "model_index.json"
     if not weights.is_file():
-        raise RunError(f"{run} is not a complete break-a-scene run folder ({weights.name} is missing)")
+        raise RunError(f"{run} is not a break-a-scene run folder: {weights.name} is missing (copied only in part?)")
     return info

@@ -111,7 +111,7 @@ def interrupted_choices(runs: logic.RunList) -> list[tuple[str, str]]:
 def _warm_up() -> None:
     import importlib
 
-    for module in ("recipe", "generate", "edit"):
+    for module in ("recipe", "generation", "editing"):
         importlib.import_module(f".{module}", __package__)
 
 
