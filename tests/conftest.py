@@ -24,6 +24,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: the tiny model gains nothing from two, and on a busy 2-core machine
+    OpenMP's spinning threads make every step ten times slower (seen by the web app's tests). Restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny(resolution: int = 256, prediction_type: str = "epsilon") -> Components:
     """A fresh tiny model whose native size is ``resolution`` px."""
     return Components(**build_tiny_components(prediction_type=prediction_type, sample_size=resolution // 8))

@@ -43,16 +43,8 @@ def _browser_or_skip():
     return sync_playwright
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread here: the tiny model gains nothing from two, and on a busy 2-core machine OpenMP's
-    spinning threads make every step ten times slower (measured). Restored for the tests after these."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One torch thread here: see conftest.one_torch_thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -305,8 +305,9 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
         times = [b - a for a, b in zip([t0] + marks[:-1], marks)]
         measured = times[warmup:]
         cpu_times = [b - a for a, b in zip([c0] + cpu_marks[:-1], cpu_marks)][warmup:]
-        trainable = sum(p.numel() for p in trainer.trainable_parameters(trains_model).values())
-        for p in trainer.trainable_parameters(trains_model).values():
+        trained = trainer.trainable_parameters(trains_model).values()  # run_phase froze them again; only counted
+        trainable = sum(p.numel() for p in trained)
+        for p in trained:
             p.requires_grad_(False)
         result["phases"][phase_name] = {
             "median_s_per_step": statistics.median(measured),

@@ -649,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ui_parser(subparsers)
     from .evaluation.cli import add_eval_parser  # argparse only; pycocotools, metric models, matplotlib load per step
 
-    add_eval_parser(subparsers)
+    add_eval_parser(subparsers, _common)
     add_bench_parser(subparsers)
     return parser
 

@@ -24,7 +24,7 @@ import torch
 
 from .errors import ConfigError, RunError
 from .handles import load_handles
-from .run_folder import HANDLES_FILE, SCENE_FILE, read_scene_json
+from .run_folder import HANDLES_FILE, SCENE_FILE, read_scene_json, written_atomically
 
 FORMATS = ("textual-inversion", "diffusers")
 
@@ -134,20 +134,11 @@ def export(
     if not tokens or len(tokens) != vectors.shape[0]:
         raise RunError(f"{run / HANDLES_FILE} is damaged (tokens do not match the vectors); extract the scene again")
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with written_atomically(out) as partial:
         if format == "textual-inversion":
             _write_textual_inversion(run, partial, tokens, vectors, info)
         else:
             _write_diffusers(run, partial, tokens, fp16)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
     if push_to_hub is not None:
         from huggingface_hub import create_repo, upload_folder
 

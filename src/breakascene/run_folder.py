@@ -12,6 +12,7 @@ a ``.partial`` folder that ``--resume`` continues. A finished folder is a diffus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -69,6 +70,22 @@ def finalize(partial: Path, out: Path) -> None:
     partial.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def written_atomically(out: Path):
+    """Yields a fresh ``<out>.partial`` folder to write into; when the block ends without an error it replaces
+    ``out`` (:func:`finalize`), and on any error it is removed, so ``out`` is never half-written."""
+    out = Path(out)
+    partial = partial_path(out)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finalize(partial, out)
 
 
 def write_json(path: Path, data: dict) -> None:

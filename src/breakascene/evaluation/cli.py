@@ -15,16 +15,11 @@ RUN_METHODS = (
 )
 
 
-def _debug() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
-    return common
-
-
-def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers ``eval`` and its four sub-commands on the ``break-a-scene`` sub-parsers."""
+def add_eval_parser(subparsers, common) -> argparse.ArgumentParser:
+    """Registers ``eval`` and its four sub-commands on the ``break-a-scene`` sub-parsers; ``common()`` gives the
+    options every command shares (``--debug``)."""
     p = subparsers.add_parser(
-        "eval", parents=[_debug()], help="the paper's quantitative evaluation: COCO scenes, run, score, report (Fig. 5)",
+        "eval", parents=[common()], help="the paper's quantitative evaluation: COCO scenes, run, score, report (Fig. 5)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The paper's quantitative evaluation (Sec. 4.1, App. B.2), one command per step:\n\n"
         "  break-a-scene eval build-scenes --coco-annotations instances_val2017.json --coco-images val2017 --out scenes\n"
@@ -35,7 +30,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     sub = p.add_subparsers(dest="eval_command", metavar="STEP")
 
-    b = sub.add_parser("build-scenes", parents=[_debug()], help="COCO images + instance masks -> scene folders",
+    b = sub.add_parser("build-scenes", parents=[common()], help="COCO images + instance masks -> scene folders",
                        description="Square crops of COCO images with >= 2 'thing' segments of distinct classes each "
                        "covering >= 15 %% of the crop (crowd annotations ignored; orange, banana, broccoli, carrot, zebra, "
                        "giraffe dropped); --num scenes chosen by --seed. Each scene: img.png, mask0.png, ..., classes.json.")
@@ -49,7 +44,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     b.set_defaults(func=run_build_scenes)
 
-    r = sub.add_parser("run", parents=[_debug()], help="train every scene with one method and generate its prompt set",
+    r = sub.add_parser("run", parents=[common()], help="train every scene with one method and generate its prompt set",
                        description="Trains each scene with --method and generates the paper's 10 templates x every "
                        "non-empty subset of the scene's handles. Results go to OUT/<method>-<hash>/ (hash: the settings); "
                        "a re-run skips finished work. Shard over GPUs with `accelerate launch -m breakascene.cli eval run ...`.")
@@ -77,7 +72,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress output")
     r.set_defaults(func=run_run)
 
-    s = sub.add_parser("score", parents=[_debug()], help="prompt and identity similarity of every generated image",
+    s = sub.add_parser("score", parents=[common()], help="prompt and identity similarity of every generated image",
                        description="CLIP prompt similarity and DINO identity similarity (generated image masked by a "
                        "COCO-panoptic segmenter) for every generated image under RESULTS; a re-run skips scored batches.")
     s.add_argument("results", help="the results folder of eval run")
@@ -93,7 +88,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=run_score)
 
-    t = sub.add_parser("report", parents=[_debug()], help="summary.csv, summary.md and the Fig. 5 plot",
+    t = sub.add_parser("report", parents=[common()], help="summary.csv, summary.md and the Fig. 5 plot",
                        description="One row per method folder of RESULTS: means and bootstrap 95 %% intervals; the "
                        "Fig. 5 scatter with the Pareto front.")
     t.add_argument("results", help="the results folder of eval run and eval score")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunError, SceneError
+from ..run_folder import written_atomically
 from .common import write_json_atomic
 
 DROPPED_CLASSES = ("orange", "banana", "broccoli", "carrot", "zebra", "giraffe")
@@ -265,10 +265,7 @@ def build_scenes(
     if len(chosen) < num:
         warnings.warn(f"only {len(chosen)} images pass the rules; writing {len(chosen)} scenes instead of {num}")
 
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with written_atomically(out) as partial:
         infos = [write_scene(c, images_dir, partial / scene_id(c.image_id)) for c in chosen]
         write_json_atomic(
             partial / SCENES_INDEX_FILE,
@@ -289,10 +286,4 @@ def build_scenes(
                 "scenes": [info["scene"] for info in infos],
             },
         )
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
     return infos

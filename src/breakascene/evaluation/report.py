@@ -12,10 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 from pathlib import Path
 
 from ..errors import ConfigError, RunError
+from ..run_folder import written_atomically
 from .metrics import pareto_front, per_concept_identity, summarize
 from .run import CONFIG_FILE
 from .score import SCORES_FILE, batch_files, method_folders
@@ -124,17 +124,8 @@ def write_report(results: str | Path, out: str | Path | None = None, *, scores: 
     if out.exists() and not overwrite:
         raise RunError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     rows = [method_row(f, scores, num_resamples=num_resamples, seed=seed) for f in method_folders(results)]
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with written_atomically(out) as partial:
         (partial / "summary.csv").write_text(to_csv(rows))
         (partial / "summary.md").write_text(to_markdown(rows))
         plot(rows, partial / "fig5.png")
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
     return out
