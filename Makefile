@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-slow clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The slow tests (the attention mechanism over seeds, the GPU script on the CPU): opt-in, run by CI.
+test-slow: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
 
 clean:
 	rm -rf runs $(VENV)

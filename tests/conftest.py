@@ -6,6 +6,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the Hub fails instead of hanging
 
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,43 @@ def make_tiny_run(tmp_path_factory) -> Path:
                  "--phase1-steps", "2", "--phase2-steps", "2", "--out", str(out), "--quiet"])
     assert code == 0
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# the command line's contract: one error line, the right exit status, nothing half written
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Runs the CLI in-process outside capsys (for module-scoped fixtures): (exit code, stdout, stderr)."""
+    from breakascene.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def assert_one_error(code: int, err: str, *fragments: str, status: int = 2) -> str:
+    """Exit ``status``, no traceback, exactly one ``error:`` line (last), anything else only ``warning:``."""
+    assert "Traceback" not in err, err
+    found = lines(err)
+    errors = [line for line in found if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert found[-1] == errors[0], err
+    assert all(line.startswith(("error:", "warning:")) for line in found), err
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    assert code == status, (code, err)
+    return errors[0]
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists(), f"{out} was written"
+    assert not out.with_name(out.name + ".partial").exists(), f"{out}.partial was left behind"

@@ -119,3 +119,25 @@ def test_normalize_and_mass_inside():
     masks[1, 4:] = 1
     scores = mass_inside(maps, masks)
     assert torch.allclose(scores, torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
+
+
+def test_capture_applies_qk_norm_so_recorded_maps_are_the_computed_ones():
+    # SD 1/2 have no QK normalisation; a model that has it must never record maps other than the ones it uses.
+    from diffusers.models.attention_processor import Attention
+
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=2, dim_head=16, qk_norm="layer_norm").eval()
+    with torch.no_grad():  # non-trivial norm weights, so that applying them changes the result
+        for norm in (attn.norm_q, attn.norm_k):
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.normal_()
+    hidden, context = torch.randn(2, 16, 32), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        reference = AttnProcessor2_0()(attn, hidden, context)
+        store = AttentionStore(query_tokens=16)
+        captured = CaptureAttnProcessor(store, "layer")(attn, hidden, context)
+
+        q = attn.norm_q(attn.to_q(hidden).view(2, 16, 2, 16).transpose(1, 2))
+        k = attn.norm_k(attn.to_k(context).view(2, 7, 2, 16).transpose(1, 2))
+        expected = torch.softmax(q @ k.transpose(-1, -2) * 16**-0.5, dim=-1).mean(dim=1)  # (B, 16, 7)
+    assert torch.allclose(captured, reference, atol=1e-5)
+    assert torch.allclose(store.maps[0], expected, atol=1e-5)

@@ -7,9 +7,8 @@ All runs use the offline ``builtin:tiny`` model; one finished run is built per m
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ from breakascene.cli import main
 from breakascene.config import ExtractConfig
 from breakascene.examples import write_shapes_example
 
+from conftest import assert_nothing_written, assert_one_error, lines, run_cli
+
 TINY = ["--model", "builtin:tiny"]
 FAST = ["--resolution", "256", "--phase1-steps", "1", "--phase2-steps", "1", "--quiet"]
 GEN = ["--steps", "2", "--height", "128", "--width", "128", "--quiet"]
@@ -29,37 +30,6 @@ GEN = ["--steps", "2", "--height", "128", "--width", "128", "--quiet"]
 
 # ------------------------------------------------------------------------------------------
 # helpers and shared fixtures
-
-
-def _run_captured(argv: list[str]) -> tuple[int, str, str]:
-    """Runs the CLI in-process outside capsys (for module-scoped fixtures): (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def assert_one_error(code: int, err: str, *fragments: str, status: int = 2) -> str:
-    """Exit ``status``, no traceback, exactly one ``error:`` line (last), anything else only ``warning:``."""
-    assert "Traceback" not in err, err
-    lines = _lines(err)
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, err
-    assert lines[-1] == errors[0], err
-    assert all(line.startswith(("error:", "warning:")) for line in lines), err
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    assert code == status, (code, err)
-    return errors[0]
-
-
-def assert_nothing_written(out: Path) -> None:
-    assert not out.exists(), f"{out} was written"
-    assert not out.with_name(out.name + ".partial").exists(), f"{out}.partial was left behind"
 
 
 def _mask(path: Path, inside: np.ndarray) -> Path:
@@ -76,7 +46,7 @@ def scene_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(scene_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "run"
-    code, _, err = _run_captured(
+    code, _, err = run_cli(
         ["extract", str(scene_dir), *TINY, "--resolution", "256", "--phase1-steps", "2", "--phase2-steps", "2",
          "--out", str(run), "--quiet"]
     )
@@ -104,7 +74,7 @@ def strips_run(strips_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("strips_runs") / "run"
     out.mkdir()
     (out / "old.txt").write_text("old")
-    code, stdout, err = _run_captured(
+    code, stdout, err = run_cli(
         ["extract", str(strips_dir), *TINY, "--resolution", "128", "--phase1-steps", "1", "--phase2-steps", "0",
          "--no-background", "--overwrite", "--out", str(out), "--quiet"]
     )
@@ -115,7 +85,7 @@ def strips_run(strips_dir, tmp_path_factory):
 def samples(finished_run, tmp_path_factory):
     """Two images of one handle prompt from seed 5 (small, to keep the module fast)."""
     out = tmp_path_factory.mktemp("samples") / "out"
-    code, stdout, err = _run_captured(
+    code, stdout, err = run_cli(
         ["generate", str(finished_run), "a photo of <asset0>", "--num-images", "2", "--seed", "5", *GEN,
          "--out", str(out)]
     )
@@ -349,8 +319,8 @@ def test_finished_run_layout(finished_run):
 def test_more_than_four_concepts_warns_and_succeeds(strips_run):
     out, code, stdout, err = strips_run
     assert code == 0, err
-    assert "Traceback" not in err and not any(line.startswith("error:") for line in _lines(err))
-    warnings = [line for line in _lines(err) if line.startswith("warning:")]
+    assert "Traceback" not in err and not any(line.startswith("error:") for line in lines(err))
+    warnings = [line for line in lines(err) if line.startswith("warning:")]
     assert any("5 concepts" in line for line in warnings), err
     info = json.loads((out / "scene.json").read_text())
     assert [h["token"] for h in info["handles"]] == [f"<asset{i}>" for i in range(5)]  # --no-background: no <bg>
@@ -407,7 +377,7 @@ def test_generate_seeds_and_metadata(samples):
     assert [(r["prompt"], r["seed"]) for r in records] == [("a photo of <asset0>", 5), ("a photo of <asset0>", 6)]
     assert all(r["steps"] == 2 and (r["height"], r["width"]) == (128, 128) for r in records)
     assert [Path(r["path"]).name for r in records] == names
-    assert not any(line.startswith("note:") for line in _lines(stdout))
+    assert not any(line.startswith("note:") for line in lines(stdout))
     assert "error:" not in err and "Traceback" not in err
 
 
@@ -431,7 +401,7 @@ def test_generate_deterministic_and_note_for_plain_prompt(finished_run, samples,
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "Traceback" not in captured.err and "error:" not in captured.err
-    notes = [line for line in _lines(captured.out) if line.startswith("note:")]
+    notes = [line for line in lines(captured.out) if line.startswith("note:")]
     assert len(notes) == 1 and "a red ball" in notes[0], captured.out
     assert (again / "01-a-red-ball-seed5.png").is_file()
     records = [json.loads(line) for line in (again / "metadata.jsonl").read_text().splitlines()]
@@ -502,5 +472,36 @@ def test_real_process_prints_one_line(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert _lines(result.stderr) == [f"error: run folder {tmp_path / 'missing'} does not exist"], result.stderr
+    assert lines(result.stderr) == [f"error: run folder {tmp_path / 'missing'} does not exist"], result.stderr
     assert result.stdout == ""
+
+
+def test_bitsandbytes_is_never_imported_unless_8bit_adam_is_asked_for(tmp_path):
+    # A stand-in bitsandbytes, installed (a dist-info, as pip leaves) and loud on import like the real one on a CPU
+    # machine: diffusers, transformers and peft import it at start-up whenever it is installed.
+    site = tmp_path / "site"
+    (site / "bitsandbytes").mkdir(parents=True)
+    (site / "bitsandbytes" / "__init__.py").write_text(
+        "import os, sys\nopen(os.environ['BNB_MARKER'], 'w').close()\n"
+        "print('Failed to load CPU gemm_4bit_forward from kernels-community', file=sys.stderr)\n"
+    )
+    info = site / "bitsandbytes-0.50.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bitsandbytes\nVersion: 0.50.0\n")
+    (info / "top_level.txt").write_text("bitsandbytes\n")
+    (info / "RECORD").write_text("bitsandbytes/__init__.py,,\n")
+    marker, scene, run = tmp_path / "imported", tmp_path / "scene", tmp_path / "run"
+    write_shapes_example(scene)
+    script = (
+        "import sys; from breakascene.cli import main\n"  # LoRA: peft's layer dispatch checks for bitsandbytes
+        f"assert main(['extract', {str(scene)!r}, '--model', 'builtin:tiny', '--resolution', '64', '--quiet', "
+        f"'--phase1-steps', '1', '--phase2-steps', '1', '--lora-rank', '2', '--out', {str(run)!r}]) == 0\n"
+        f"assert main(['generate', {str(run)!r}, 'a photo of <asset0>', '--steps', '1', '--quiet']) == 0\n"
+        "from breakascene.config import machine_facts; assert machine_facts('cpu')[2]  # installed, all the same\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "BNB_MARKER": str(marker)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists() and "gemm_4bit" not in result.stderr, result.stderr
+    assert all(line.startswith("warning:") for line in lines(result.stderr)), result.stderr

@@ -141,16 +141,20 @@ def test_masked_baselines_train_on_the_collection_with_our_steps(pipeline, tmp_p
                               "--collection-size", "3", *RUN])
     assert code == 0, err
     assert "trained 2 scenes (0 already done), generated 4 batches (0 already done)" in stdout
-    config = json.loads((_method_folders(out)[method] / "config.json").read_text())["extract_config"]
-    assert config["background"] is False and config["attention_loss"] is False
+    held = json.loads((_method_folders(out)[method] / "config.json").read_text())
+    config = held["extract_config"]
+    # The baselines' own loss: plain diffusion on the collection's whole images, and the results say so.
+    assert config["background"] is False and config["attention_loss"] is False and config["masked_loss"] is False
+    assert held["training_loss"] == "plain diffusion loss"
     if method == "ti-m":  # embeddings only, all 1 + 1 steps at the phase-1 rate
         assert (config["phase1_steps"], config["phase2_steps"]) == (2, 0)
     else:  # one model phase of 1 + 1 steps at the phase-2 rate
         assert config["phase1"] is False and config["phase2_steps"] == 2 and not config["train_text_encoder"]
         assert config["phase2_params"] == ("cross_attention_kv" if method == "cd-m" else "full")
     run = _method_folders(out)[method] / "coco-000000000001" / "run"
-    handles = [h["token"] for h in json.loads((run / "scene.json").read_text())["handles"]]
-    assert handles == ["<asset0>", "<asset1>"]  # no <bg>
+    handles = json.loads((run / "scene.json").read_text())["handles"]
+    assert [h["token"] for h in handles] == ["<asset0>", "<asset1>"]  # no <bg>
+    assert len({h["init_word"] for h in handles}) == 2  # each from its own rare word
 
 
 def test_scores_of_other_settings_are_kept_apart(pipeline, tmp_path):

@@ -136,19 +136,18 @@ def test_score_batch_with_stand_in_models(tmp_path):
     from PIL import Image
 
     from breakascene.evaluation.score import Scorers, SceneInputs, score_batch
+    from breakascene.scene_folder import write_scene_folder
 
     scene = tmp_path / "coco-1"
-    (scene / "run" / "scene").mkdir(parents=True)
-    (scene / "images").mkdir()
+    (scene / "images").mkdir(parents=True)
     (scene / "batches").mkdir()
-    red = torch.zeros(4, 4, 3, dtype=torch.uint8)
+    red = torch.zeros(8, 8, 3, dtype=torch.uint8)
     red[..., 0] = 255  # the input: all red
-    Image.fromarray(red.numpy()).save(scene / "run" / "scene" / "image.png")
-    left = torch.zeros(4, 4, dtype=torch.uint8)
-    left[:, :2] = 255
-    Image.fromarray(left.numpy()).save(scene / "run" / "scene" / "asset0.png")  # dog: left half
-    Image.fromarray(255 - left.numpy()).save(scene / "run" / "scene" / "asset1.png")  # cat: right half
-    (scene / "run" / "scene.json").write_text(json.dumps({"handles": [
+    left = torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :4] = True
+    # the run's scene/ copy, as extract writes it: dog (mask0) the left half, cat (mask1) the right half
+    write_scene_folder(scene / "run" / "scene", Image.fromarray(red.numpy()), [left.numpy(), (~left).numpy()])
+    (scene / "run" / "scene.json").write_text(json.dumps({"resolution": 8, "handles": [
         {"name": "asset0", "token": "<asset0>"}, {"name": "asset1", "token": "<asset1>"},
         {"name": "bg", "token": "<bg>", "background": True}]}))
     (scene / "scene.json").write_text(json.dumps({"classes": ["dog", "cat"]}))
@@ -165,7 +164,7 @@ def test_score_batch_with_stand_in_models(tmp_path):
     scorers = Scorers(_Clip(), _Dino(), _Segmenter())
     inputs = SceneInputs(scene, scorers)
     assert inputs.label_ids == [[2], [1]]
-    assert inputs.embeddings.tolist() == [[8.0, 0.0, 0.0], [8.0, 0.0, 0.0]]  # red pixels inside each input mask
+    assert inputs.embeddings.tolist() == [[32.0, 0.0, 0.0], [32.0, 0.0, 0.0]]  # red pixels inside each input mask
     [out] = score_batch(batch, inputs, scorers)
     # CLIP stand-in: mean colour (0.5, 0.5, 0) against the "dog" text (1, 0, 0): cos = 1/sqrt(2)
     assert out["prompt_similarity"] == pytest.approx(1 / math.sqrt(2))

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from breakascene.cli import main
 from breakascene.handles import load_handles
 from conftest import make_tiny_run
-from test_cli import _run_captured, assert_one_error
+from conftest import assert_one_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ti(run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "ti"
-    code, stdout, err = _run_captured(["export", str(run), "--format", "textual-inversion", "--out", str(out)])
+    code, stdout, err = run_cli(["export", str(run), "--format", "textual-inversion", "--out", str(out)])
     assert code == 0, err
     return out
 
@@ -74,7 +74,7 @@ def test_diffusers_export_loads(run, tmp_path, fp16):
     from diffusers import StableDiffusionPipeline
 
     out = tmp_path / "pipe"
-    code, _, err = _run_captured(["export", str(run), "--format", "diffusers", *(["--fp16"] if fp16 else []),
+    code, _, err = run_cli(["export", str(run), "--format", "diffusers", *(["--fp16"] if fp16 else []),
                                   "--out", str(out)])
     assert code == 0, err
     kwargs = {"variant": "fp16", "torch_dtype": torch.float16} if fp16 else {}

@@ -11,7 +11,7 @@ from PIL import Image
 
 from breakascene.cli import main
 from conftest import make_tiny_run
-from test_cli import _lines, _run_captured, assert_one_error
+from conftest import assert_one_error, lines, run_cli
 
 GEN = ["--steps", "2", "--height", "128", "--width", "128", "--quiet"]
 FIELDS = {"prompt", "negative", "seed", "steps", "guidance", "scheduler", "size", "file", "path", "height", "width"}
@@ -34,7 +34,7 @@ def run(tmp_path_factory) -> Path:
 def batched(run, tmp_path_factory):
     """Two prompts (one with <bg>) x two seeds, both images of a prompt in one pipeline call."""
     out = tmp_path_factory.mktemp("gen") / "batched"
-    code, stdout, err = _run_captured(["generate", str(run), "a photo of <asset0>", "a photo of a car at <bg>",
+    code, stdout, err = run_cli(["generate", str(run), "a photo of <asset0>", "a photo of a car at <bg>",
                                        "--num-images", "2", "--seed", "3", "--batch-size", "2",
                                        "--negative", "blurry", *GEN, "--out", str(out)])
     assert code == 0, err
@@ -58,7 +58,7 @@ def test_files_metadata_and_grid(batched):
     grid = Image.open(out / "grids" / "grid.png")
     assert grid.width == 2 * 128  # one column per seed
     assert grid.height > 2 * 128  # one row per prompt, each with a text band under the images
-    assert not any(line.startswith("note:") for line in _lines(stdout))
+    assert not any(line.startswith("note:") for line in lines(stdout))
 
 
 def test_background_prompt_generates(batched):
@@ -70,14 +70,14 @@ def test_background_prompt_generates(batched):
 def test_deterministic_and_per_image_seeds(run, batched, tmp_path):
     out, _ = batched
     again = tmp_path / "again"
-    code, _, err = _run_captured(["generate", str(run), "a photo of <asset0>", "a photo of a car at <bg>",
+    code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "a photo of a car at <bg>",
                                   "--num-images", "2", "--seed", "3", "--batch-size", "2", "--negative", "blurry",
                                   *GEN, "--out", str(again)])
     assert code == 0, err
     for name in NAMES:
         assert np.array_equal(_pixels(out / name), _pixels(again / name)), name
     single = tmp_path / "single"
-    code, _, err = _run_captured(["generate", str(run), "a photo of <asset0>", "--seed", "4", "--negative", "blurry",
+    code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--seed", "4", "--negative", "blurry",
                                   *GEN, "--out", str(single)])
     assert code == 0, err
     # image 1 of the batched call is seed 3+1; batching may change float rounding by at most one level
@@ -87,7 +87,7 @@ def test_deterministic_and_per_image_seeds(run, batched, tmp_path):
 
 @pytest.mark.parametrize("scheduler", ["default", "ddim", "dpm"])
 def test_every_scheduler_runs(run, tmp_path, scheduler):
-    code, _, err = _run_captured(["generate", str(run), "a photo of <asset1>", "--scheduler", scheduler, *GEN,
+    code, _, err = run_cli(["generate", str(run), "a photo of <asset1>", "--scheduler", scheduler, *GEN,
                                   "--out", str(tmp_path)])
     assert code == 0, err
     assert _records(tmp_path)[0]["scheduler"] == scheduler
@@ -98,7 +98,7 @@ def test_prompts_file(run, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# my prompts\na photo of <asset0>\n\n  # indented comment\na photo of <asset1> at <bg>\n")
     out = tmp_path / "out"
-    code, stdout, err = _run_captured(["generate", str(run), "--prompts-file", str(prompts), *GEN, "--out", str(out)])
+    code, stdout, err = run_cli(["generate", str(run), "--prompts-file", str(prompts), *GEN, "--out", str(out)])
     assert code == 0, err
     assert [r["prompt"] for r in _records(out)] == ["a photo of <asset0>", "a photo of <asset1> at <bg>"]
     assert (out / "01-a-photo-of-asset1-at-bg-seed0.png").is_file()
@@ -106,14 +106,14 @@ def test_prompts_file(run, tmp_path):
 
 def test_variations_prompt(run, tmp_path):
     out = tmp_path / "v"
-    code, stdout, err = _run_captured(["variations", str(run), "--num-images", "2", "--seed", "7", *GEN,
+    code, stdout, err = run_cli(["variations", str(run), "--num-images", "2", "--seed", "7", *GEN,
                                        "--out", str(out)])
     assert code == 0, err
     records = _records(out)
     assert [(r["prompt"], r["seed"]) for r in records] == [("a photo of <asset0> and <asset1>", 7)] * 1 + [
         ("a photo of <asset0> and <asset1>", 8)]
     out2 = tmp_path / "vbg"
-    code, _, err = _run_captured(["variations", str(run), "--num-images", "1", "--with-background", *GEN,
+    code, _, err = run_cli(["variations", str(run), "--num-images", "1", "--with-background", *GEN,
                                   "--out", str(out2)])
     assert code == 0, err
     assert _records(out2)[0]["prompt"] == "a photo of <asset0> and <asset1> and <bg>"
@@ -127,7 +127,7 @@ def test_variations_python_default_folder(run):
 
 
 def test_attention_maps(run, tmp_path):
-    code, _, err = _run_captured(["generate", str(run), "a photo of <asset0> at <bg>", "--attention-maps", *GEN,
+    code, _, err = run_cli(["generate", str(run), "a photo of <asset0> at <bg>", "--attention-maps", *GEN,
                                   "--out", str(tmp_path)])
     assert code == 0, err
     view = Image.open(tmp_path / "00-a-photo-of-asset0-at-bg-seed0-attention.png")
@@ -138,7 +138,7 @@ def test_second_call_keeps_grid(run, batched, tmp_path):
     """Another seed into the same folder adds grid-2.png instead of replacing grid.png."""
     out = tmp_path / "g"
     for seed in ("0", "1"):
-        code, _, err = _run_captured(["generate", str(run), "a photo of <asset0>", "--seed", seed, *GEN,
+        code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--seed", seed, *GEN,
                                       "--out", str(out)])
         assert code == 0, err
     assert (out / "grids" / "grid.png").is_file() and (out / "grids" / "grid-2.png").is_file()

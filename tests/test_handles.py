@@ -10,6 +10,7 @@ from breakascene.handles import (
     load_handles,
     make_handles,
     merge_handles,
+    resolve_init_words,
     save_handles,
 )
 from breakascene.tiny import build_tiny_components
@@ -18,7 +19,7 @@ from breakascene.tiny import build_tiny_components
 def test_default_names_init_words_and_background():
     handles = make_handles(2)
     assert [h.token for h in handles] == ["<asset0>", "<asset1>", "<bg>"]
-    assert [h.init_word for h in handles] == ["object", "object", "background"]
+    assert [h.init_word for h in handles] == [None, None, "background"]  # None: a rare word each, see below
     assert handles[-1].is_background
     named = make_handles(2, names=["dog", "shirt"], background=False)
     assert [h.token for h in named] == ["<dog>", "<shirt>"] and [h.init_word for h in named] == ["dog", "shirt"]
@@ -32,6 +33,28 @@ def test_default_names_init_words_and_background():
 def test_bad_names(names, phrase):
     with pytest.raises(ConfigError, match=phrase):
         make_handles(1 if phrase != "duplicate" else 2, names=names)
+
+
+def test_unnamed_handles_start_from_distinct_rare_words():
+    c = build_tiny_components()
+    tokenizer, text_encoder = c["tokenizer"], c["text_encoder"]
+    handles = resolve_init_words(tokenizer, make_handles(3))
+    words = [h.init_word for h in handles[:3]]
+    assert len(set(words)) == 3 and handles[3].init_word == "background"
+    # Rare: among the last whole-word entries of the BPE vocabulary (merges come most frequent first).
+    whole_words = sorted((i, t[:-4]) for t, i in tokenizer.get_vocab().items() if t.endswith("</w>") and len(t) > 6)
+    assert set(words) <= {w for _, w in whole_words[-6:]}
+    for word in words:  # each is one token, so the run records a word that means that row
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1
+    # A given init word is kept, and never handed out again as a rare word.
+    mixed = resolve_init_words(tokenizer, make_handles(2, init_words=[words[0], None], background=False))
+    assert mixed[0].init_word == words[0] and mixed[1].init_word == words[1]
+    wrapper = attach_handles(tokenizer, text_encoder, handles)
+    vectors = torch.nn.functional.normalize(wrapper.handle_vectors.detach(), dim=1)
+    cosine = vectors @ vectors.T
+    assert (cosine[~torch.eye(4, dtype=torch.bool)] < 0.9).all()  # the old default, "object" for all, gave 1.0
+    with pytest.raises(ValueError, match="resolve_init_words"):
+        attach_handles(tokenizer, text_encoder, make_handles(1, background=False))
 
 
 def test_existing_token_is_rejected():
@@ -56,7 +79,7 @@ def test_wrapper_changes_only_handle_positions_and_only_handles_get_gradient():
     c = build_tiny_components()
     tokenizer, text_encoder = c["tokenizer"], c["text_encoder"]
     plain = text_encoder.get_input_embeddings().weight.detach().clone()
-    wrapper = attach_handles(tokenizer, text_encoder, make_handles(2))
+    wrapper = attach_handles(tokenizer, text_encoder, resolve_init_words(tokenizer, make_handles(2)))
     assert isinstance(text_encoder.get_input_embeddings(), HandleEmbedding)
     ids = tokenizer(["a photo of <asset1> and <bg>"], return_tensors="pt").input_ids
     with torch.no_grad():
@@ -76,7 +99,7 @@ def test_wrapper_changes_only_handle_positions_and_only_handles_get_gradient():
 
 def test_merge_and_stock_textual_inversion_loading(tmp_path):
     c = build_tiny_components()
-    handles = make_handles(2)
+    handles = resolve_init_words(c["tokenizer"], make_handles(2))
     wrapper = attach_handles(c["tokenizer"], c["text_encoder"], handles)
     with torch.no_grad():
         wrapper.handle_vectors.copy_(torch.randn_like(wrapper.handle_vectors))

@@ -47,7 +47,12 @@ def test_attention_loss_matches_an_independent_computation():
     for k in range(3):
         normalized = maps[k] / maps[k].max()
         expected += float(((normalized - masks[k]) ** 2).mean())
-    assert cross_attention_loss(maps, masks).item() == pytest.approx(expected / 3, rel=1e-5)
+    # The default is the research code's sum over the sampled handles (lambda = 0.01 was chosen for it).
+    assert cross_attention_loss(maps, masks).item() == pytest.approx(expected, rel=1e-5)
+    assert cross_attention_loss(maps, masks, "sum").item() == pytest.approx(expected, rel=1e-5)
+    assert cross_attention_loss(maps, masks, "mean").item() == pytest.approx(expected / 3, rel=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        cross_attention_loss(maps, masks, "max")
 
 
 def test_attention_loss_is_zero_for_a_map_equal_to_its_mask_up_to_scale():

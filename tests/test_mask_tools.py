@@ -19,11 +19,9 @@ from breakascene.mask_tools import (
     mask_stats,
     preview,
     remove_overlaps,
-    save_masks,
     select_largest,
     threshold,
 )
-from breakascene.scene import read_mask
 
 
 def _box(h: int, w: int, top: int, left: int, bottom: int, right: int) -> np.ndarray:
@@ -256,27 +254,6 @@ def test_preview_palette_distinct_and_cycles():
 def test_preview_rejects_wrong_size_mask():
     with pytest.raises(SceneError):
         preview(Image.new("RGB", (10, 10)), [np.zeros((10, 12), dtype=bool)], ["x"])
-
-
-def test_save_masks_round_trip_and_refuses_overwrite(tmp_path):
-    a = _box(12, 16, 1, 2, 6, 9)
-    b = _disc(16, 8, 8, 5)[:12]
-    folder = tmp_path / "scene"
-    paths = save_masks([a, b], folder, ["dog", "cat"])
-    assert [p.name for p in paths] == ["mask0.png", "mask1.png"]
-    for p, m in zip(paths, [a, b]):
-        with Image.open(p) as img:
-            assert img.mode == "L" and set(np.unique(np.asarray(img))) <= {0, 255}
-        assert (read_mask(p) >= 0.5).tolist() == m.tolist()
-    assert (folder / "mask_names.txt").read_text().splitlines() == ["mask0.png\tdog", "mask1.png\tcat"]
-
-    with pytest.raises(SceneError, match="overwrite"):
-        save_masks([b], folder)
-    assert (read_mask(paths[0]) >= 0.5).tolist() == a.tolist()  # untouched by the refusal
-    # With overwrite the folder holds exactly the new set: no stale mask1.png read along with it.
-    paths = save_masks([b], folder, overwrite=True)
-    assert (read_mask(paths[0]) >= 0.5).tolist() == b.tolist()
-    assert not (folder / "mask1.png").exists()
 
 
 def test_float_masks_accepted():

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from breakascene.cli import main
-from test_cli import TINY, assert_nothing_written, assert_one_error
+from conftest import assert_nothing_written, assert_one_error
+from test_cli import TINY
 from test_segment import build_tiny_owl, build_tiny_sam
 
 FAST = ["--resolution", "256", "--phase1-steps", "1", "--phase2-steps", "1", "--quiet"]

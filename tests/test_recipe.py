@@ -9,12 +9,12 @@ from safetensors.torch import load_file
 
 from breakascene import recipe
 from breakascene.config import ExtractConfig
-from breakascene.errors import RunError
+from breakascene.errors import ConfigError, RunError
 from breakascene.recipe import Trainer, extract
 from breakascene.handles import make_handles
 from breakascene.run_folder import partial_path
 
-from conftest import shapes_scene, tiny
+from conftest import tiny
 
 
 def config(**overrides) -> ExtractConfig:
@@ -42,7 +42,8 @@ def test_phase1_changes_only_the_handle_rows(tmp_path, scene256):
         if "token_embedding" not in name:
             assert torch.equal(p, trained.text_encoder.state_dict()[name]), name
     # The handles did move away from their initial words.
-    init = fresh.text_encoder.get_input_embeddings().weight[fresh.tokenizer("object", add_special_tokens=False).input_ids[0]]
+    word = result.handles[0].init_word  # a rare word of the vocabulary: no init words were given
+    init = fresh.text_encoder.get_input_embeddings().weight[fresh.tokenizer(word, add_special_tokens=False).input_ids[0]]
     assert not torch.allclose(result.handle_vectors[0], init)
 
 
@@ -66,7 +67,7 @@ def test_run_folder_loads_in_stock_diffusers_and_is_complete(tmp_path, scene256)
     assert not partial_path(out).exists()
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert {"model_index.json", "handles.safetensors", "scene.json", "attention/phase1.png", "attention/phase2.png",
-            "scene/image.png", "scene/asset0.png", "scene/asset1.png", "scene/bg.png"} <= files
+            "scene/img.png", "scene/mask0.png", "scene/mask1.png", "scene/mask_names.txt", "scene/background.png"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl", ".ckpt")) for f in files)  # safetensors only
     assert any(f.startswith("unet/") and f.endswith(".safetensors") for f in files)
 
@@ -174,7 +175,10 @@ def _prompts_seen(monkeypatch, cfg, scene, steps=60):
 def test_union_sampling_in_training_and_its_ablation(monkeypatch, scene256):
     prompts, _, _ = _prompts_seen(monkeypatch, config(), scene256, steps=40)
     assert len({len(p) for p in prompts}) == 3 and len({tuple(p) for p in prompts}) > 6
-    prompts, _, _ = _prompts_seen(monkeypatch, config(union_sampling=False), scene256, steps=5)
+    # The paper's ablation (w/o union sampling): one concept per step, every handle in turn.
+    prompts, _, _ = _prompts_seen(monkeypatch, config(subset_sampling="single"), scene256, steps=30)
+    assert all(len(p) == 1 for p in prompts) and {p[0] for p in prompts} == {"<asset0>", "<asset1>", "<bg>"}
+    prompts, _, _ = _prompts_seen(monkeypatch, config(subset_sampling="all"), scene256, steps=5)
     assert all(p == ["<asset0>", "<asset1>", "<bg>"] for p in prompts)
 
 
@@ -275,3 +279,30 @@ def test_collection_is_checked_before_training(tmp_path, scene256):
     with pytest.raises(Exception, match="background"):
         extract(scene256, config(), tmp_path / "run", components=tiny(), progress=False, collection=bad)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method", ["ours", "ti-m", "db-m", "cd-m", "ours-no-phase1", "ours-no-masked-loss",
+                                    "ours-no-attention-loss", "ours-no-union-sampling"])
+def test_every_methods_handles_start_apart(scene256, method):
+    """No two concept handles of any evaluated method start from one vector (the old default: "object" for all)."""
+    from breakascene.evaluation.run import EvalSettings, extract_config, get_method
+
+    settings = EvalSettings(method=method, model="builtin:tiny", resolution=256)
+    cfg = extract_config(settings, get_method(method))
+    trainer = Trainer(scene256, cfg, tiny(), make_handles(2, background=cfg.background), "cpu")
+    trainer.setup()
+    vectors = torch.nn.functional.normalize(trainer.embedding.handle_vectors.detach()[:2], dim=1)
+    assert float(vectors[0] @ vectors[1]) < 0.9
+    assert cfg.subset_sampling == ("single" if method == "ours-no-union-sampling" else "union")
+    assert cfg.masked_loss is (method not in ("ti-m", "db-m", "cd-m", "ours-no-masked-loss"))
+
+
+def test_non_finite_numbers_are_refused_for_every_float_field():
+    import dataclasses
+
+    floats = [f.name for f in dataclasses.fields(ExtractConfig) if isinstance(getattr(ExtractConfig(), f.name), float)]
+    assert {"lambda_attn", "phase1_lr", "phase2_lr", "weight_decay", "flip_probability"} <= set(floats)
+    for name in floats + ["lora_alpha", "max_grad_norm"]:  # (these two default to None)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            with pytest.raises(ConfigError, match="finite"):
+                ExtractConfig(**{name: bad}).validate()

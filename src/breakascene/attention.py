@@ -94,9 +94,16 @@ class CaptureAttnProcessor:
         attention_mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch)
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))  # (B*heads, h*w, d)
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))  # (B*heads, T, d)
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))  # (B*heads, T, d)
+        query = _heads(attn.to_q(hidden_states), attn.heads)  # (B, heads, h*w, d)
+        key = _heads(attn.to_k(encoder_hidden_states), attn.heads)  # (B, heads, T, d)
+        value = _heads(attn.to_v(encoder_hidden_states), attn.heads)
+        # QK normalisation (absent in SD 1/2), exactly where diffusers' own processors apply it: per head. A
+        # recorded map must be the one the layer computes, so it is never skipped.
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        query, key, value = (t.flatten(0, 1) for t in (query, key, value))  # (B*heads, tokens, d)
 
         probs = attn.get_attention_scores(query, key, attention_mask)  # (B*heads, h*w, T)
         self.store.record(self.name, probs.reshape(batch, attn.heads, *probs.shape[1:]).mean(dim=1))
@@ -106,6 +113,12 @@ class CaptureAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, heads*d) -> (B, heads, N, d), the layout diffusers' processors split heads into."""
+    batch, tokens, inner = tensor.shape
+    return tensor.view(batch, tokens, heads, inner // heads).transpose(1, 2)
 
 
 def capture_layer_names(unet) -> list[str]:

@@ -12,12 +12,16 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .errors import RunError, first_line
 
 STATE_FILE = "state.json"
 
@@ -63,20 +67,39 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _reading(folder: Path, name: str):
+    """Turns any failure to read a checkpoint file into one RunError that names it and says what to do."""
+    try:
+        yield Path(folder) / name
+    except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
+        # (other OSErrors, e.g. permission denied, are the disk's, not the file's, and reported as such)
+        raise RunError(f"the checkpoint file {Path(folder) / name} is damaged or incomplete ({first_line(error)}); "
+                       "start the run over with --overwrite") from error
+
+
 def read_checkpoint_state(folder: Path) -> dict | None:
-    """The checkpoint's ``state.json``, or None when there is no complete checkpoint."""
-    path = Path(folder) / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The checkpoint's ``state.json``, or None when there is no complete checkpoint. RunError if damaged."""
+    with _reading(folder, STATE_FILE) as path:
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        for key in ("phase_index", "step", "fingerprint", "loss_log", "attention_scores"):
+            state[key]  # noqa: B018 - a KeyError here means a damaged file
+        return state
 
 
 def load_checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(folder) / "trainable.safetensors"))
+    with _reading(folder, "trainable.safetensors") as path:
+        return load_file(str(path))
 
 
 def restore_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
-    _load_optimizer_tensors(optimizer, load_file(str(Path(folder) / "optimizer.safetensors")))
+    with _reading(folder, "optimizer.safetensors") as path:
+        _load_optimizer_tensors(optimizer, load_file(str(path)))
 
 
 def restore_rng(folder: Path, generators: dict[str, torch.Generator]) -> None:
-    for name, value in load_file(str(Path(folder) / "rng.safetensors")).items():
-        generators[name].set_state(value)
+    with _reading(folder, "rng.safetensors") as path:
+        for name, value in load_file(str(path)).items():
+            generators[name].set_state(value)

@@ -12,15 +12,20 @@ import sys
 import warnings
 from pathlib import Path
 
-# Quiet the libraries' import-time chatter (optional torchvision, progress bars when saving) before importing them.
+# Quiet the libraries' import-time chatter (optional torchvision, progress bars when saving) before importing them,
+# and keep them from importing bitsandbytes, which prints on import, until 8-bit Adam is asked for.
+from . import optional_bnb  # noqa: E402
+
+optional_bnb.hide()
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from .arguments import EXIT_BAD_INPUT, OneLineErrorParser, finite_float  # noqa: E402
 from .config import DEFAULT_MODEL, PRESETS, ExtractConfig  # noqa: E402
 from .errors import BreakASceneError  # noqa: E402
+from .run_folder import check_clear_of_inputs  # noqa: E402
 
-EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
@@ -52,7 +57,7 @@ def _segment_options(text_flag: str) -> argparse.ArgumentParser:
                    help=f"SAM model: Hub id (e.g. facebook/sam-vit-large, -huge) or local folder (default: {DEFAULT_SAM_MODEL})")
     g.add_argument("--detector-model", default=DEFAULT_DETECTOR_MODEL, metavar="ID_OR_DIR",
                    help=f"OWLv2 detector for {text_flag}: Hub id or local folder (default: {DEFAULT_DETECTOR_MODEL})")
-    g.add_argument("--detection-threshold", type=float, default=0.1,
+    g.add_argument("--detection-threshold", type=finite_float, default=0.1,
                    help=f"a phrase of {text_flag} whose best box scores below this is an error (default: 0.1)")
     g.add_argument("--dilate", type=int, default=0, metavar="N", help="grow every mask by N px")
     g.add_argument("--erode", type=int, default=0, metavar="N", help="shrink every mask by N px (before --dilate)")
@@ -85,24 +90,13 @@ def _report_masks(result, names: list[str]) -> None:
 
 
 def _write_masks(folder: Path, photo_path: Path, photo, result, overwrite: bool) -> None:
-    """mask0.png ... (+ mask_names.txt for text masks), img.<suffix> (the photo, copied) and preview.png."""
-    import shutil
-
-    from .mask_tools import preview, save_masks
-    from .scene import IMAGE_SUFFIXES
+    """A scene folder (img.<suffix>: the photo, copied; mask0.png ...; mask_names.txt for text masks) plus
+    preview.png."""
+    from .mask_tools import preview
+    from .scene_folder import write_scene_folder
 
     names = result.labels if any(result.labels) else None
-    save_masks(result.masks, folder, names, overwrite=overwrite)
-    suffix = photo_path.suffix.lower()
-    target = folder / f"img{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
-    for old in folder.iterdir():
-        if old.is_file() and old.stem.lower() == "img" and old != target:
-            old.unlink()
-    if suffix in IMAGE_SUFFIXES:
-        if photo_path.resolve() != target.resolve():
-            shutil.copyfile(photo_path, target)
-    else:
-        photo.save(target)
+    write_scene_folder(folder, photo_path, result.masks, names, overwrite=overwrite)
     labels = [f"mask{i}" + (f" {n}" if n else "") for i, n in enumerate(result.labels)]
     preview(photo, result.masks, labels).save(folder / "preview.png")
 
@@ -132,7 +126,7 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--text", metavar='"PHRASE, PHRASE"', help='comma-separated phrases, one mask each: "dog, red shirt"')
     p.add_argument("--auto", action="store_true", help="SAM on a grid of points; keep the largest non-overlapping segments")
     p.add_argument("--max-masks", type=int, default=4, metavar="K", help="--auto: keep at most K masks (default: 4)")
-    p.add_argument("--min-area", type=float, default=0.01, help="--auto: smallest segment, fraction of the photo (default: 0.01)")
+    p.add_argument("--min-area", type=finite_float, default=0.01, help="--auto: smallest segment, fraction of the photo (default: 0.01)")
     p.add_argument("--points-per-side", type=int, default=16, help="--auto: grid of N x N points (default: 16)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the masks, the photo copy and preview.png")
     p.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else cpu)")
@@ -143,13 +137,12 @@ def add_masks_parser(subparsers) -> argparse.ArgumentParser:
 
 def _check_mask_folder(out: Path, overwrite: bool) -> None:
     from .errors import RunError
-    from .scene import _MASK_NAME
+    from .scene_folder import is_scene_file
 
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and not overwrite:
-        held = sorted(p.name for p in out.iterdir() if p.stem.lower() == "img" or _MASK_NAME.match(p.stem)
-                      or p.name in ("preview.png", "mask_names.txt"))
+        held = sorted(p.name for p in out.iterdir() if is_scene_file(p) or p.name == "preview.png")
         if held:
             raise RunError(f"{out} already holds {', '.join(held[:4])}; choose another --out or pass --overwrite")
 
@@ -160,12 +153,18 @@ def run_masks(args) -> int:
     source, out = Path(args.input), Path(args.out)
     request = _mask_request(args, args.point, args.box, args.text, args.auto)
     check_request(request)  # malformed prompts fail before the photo or any model is opened
+    check_clear_of_inputs(out, [("photo", source)] + _local_models(args))
     photo = open_photo(source)
     _check_mask_folder(out, args.overwrite)
     result = make_masks(photo, request)
     _report_masks(result, result.labels)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_masks(out, source, photo, result, args.overwrite)
+    if out.exists():  # a folder of the user's: only the layout's files (and preview.png) are replaced
+        _write_masks(out, source, photo, result, args.overwrite)
+    else:
+        from .run_folder import written_atomically
+
+        with written_atomically(out) as partial:
+            _write_masks(partial, source, photo, result, args.overwrite)
     print(f"{len(result.masks)} masks written to {out} (check {out / 'preview.png'}); "
           f"next: break-a-scene extract {out} --out RUN")
     return 0
@@ -194,11 +193,14 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-background", dest="background", action="store_false", default=None, help="do not learn the <bg> handle")
     p.add_argument("--model", help=f"Hub id, diffusers folder, .safetensors file, or builtin:tiny (default: {DEFAULT_MODEL})")
     p.add_argument("--resolution", type=int, help=f"square size the photo is resized and centre-cropped to {_paper('resolution')}")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="what the UNet predicts; by default "
+                   "the model's scheduler says, and for a single .safetensors file it is detected from the file "
+                   "(SD 2.x-base: epsilon, SD 2.x 768: v_prediction)")
     p.add_argument("--phase1-steps", type=int, help=f"steps training only the handles {_paper('phase1_steps')}")
     p.add_argument("--phase2-steps", type=int, help=f"steps training handles + UNet + text encoder {_paper('phase2_steps')}")
-    p.add_argument("--phase1-lr", type=float, help=f"phase-1 learning rate {_paper('phase1_lr')}")
-    p.add_argument("--phase2-lr", type=float, help=f"phase-2 learning rate {_paper('phase2_lr')}")
-    p.add_argument("--lambda-attn", type=float, help=f"weight of the cross-attention loss {_paper('lambda_attn')}")
+    p.add_argument("--phase1-lr", type=finite_float, help=f"phase-1 learning rate {_paper('phase1_lr')}")
+    p.add_argument("--phase2-lr", type=finite_float, help=f"phase-2 learning rate {_paper('phase2_lr')}")
+    p.add_argument("--lambda-attn", type=finite_float, help=f"weight of the cross-attention loss {_paper('lambda_attn')}")
     p.add_argument("--normalize-by-mask-area", action="store_true", default=None, help="average the masked loss over the mask, not the whole latent")
     p.add_argument("--seed", type=int, help=f"random seed of the whole run {_paper('seed')}")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: cuda if available, else mps, else cpu)")
@@ -211,7 +213,14 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-phase1", dest="phase1", action="store_false", default=None, help="ablation: skip phase 1")
     p.add_argument("--no-masked-loss", dest="masked_loss", action="store_false", default=None, help="ablation: plain, unmasked diffusion loss")
     p.add_argument("--no-attention-loss", dest="attention_loss", action="store_false", default=None, help="ablation: no cross-attention loss")
-    p.add_argument("--no-union-sampling", dest="union_sampling", action="store_false", default=None, help="ablation: all handles in every prompt")
+    sampling = p.add_mutually_exclusive_group()
+    sampling.add_argument("--no-union-sampling", dest="subset_sampling", action="store_const", const="single", default=None,
+                          help="ablation (the paper's): one handle per step, drawn uniformly, instead of a random union")
+    sampling.add_argument("--subset-sampling", choices=["union", "single", "all"], help="which handles a step trains: union "
+                   "(a random subset, the method), single (= --no-union-sampling) or all (every handle every step; not "
+                   "in the paper) (default: union)")
+    p.add_argument("--attention-reduction", choices=["sum", "mean"], help="combine the sampled handles' attention "
+                   f"errors by sum (the research code's, for which lambda 0.01 was chosen) or mean {_paper('attention_reduction')}")
     p.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (default: 0, never)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.partial from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
@@ -229,7 +238,7 @@ def _memory_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--use-8bit-adam", action="store_true", default=None, help="8-bit Adam from bitsandbytes (CUDA only): 4x smaller optimiser state")
     g.add_argument("--lora-rank", type=int, metavar="R", help="phase 2 trains rank-R LoRA adapters (peft) instead of the whole "
                    "UNet: small output, far less memory; not the paper's method (default: 0, full fine-tuning)")
-    g.add_argument("--lora-alpha", type=float, help="LoRA scale numerator (default: the rank)")
+    g.add_argument("--lora-alpha", type=finite_float, help="LoRA scale numerator (default: the rank)")
     g.add_argument("--lora-text-encoder", action="store_true", default=None, help="with --lora-rank: LoRA on the text encoder too")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (slow first steps, faster after; GPU)")
     g.add_argument("--no-tf32", dest="allow_tf32", action="store_false", default=None, help="strict fp32 matmuls on Ampere+ GPUs (TF32 is on by default)")
@@ -256,9 +265,10 @@ def run_extract(args) -> int:
     from .scene import load_scene, load_scene_folder
 
     fields = (
-        "model resolution names init_words background phase1_steps phase2_steps phase1_lr phase2_lr lambda_attn "
+        "model resolution prediction_type names init_words background phase1_steps phase2_steps phase1_lr phase2_lr lambda_attn "
         "normalize_by_mask_area seed device prior_preservation class_prompt "
-        "class_images num_class_images phase1 masked_loss attention_loss union_sampling checkpoint_every"
+        "class_images num_class_images phase1 masked_loss attention_loss subset_sampling attention_reduction "
+        "checkpoint_every"
     ).split() + MEMORY_FIELDS
     config = ExtractConfig.from_preset(args.preset, **{name: getattr(args, name) for name in fields})
     if args.low_vram:
@@ -266,6 +276,8 @@ def run_extract(args) -> int:
     source = Path(args.input)
     if not source.exists():
         raise BreakASceneError(f"{source} not found; give a folder with img.* and mask*.png, or a photo plus --mask")
+    check_clear_of_inputs(args.out, [("scene folder" if source.is_dir() else "photo", source)]
+                          + [("mask", mask) for mask in args.mask or []] + _local_models(args))
     made = None
     segmenting = bool(args.text_masks is not None or args.points or args.boxes)
     if source.is_dir():
@@ -295,6 +307,16 @@ def run_extract(args) -> int:
         print(f"attention inside own mask: {inside}  (maps in {result.out / 'attention'})")
     print(f'try: break-a-scene generate {result.out} "a photo of {result.tokens[0]} at the beach"')
     return 0
+
+
+def _local_models(args) -> list[tuple[str, Path]]:
+    """The model folders or files of the command that exist on disk (Hub ids are not paths)."""
+    found = []
+    for what, name in (("model", "model"), ("SAM model", "sam_model"), ("detector model", "detector_model")):
+        value = getattr(args, name, None)
+        if value and Path(value).expanduser().exists():
+            found.append((what, Path(value).expanduser()))
+    return found
 
 
 def _segment_for_extract(args, source: Path, config):
@@ -335,7 +357,7 @@ def _generation_options() -> argparse.ArgumentParser:
     g.add_argument("--num-images", type=int, default=None, help="images per prompt (default: 1; variations: 4)")
     g.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default: 0)")
     g.add_argument("--steps", type=int, default=50, help="denoising steps (default: 50)")
-    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    g.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
     g.add_argument("--negative", help="negative prompt")
     g.add_argument("--scheduler", default="default", metavar="{default,ddim,dpm}",
                    help="sampler: default (the run's saved scheduler), ddim (DDIM, as the research code), "
@@ -484,17 +506,11 @@ def add_edit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN/edits/<image stem>)")
     p.add_argument("--seed", type=int, default=0, help="seed of region 1; region i uses seed+i-1 (default: 0)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
-    p.add_argument("--blend-start", type=float, default=0.25,
+    p.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
+    p.add_argument("--blend-start", type=finite_float, default=0.25,
                    help="fraction of the steps skipped: start from the photo noised to that step (default: 0.25)")
     p.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else mps, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in the output folder")
-
-    def one_line_error(message):  # argparse's usage block would break the one-line contract
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-
-    p.error = one_line_error
     p.set_defaults(func=run_edit)
     return p
 
@@ -634,7 +650,7 @@ def run_ui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="break-a-scene",
         description="Extract text handles for the concepts of one photo (Break-A-Scene) and generate with them.",
     )
@@ -682,8 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     except BreakASceneError as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line, whatever a message holds
+        return error.exit_code
     except KeyboardInterrupt:
         hint = ""
         if args.command == "extract":
@@ -693,8 +709,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if args.debug:
             raise
-        print(f"error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_FAILURE
+        from .failures import describe_failure
+
+        message, code = describe_failure(error, resumable=args.command == "extract")
+        print(f"error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

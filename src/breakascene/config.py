@@ -9,6 +9,7 @@ override either preset. The resolved config is written to the run folder's ``sce
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,6 +34,9 @@ class ExtractConfig:
     # --- model and input
     model: str = DEFAULT_MODEL  # Hub id, local diffusers folder, single-file .safetensors, or "builtin:tiny"
     resolution: int = 512  # square side the photo is resized/cropped to; 768 for SD 2.1 (v-prediction)
+    # what the UNet predicts, "epsilon" or "v_prediction"; None: the model's own scheduler config says (for a
+    # single-file checkpoint, detected from the file: see models.inspect_single_file)
+    prediction_type: str | None = None
     names: list[str] | None = None  # handle names, one per mask; default asset0, asset1, ...
     init_words: list[str] | None = None  # a word per mask to start each handle from; default: the name or "object"
     background: bool = True  # learn <bg> from the complement of the union of the masks (the paper does)
@@ -56,15 +60,20 @@ class ExtractConfig:
 
     # --- losses
     lambda_attn: float = 0.01  # weight of the cross-attention loss (Eq. 3)
+    # how the per-handle attention errors of one step are combined: "sum" (the research code, for which
+    # lambda = 0.01 was chosen) or "mean" (each step's term independent of how many handles it samples)
+    attention_reduction: Literal["sum", "mean"] = "sum"
     normalize_by_mask_area: bool = False  # False: average over all latents (paper/research code)
     attention_divisor: int = 4  # attention maps at latent/4: 16x16 for a 512 px input (App. B.1)
     flip_probability: float = 0.5  # random horizontal flip of image and masks together
 
-    # --- ablations (paper Fig. 5, 7): all True is the full method
+    # --- ablations (paper Fig. 5, 7): all True and "union" is the full method
     phase1: bool = True
     masked_loss: bool = True
     attention_loss: bool = True
-    union_sampling: bool = True
+    # which handles a step trains: "union" (a random subset, the method), "single" (one handle per step, drawn
+    # uniformly: the paper's "w/o union sampling" ablation) or "all" (every handle every step; not in the paper)
+    subset_sampling: Literal["union", "single", "all"] = "union"
 
     # --- prior preservation (not in the paper; the research code's default)
     prior_preservation: bool = False
@@ -111,6 +120,10 @@ class ExtractConfig:
 
     def validate(self) -> None:
         """Rejects contradictory or out-of-range settings before anything heavy happens."""
+        for f in dataclasses.fields(self):  # NaN passes every comparison below, so it is refused first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if self.resolution % 64 or self.resolution <= 0:
             raise ConfigError(f"--resolution {self.resolution} must be a positive multiple of 64 (e.g. 512 or 768)")
         for name in ("phase1_steps", "phase2_steps", "checkpoint_every", "num_class_images"):
@@ -123,6 +136,16 @@ class ExtractConfig:
             raise ConfigError(f"--lambda-attn must be >= 0, got {self.lambda_attn}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise ConfigError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.subset_sampling not in ("union", "single", "all"):
+            raise ConfigError(f"subset_sampling must be union, single or all, got {self.subset_sampling!r}")
+        if self.attention_reduction not in ("sum", "mean"):
+            raise ConfigError(f"attention_reduction must be sum or mean, got {self.attention_reduction!r}")
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ConfigError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be > 0 (or None: no clipping), got {self.max_grad_norm}")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.phase2_params not in ("full", "cross_attention_kv"):
@@ -137,8 +160,6 @@ class ExtractConfig:
             raise ConfigError(f"--lora-alpha must be > 0, got {self.lora_alpha}")
         if self.total_steps == 0:
             raise ConfigError("nothing to train: both phases have 0 steps (check --phase1-steps/--phase2-steps)")
-        if not self.masked_loss and not self.attention_loss and not self.prior_preservation:
-            raise ConfigError("--no-masked-loss together with --no-attention-loss leaves no loss to train")
         if self.prior_preservation and self.class_images is None and self.num_class_images == 0:
             raise ConfigError("--prior-preservation needs class images: --num-class-images > 0 or --class-images DIR")
 
@@ -183,17 +204,17 @@ LOW_VRAM_OPTIONS = {
 
 
 def machine_facts(device: str | None) -> tuple[str, bool, bool]:
-    """(device type, bf16 supported, bitsandbytes importable) for ``--device`` (None: the default device)."""
-    import importlib.util
-
+    """(device type, bf16 supported, bitsandbytes installed) for ``--device`` (None: the default device)."""
     import torch
+
+    from . import optional_bnb
 
     if device:
         device_type = device.split(":")[0]
     else:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = device_type != "cuda" or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return device_type, bf16, importlib.util.find_spec("bitsandbytes") is not None
+    return device_type, bf16, optional_bnb.installed()
 
 
 def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_available: bool) -> tuple[dict, list[str]]:

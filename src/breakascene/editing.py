@@ -47,8 +47,8 @@ from PIL import Image
 
 from .errors import ConfigError, RunError, SceneError, SceneWarning
 from .generation import check_prompt_handles, load_pipeline
-from .run_folder import read_scene_json
-from .scene import _coverage, _open, _to_rgb
+from .run_folder import check_clear_of_inputs, check_clear_of_run, read_scene_json
+from .scene import mask_coverage, open_image, to_rgb
 
 __all__ = ["edit", "edit_pipeline", "load_edit_image", "load_region_mask"]
 
@@ -64,7 +64,7 @@ def _name(source: ImageInput, fallback: str) -> str:
 
 def load_edit_image(source: ImageInput) -> tuple[Image.Image, tuple[int, int]]:
     """The edit image as RGB at a size whose sides are multiples of 8; also returns its size as read (w, h)."""
-    img = _to_rgb(_open(source, "edit image"))
+    img = to_rgb(open_image(source, "edit image"))
     size = img.size
     width, height = (max(8, int(round(side / 8)) * 8) for side in size)
     if (width, height) != size:
@@ -85,8 +85,8 @@ def load_region_mask(source: ImageInput, image_size: tuple[int, int], work_size:
         SceneError: unreadable, a size of another aspect ratio than the edit image, or empty.
     """
     name = _name(source, "region mask")
-    img = _open(source, "region mask")
-    coverage = _coverage(img)
+    img = open_image(source, "region mask")
+    coverage = mask_coverage(img)
     mh, mw = coverage.shape
     iw, ih = image_size
     if (mw, mh) != (iw, ih):
@@ -197,6 +197,9 @@ def edit(
 
     stem = Path(image).stem if isinstance(image, (str, Path)) else "image"
     out = Path(out) if out is not None else Path(run) / "edits" / stem
+    check_clear_of_run(out, run)
+    check_clear_of_inputs(out, [("photo", image if isinstance(image, (str, Path)) else None)]
+                          + [("region mask", m if isinstance(m, (str, Path)) else None) for m, _ in regions])
     names = [f"edit-{i}.png" for i in range(1, len(regions) + 1)] + list(OUTPUT_NAMES)
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; choose another --out")

@@ -12,6 +12,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .scene_folder import write_scene_folder
+
 __all__ = ["make_shapes_scene", "write_shapes_example"]
 
 SHAPES_NAMES = ["ball", "box"]
@@ -120,9 +122,6 @@ def write_shapes_example(folder: Union[str, Path]) -> Path:
     Returns the folder as a :class:`~pathlib.Path`.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     photo, masks, _ = make_shapes_scene()
-    photo.save(folder / "img.png", optimize=True)
-    for i, mask in enumerate(masks):
-        mask.save(folder / f"mask{i}.png", optimize=True)
+    write_scene_folder(folder, photo, masks, overwrite=True)
     return folder

@@ -24,7 +24,7 @@ import torch
 
 from .errors import ConfigError, RunError
 from .handles import load_handles
-from .run_folder import HANDLES_FILE, SCENE_FILE, read_scene_json, written_atomically
+from .run_folder import HANDLES_FILE, SCENE_FILE, check_clear_of_inputs, read_scene_json, written_atomically
 
 FORMATS = ("textual-inversion", "diffusers")
 
@@ -123,12 +123,11 @@ def export(
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if fp16 and format != "diffusers":
         raise ConfigError("--fp16 is for --format diffusers; textual-inversion vectors are kept exactly (fp32)")
+    check_clear_of_inputs(out, [("run folder", run)])  # replacing out must never touch the run
     if out.exists() and not overwrite:
         raise RunError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; choose another --out")
-    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
-        raise ConfigError(f"--out {out} is inside the run folder; choose a folder outside it")
     _check_push(push_to_hub)
     tokens, vectors = load_handles(run / HANDLES_FILE)
     if not tokens or len(tokens) != vectors.shape[0]:

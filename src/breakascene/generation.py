@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, first_line
 from .handles import HANDLE_PATTERN
 from .models import default_device
-from .run_folder import read_scene_json
+from .run_folder import check_clear_of_run, check_pipeline_folder, read_scene_json
 
 SCHEDULERS = ("default", "ddim", "dpm")
 """``default``: the run's saved scheduler; ``ddim``: DDIM from its config (the research code);
@@ -121,7 +121,12 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
     if info.get("lora"):
         pipe = _load_lora_run(Path(run), info).to(dtype=dtype)
     else:
-        pipe = StableDiffusionPipeline.from_pretrained(str(run), torch_dtype=dtype, safety_checker=None)
+        check_pipeline_folder(run, "extract the scene again")
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(str(run), torch_dtype=dtype, safety_checker=None,
+                                                           use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as error:  # a truncated or damaged weights file, a bad config
+            raise RunError(f"the run folder {run} could not be loaded ({first_line(error)}); extract the scene again") from error
     pipe = pipe.to(torch.device(device) if device else default_device())
     pipe.set_progress_bar_config(disable=True)
     return pipe, info
@@ -135,9 +140,9 @@ def _load_lora_run(run: Path, info: dict):
     from .models import load_components
     from .run_folder import HANDLES_FILE
 
-    components = load_components(info["base_model"])
+    components = load_components(info["base_model"], prediction_type=info.get("prediction_type"))
     pipe = StableDiffusionPipeline(
-        **components.__dict__, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **components.pipeline_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     tokens, vectors = load_handles(run / HANDLES_FILE)
     pipe.load_textual_inversion(vectors, token=tokens)
@@ -285,6 +290,7 @@ def generate(
     if height < 8 or width < 8 or height % 8 or width % 8:
         raise ConfigError(f"--height/--width must be positive multiples of 8 (got {height}x{width})")
     out = Path(out) if out is not None else Path(run) / "samples"
+    check_clear_of_run(out, run)
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; choose another --out")
     plan = [

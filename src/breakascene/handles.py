@@ -14,6 +14,7 @@ calls them once per pair.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from torch import nn
 from .errors import ConfigError, RunError
 
 BACKGROUND_NAME = "bg"
-DEFAULT_INIT_WORD = "object"
 DEFAULT_BACKGROUND_INIT_WORD = "background"
+_RARE_WORD = re.compile(r"^[a-z]{3,}$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 HANDLE_PATTERN = re.compile(r"<[^<>\s]+>")
 """What a handle looks like inside a prompt: ``<asset0>``, ``<dog>``, ``<bg>``."""
@@ -37,7 +38,7 @@ class Handle:
     """One learned concept: its name, the token that stands for it in prompts, and where it came from."""
 
     name: str  # "dog", "asset0" or "bg"
-    init_word: str  # the word whose embedding the handle starts from
+    init_word: str | None  # the word whose embedding the handle starts from; None: a rare word, see rare_words
     is_background: bool = False
 
     @property
@@ -54,8 +55,9 @@ def make_handles(
     """Decides names and initial words of the handles, checking the user's lists.
 
     Names default to ``asset0 ... assetK-1``. An init word defaults to the concept's name when the user gave
-    names (``--names dog shirt`` starts from "dog" and "shirt"), else to ``"object"``; the background handle
-    ``<bg>`` starts from ``"background"``. The background handle, if any, comes last.
+    names (``--names dog shirt`` starts from "dog" and "shirt"), else to None: :func:`resolve_init_words` then
+    gives every such handle its own rare word, so no two handles start from the same vector and none starts
+    with a class. The background handle ``<bg>`` starts from ``"background"`` and comes last.
     """
     if names is not None and len(names) != num_concepts:
         raise ConfigError(
@@ -78,11 +80,47 @@ def make_handles(
     if background and BACKGROUND_NAME in (n.lower() for n in names):
         raise ConfigError(f"the name {BACKGROUND_NAME!r} is taken by the background handle; rename that concept")
     if init_words is None:
-        init_words = [name if user_named else DEFAULT_INIT_WORD for name in names]
+        init_words = [name if user_named else None for name in names]
     handles = [Handle(name, word) for name, word in zip(names, init_words)]
     if background:
         handles.append(Handle(BACKGROUND_NAME, DEFAULT_BACKGROUND_INIT_WORD, is_background=True))
     return handles
+
+
+def rare_words(tokenizer, count: int, avoid: set[str] = frozenset()) -> list[str]:
+    """``count`` distinct rare words of the tokenizer's vocabulary, the rarest first.
+
+    BPE vocabularies (CLIP's among them) list their merges from the most to the least frequent, so the last
+    whole-word entries are the rarest words: DreamBooth's "rare token" idea, and the rows the research code
+    copies when it gets no init words. Only lower-case alphabetic words of 3+ letters that tokenize back to
+    exactly their one token are taken, so that the word, not a fragment, is what a run records.
+    """
+    special = set(tokenizer.all_special_ids)
+    base = sorted(
+        ((i, t) for t, i in tokenizer.get_vocab().items() if i < tokenizer.vocab_size and i not in special),
+        reverse=True,
+    )
+    words = []
+    for token_id, token in base:
+        word = token[: -len("</w>")] if token.endswith("</w>") else None
+        if word is None or not _RARE_WORD.match(word) or word in avoid:
+            continue
+        if tokenizer(word, add_special_tokens=False).input_ids != [token_id]:
+            continue
+        words.append(word)
+        if len(words) == count:
+            return words
+    raise ConfigError(f"the tokenizer has fewer than {count} usable rare words; give --init-words for every mask")
+
+
+def resolve_init_words(tokenizer, handles: list[Handle]) -> list[Handle]:
+    """The handles with every missing init word replaced by its own rare word (:func:`rare_words`)."""
+    missing = [h for h in handles if h.init_word is None]
+    if not missing:
+        return list(handles)
+    given = {h.init_word for h in handles if h.init_word is not None}
+    words = iter(rare_words(tokenizer, len(missing), avoid=given))
+    return [dataclasses.replace(h, init_word=next(words)) if h.init_word is None else h for h in handles]
 
 
 def add_handle_tokens(tokenizer, handles: list[Handle]) -> list[int]:
@@ -160,6 +198,8 @@ def attach_handles(tokenizer, text_encoder, handles: list[Handle]) -> HandleEmbe
 
     Returns the wrapper; its ``handle_vectors`` (K, dim) is the parameter that phase 1 trains.
     """
+    if any(h.init_word is None for h in handles):
+        raise ValueError("resolve_init_words() first: every handle needs its init word")
     ids = add_handle_tokens(tokenizer, handles)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set below
     base = text_encoder.get_input_embeddings()

@@ -33,22 +33,26 @@ def masked_diffusion_loss(
     return squared.sum() / covered.clamp_min(1.0)
 
 
-def cross_attention_loss(attention_maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: mean over handles of ``MSE(normalised CA(v_i), M_i)``.
+def cross_attention_loss(attention_maps: torch.Tensor, masks: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Eq. 2: ``MSE(normalised CA(v_i), M_i)`` for each sampled handle, summed (or averaged) over the handles.
 
     Args:
         attention_maps: (K, h, w) each sampled handle's cross-attention probabilities, averaged over heads and
             layers (non-negative).
         masks: (K, h, w) the same handles' masks resized to (h, w), values in [0, 1].
+        reduction: "sum" adds the K errors, as the research code does (its lambda = 0.01 is for the sum, so a
+            step that samples more handles pulls harder on their maps); "mean" averages them.
     Returns:
         Scalar float32: each map is divided by its maximum (so it spans [0, 1]), compared with its mask by mean
-        squared error, and the K errors are averaged.
+        squared error over the grid, and the K errors are summed or averaged.
     """
     if attention_maps.shape != masks.shape:
         raise ValueError(f"attention maps {tuple(attention_maps.shape)} and masks {tuple(masks.shape)} differ")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be sum or mean, got {reduction!r}")
     normalized = normalize_maps(attention_maps.float())
     per_handle = F.mse_loss(normalized, masks.float(), reduction="none").flatten(1).mean(dim=1)  # (K,)
-    return per_handle.mean()
+    return per_handle.sum() if reduction == "sum" else per_handle.mean()
 
 
 def diffusion_loss(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -19,14 +19,13 @@ in ``[0, 1]`` (inside where >= 0.5, as :func:`breakascene.scene.read_mask`), int
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from breakascene.errors import SceneError
-from breakascene.scene import _MASK_NAME, MASK_SUFFIXES, TINY_MASK_FRACTION
+from breakascene.scene import TINY_MASK_FRACTION
 
 __all__ = [
     "PALETTE",
@@ -40,7 +39,6 @@ __all__ = [
     "mask_stats",
     "preview",
     "remove_overlaps",
-    "save_masks",
     "select_largest",
     "threshold",
 ]
@@ -501,60 +499,3 @@ def preview(image: Image.Image, masks: Sequence[MaskInput], labels: Sequence[str
         draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=(0, 0, 0))
         draw.text((x + 2 - left, y + 2 - top), text, fill=tuple(int(v) for v in c), font=font)
     return result
-
-
-def save_masks(
-    masks: Sequence[MaskInput],
-    folder: Union[str, Path],
-    names: Sequence[str] | None = None,
-    *,
-    overwrite: bool = False,
-) -> list[Path]:
-    """Write ``K`` masks as ``mask0.png, mask1.png, ...`` (8-bit ``L``, 0 / 255) into ``folder``.
-
-    That is the layout ``break-a-scene extract FOLDER`` reads, in this order.  When ``names`` is
-    given, ``mask_names.txt`` (``mask0.png<TAB>dog`` per line) records which file is which
-    concept.  The folder is created if needed.
-
-    Raises:
-        SceneError: a file to write exists, or another ``mask*.png/jpg`` there would be read
-            along with the new masks, and ``overwrite`` is False.  With ``overwrite=True`` those
-            are replaced, and the other ``mask*`` files removed so the folder holds this set only.
-
-    Returns:
-        The ``K`` mask paths, in order.
-    """
-    bools = _as_bool_list(masks)
-    if names is not None and len(names) != len(bools):
-        raise ValueError(f"{len(bools)} masks but {len(names)} names")
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise SceneError(f"{folder} is not a folder; give a folder to write the masks into")
-    paths = [folder / f"mask{i}.png" for i in range(len(bools))]
-    names_file = folder / "mask_names.txt"
-    stale: list[Path] = []
-    if folder.is_dir():
-        stale = sorted(
-            p
-            for p in folder.iterdir()
-            if p.is_file()
-            and _MASK_NAME.match(p.stem)
-            and p.suffix.lower() in MASK_SUFFIXES
-            and p not in paths
-        )
-    clashing = [p for p in paths if p.exists()] + stale
-    if names is not None and names_file.exists():
-        clashing.append(names_file)
-    if clashing and not overwrite:
-        listed = ", ".join(p.name for p in clashing[:5]) + (" ..." if len(clashing) > 5 else "")
-        raise SceneError(
-            f"{folder} already holds {listed}; choose an empty folder or pass overwrite=True (--overwrite)"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    for p in stale:
-        p.unlink()
-    for m, p in zip(bools, paths):
-        Image.fromarray(m.astype(np.uint8) * 255, mode="L").save(p)
-    if names is not None:
-        names_file.write_text("".join(f"{p.name}\t{n}\n" for p, n in zip(paths, names)), encoding="utf-8")
-    return paths

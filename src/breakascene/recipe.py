@@ -22,6 +22,7 @@ import contextlib
 import importlib.metadata
 import platform
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from tqdm.auto import tqdm
 
 from . import masks as mask_ops
+from . import optional_bnb
 from .attention import AttentionStore, attention_grid, install_capture, mass_inside
 from .checkpoint import (
     load_checkpoint_tensors,
@@ -43,13 +45,31 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ExtractConfig
-from .errors import ConfigError, RunError, SceneError
-from .handles import Handle, HandleEmbedding, attach_handles, find_handle_positions, make_handles, merge_handles, save_handles
+from .errors import ConfigError, RunError, RunFailure, SceneError, first_line
+from .handles import (
+    Handle,
+    HandleEmbedding,
+    attach_handles,
+    find_handle_positions,
+    make_handles,
+    merge_handles,
+    resolve_init_words,
+    save_handles,
+)
 from .losses import cross_attention_loss, diffusion_loss, masked_diffusion_loss
 from .models import Components, check_model_reference, default_device, load_components
-from .run_folder import CHECKPOINT_DIR, HANDLES_FILE, SCENE_FILE, finalize, prepare_output, write_json
+from .run_folder import (
+    CHECKPOINT_DIR,
+    HANDLES_FILE,
+    SCENE_FILE,
+    check_clear_of_inputs,
+    finalize,
+    prepare_output,
+    run_lock,
+    write_json,
+)
 from .scene import Scene
-from .union_sampling import all_handles, build_prompt, sample_subset
+from .union_sampling import build_prompt, choose_handles
 from .visualize import attention_figure
 
 PAPER_CONCEPT_LIMIT = 4  # the paper reports good results for up to 4 concepts
@@ -135,11 +155,9 @@ def load_bitsandbytes(device: torch.device):
             f"--use-8bit-adam needs a CUDA GPU (bitsandbytes), not {device.type}; drop it, or use --lora-rank N "
             "to make the optimiser state small"
         )
-    try:
-        import bitsandbytes
-    except ImportError as error:
-        raise ConfigError("--use-8bit-adam needs bitsandbytes: pip install 'break-a-scene[bnb]'") from error
-    return bitsandbytes
+    if not optional_bnb.installed():
+        raise ConfigError("--use-8bit-adam needs bitsandbytes: pip install 'break-a-scene[bnb]'")
+    return optional_bnb.load()
 
 
 def add_text_encoder_lora(text_encoder, rank: int, alpha: float) -> None:
@@ -177,7 +195,8 @@ def _class_images(config: ExtractConfig, components: Components, folder: Path, d
     import numpy as np
     from PIL import Image
 
-    from .scene import IMAGE_SUFFIXES
+    from .scene import open_image, to_rgb
+    from .scene_folder import IMAGE_SUFFIXES
 
     if config.class_images is not None:
         source = Path(config.class_images)
@@ -194,7 +213,7 @@ def _class_images(config: ExtractConfig, components: Components, folder: Path, d
         missing = config.num_class_images - len(files)
         if missing > 0:
             pipe = StableDiffusionPipeline(
-                **components.__dict__, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+                **components.pipeline_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
             ).to(device)
             pipe.set_progress_bar_config(disable=True)
             generator = torch.Generator(device).manual_seed(config.seed)
@@ -206,7 +225,7 @@ def _class_images(config: ExtractConfig, components: Components, folder: Path, d
             files = sorted(folder.glob("*.png"))
     images = []
     for path in files:
-        image = Image.open(path).convert("RGB")
+        image = to_rgb(open_image(path, "class image"))
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
         image = image.crop((left, top, left + side, top + side)).resize((config.resolution,) * 2, Image.BICUBIC)
@@ -229,6 +248,7 @@ class Trainer:
                  collection: list | None = None):
         self.scene, self.config, self.components, self.handles = scene, config, components, handles
         self.collection = collection
+        self.inputs = training_inputs(scene, collection)  # recorded in every checkpoint, checked on resume
         self.device = torch.device(device)
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
         # One generator for host-side choices (subset, flip, class image), one on the device for tensors.
@@ -244,6 +264,7 @@ class Trainer:
         c, cfg = self.components, self.config
         for model in (c.vae, c.unet, c.text_encoder):
             model.requires_grad_(False)
+        self.handles = resolve_init_words(c.tokenizer, self.handles)
         self.embedding: HandleEmbedding = attach_handles(c.tokenizer, c.text_encoder, self.handles)
         self.handle_ids = self.embedding.handle_ids.tolist()
         if cfg.lora_rank:
@@ -345,7 +366,7 @@ class Trainer:
             subset = list(self.collection[e - 1].present)
         else:
             e = 0
-            subset = sample_subset(n, self.host_rng) if cfg.union_sampling else all_handles(n)
+            subset = choose_handles(cfg.subset_sampling, n, self.host_rng)
         flip = int(torch.rand(1, generator=self.host_rng) < cfg.flip_probability)
         prompts = [build_prompt([self.handles[i].token for i in subset])]
 
@@ -382,7 +403,7 @@ class Trainer:
             maps = self.store.mean_map(*self.grid)[0]  # (gh, gw, T) for the instance prompt
             positions = find_handle_positions(input_ids[0], [self.handle_ids[i] for i in subset])
             handle_maps = maps[..., positions].permute(2, 0, 1)  # (k, gh, gw)
-            terms["attention"] = cross_attention_loss(handle_maps, self.grid_masks[e, flip, subset])
+            terms["attention"] = cross_attention_loss(handle_maps, self.grid_masks[e, flip, subset], cfg.attention_reduction)
         if cfg.prior_preservation:
             terms["prior"] = diffusion_loss(model_pred[1:], target[1:])
         total = terms["rec"]
@@ -460,9 +481,14 @@ class Trainer:
             restore_optimizer(optimizer_state, optimizer)
         self.components.unet.train(trains_model)
         self.components.text_encoder.train(trains_model)
+        # The first step whose loss was NaN or infinite (-1: none), kept on the device and read back only when
+        # losses are read anyway and before a checkpoint is written, so that checking costs no sync per step.
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
 
         for step in range(start_step, steps):
             terms = self.loss_step()
+            bad = ~torch.isfinite(terms["total"].detach())
+            first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
             scaler.scale(terms["total"]).backward()
             if cfg.max_grad_norm is not None:
                 scaler.unscale_(optimizer)
@@ -473,6 +499,9 @@ class Trainer:
 
             done = step + 1
             losses = None
+            checkpoint_now = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps
+            if done % LOG_EVERY == 0 or done == steps or checkpoint_now:
+                self._stop_if_not_finite(int(first_bad), name, steps, checkpoint_folder)
             if done % LOG_EVERY == 0 or done == steps:
                 losses = {k: float(v.detach()) for k, v in terms.items()}
                 self.loss_log.append({"phase": name, "step": done, **losses})
@@ -480,7 +509,7 @@ class Trainer:
                 bar.update(1)
                 if losses is not None:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps:
+            if checkpoint_now:
                 self.save_checkpoint(checkpoint_folder, index, done, params, optimizer)
             if callback is not None:
                 callback(Progress(name, done, steps, global_offset + done, cfg.total_steps, losses, time.time() - started))
@@ -489,6 +518,21 @@ class Trainer:
             self.save_checkpoint(checkpoint_folder, index, steps, params, optimizer)
         for p in params.values():
             p.requires_grad_(False)
+
+    def _stop_if_not_finite(self, first_bad: int, phase: str, steps: int, checkpoint_folder: Path) -> None:
+        """Raises RunFailure if a loss of this phase was NaN or infinite, before anything of it is saved."""
+        if first_bad < 0:
+            return
+        state = read_checkpoint_state(checkpoint_folder)
+        if state is None:
+            kept = "no checkpoint was written before it (use --checkpoint-every N to keep one)"
+        else:
+            kept = (f"the last good checkpoint ({self.config.phases[state['phase_index']][0]} step {state['step']}) "
+                    f"is kept in {checkpoint_folder.parent}")
+        raise RunFailure(
+            f"the loss became non-finite at {phase} step {first_bad} of {steps}; {kept}. The same settings fail the "
+            "same way: lower the learning rate or --lambda-attn and start over (--overwrite)"
+        )
 
     def save_checkpoint(self, folder: Path, phase_index: int, step: int, params: dict, optimizer) -> None:
         save_checkpoint(
@@ -500,6 +544,7 @@ class Trainer:
                 "phase_index": phase_index,
                 "step": step,
                 "fingerprint": self.config.training_fingerprint(),
+                "inputs": self.inputs,
                 "loss_log": self.loss_log,
                 "attention_scores": self.attention_scores,
             },
@@ -604,20 +649,24 @@ def extract(
         )
     if components is None:
         check_model_reference(config.model)
+    model_path = Path(config.model).expanduser() if components is None else None
+    check_clear_of_inputs(out, [("class images", config.class_images),
+                                ("model", model_path if model_path is not None and model_path.exists() else None)])
     device = resolve_device(config)
-    partial = prepare_output(out, overwrite=overwrite, resume=resume)
-    try:
-        trainer = _train(scene, config, partial, handles, device, components, resume, callback, progress, collection)
-        vectors = _write_run(partial, scene, config, trainer)
-        if write_extra is not None:
-            write_extra(partial)
-    except BaseException:
-        # A run that got as far as a checkpoint stays resumable; anything less leaves nothing behind.
-        if not (partial / CHECKPOINT_DIR / "state.json").is_file():
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
-    finalize(partial, out)
-    return ExtractResult(out, handles, vectors, trainer.attention_scores, trainer.loss_log)
+    with run_lock(out):
+        partial = prepare_output(out, overwrite=overwrite, resume=resume)
+        try:
+            trainer = _train(scene, config, partial, handles, device, components, resume, callback, progress, collection)
+            vectors = _write_run(partial, scene, config, trainer)
+            if write_extra is not None:
+                write_extra(partial)
+        except BaseException:
+            # A run that got as far as a checkpoint stays resumable; anything less leaves nothing behind.
+            if not (partial / CHECKPOINT_DIR / "state.json").is_file():
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        finalize(partial, out)
+    return ExtractResult(out, trainer.handles, vectors, trainer.attention_scores, trainer.loss_log)
 
 
 def resolve_device(config: ExtractConfig) -> torch.device:
@@ -650,15 +699,59 @@ def _check_collection(collection: list, scene: Scene, config: ExtractConfig) -> 
             raise SceneError(f"collection item {i}: present {item.present} must name concepts 0..{scene.num_concepts - 1}")
 
 
+def training_inputs(scene: Scene, collection: list | None = None) -> dict:
+    """What a run trains on, as content hashes: the scene as used, and a collection's images and masks."""
+    from .scene import tensor_digest
+
+    inputs = scene.fingerprint()
+    if collection:
+        inputs["collection"] = [[tensor_digest(item.image), tensor_digest(item.masks)] for item in collection]
+    return inputs
+
+
+def check_resume(state: dict, config: ExtractConfig, inputs: dict, folder: Path) -> None:
+    """Refuses ``--resume`` when the checkpoint was made with other settings, another photo or other masks.
+
+    Raises:
+        ConfigError: the settings differ (named). SceneError: the photo, a mask, the number of masks or the
+            collection differs (named), or the checkpoint records no inputs (written by an older version).
+    """
+    if state["fingerprint"] != config.training_fingerprint():
+        changed = sorted(k for k, v in config.training_fingerprint().items() if state["fingerprint"].get(k) != v)
+        raise ConfigError(f"--resume with different settings ({', '.join(changed)}); use the interrupted run's options")
+    held = state.get("inputs")
+    if held is None:
+        raise SceneError(f"the checkpoint in {folder} does not record the photo and masks it was trained on (an "
+                         "older break-a-scene wrote it); start over with --overwrite")
+    if held["image"] != inputs["image"]:
+        raise SceneError("--resume with another photo than the checkpoint was trained on (compared as resized and "
+                         "cropped); give the same photo and masks, or start over with --overwrite")
+    if len(held["masks"]) != len(inputs["masks"]):
+        raise SceneError(f"--resume with {len(inputs['masks'])} masks, but the checkpoint was trained on "
+                         f"{len(held['masks'])}; give the same masks, or start over with --overwrite")
+    for i, (old, new) in enumerate(zip(held["masks"], inputs["masks"])):
+        if old != new:
+            raise SceneError(f"--resume with another mask {i} ({inputs['mask_names'][i]}) than the checkpoint was "
+                             "trained on; give the same masks in the same order, or start over with --overwrite")
+    if held.get("collection") != inputs.get("collection"):
+        raise SceneError("--resume with another training collection than the checkpoint's; start over with --overwrite")
+
+
 def _train(scene, config, partial, handles, device, components, resume, callback, progress, collection=None) -> Trainer:
     """Loads the model, restores a checkpoint if resuming, and runs the phases inside ``partial``."""
     checkpoint_folder = partial / CHECKPOINT_DIR
     state = read_checkpoint_state(checkpoint_folder) if resume else None
-    if state is not None and state["fingerprint"] != config.training_fingerprint():
-        changed = sorted(k for k, v in config.training_fingerprint().items() if state["fingerprint"].get(k) != v)
-        raise ConfigError(f"--resume with different settings ({', '.join(changed)}); use the interrupted run's options")
+    if state is not None:
+        check_resume(state, config, training_inputs(scene, collection), checkpoint_folder)
 
-    components = components or load_components(config.model)
+    if components is None:
+        components = load_components(config.model, prediction_type=config.prediction_type)
+        if Path(config.model).expanduser().is_file():  # a single file's prediction type is a decision: say it
+            print(f"{config.model}: {components.prediction_type} ({components.prediction_source}); "
+                  "--prediction-type changes it", file=sys.stderr)
+    elif config.prediction_type and components.prediction_type != config.prediction_type:
+        scheduler = components.scheduler
+        components.scheduler = type(scheduler).from_config(scheduler.config, prediction_type=config.prediction_type)
     if components.native_resolution != config.resolution:
         warnings.warn(
             f"the model's native resolution is {components.native_resolution} px but --resolution is "
@@ -673,7 +766,12 @@ def _train(scene, config, partial, handles, device, components, resume, callback
     # Resume: put the checkpoint's weights and random states back, and start where it stopped.
     start_phase, start_step = 0, 0
     if state is not None:
-        trainer.load_trained_weights(load_checkpoint_tensors(checkpoint_folder))
+        tensors = load_checkpoint_tensors(checkpoint_folder)
+        try:
+            trainer.load_trained_weights(tensors)
+        except (KeyError, RuntimeError) as error:  # a missing tensor, or one of the wrong shape
+            raise RunError(f"the checkpoint in {checkpoint_folder} does not fit this run ({first_line(error)}); "
+                           "start the run over with --overwrite") from error
         trainer.loss_log = state["loss_log"]
         trainer.attention_scores = state["attention_scores"]
         restore_rng(checkpoint_folder, {"host": trainer.host_rng, "device": trainer.device_rng})
@@ -728,11 +826,10 @@ def _write_run(partial: Path, scene: Scene, config: ExtractConfig, trainer: Trai
         )
         pipe.save_pretrained(partial, safe_serialization=True)
     save_handles(partial / HANDLES_FILE, trainer.handles, vectors)
-    # The scene as used: the resized/cropped photo and one mask per handle (<bg> included), named after it.
-    (partial / "scene").mkdir(exist_ok=True)
-    _to_image(scene.image).save(partial / "scene" / "image.png")
-    for handle, mask in zip(trainer.handles, trainer.pixel_masks[0, 0]):
-        _to_image(mask).save(partial / "scene" / f"{handle.name}.png")
+    # The scene as used (resized, cropped), as a scene folder that extract reads back; <bg>'s mask beside it.
+    concepts = [h.name for h in trainer.handles if not h.is_background]
+    background = scene.background_mask() if config.background else None
+    scene.save(partial / "scene", concepts, background=background)
     write_json(
         partial / SCENE_FILE,
         {
@@ -787,11 +884,3 @@ def _save_lora(folder: Path, components: Components, config: ExtractConfig) -> N
 
         tensors = {k: v.float().contiguous() for k, v in components.text_encoder.state_dict().items() if "lora_" in k}
         save_file(tensors, str(folder / TEXT_LORA_FILE), metadata={"rank": str(config.lora_rank), "alpha": str(config.lora_alpha or config.lora_rank)})
-
-
-def _to_image(tensor: torch.Tensor):
-    """(H, W) mask or (3, H, W) image, floats in [0, 1] -> 8-bit PIL image."""
-    from PIL import Image
-
-    array = (tensor.detach().cpu().clamp(0, 1) * 255).round().byte()
-    return Image.fromarray((array.permute(1, 2, 0) if array.ndim == 3 else array).numpy())

@@ -20,7 +20,6 @@ concept covering < 1 % of the square) emits :class:`~breakascene.errors.SceneWar
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +29,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from breakascene.errors import ConfigError, SceneError, SceneWarning
+from breakascene.errors import ConfigError, SceneError, SceneWarning, first_line
+from breakascene.scene_folder import find_scene_files, write_scene_folder
 
 __all__ = ["Scene", "load_scene", "load_scene_folder", "read_mask"]
 
 ImageInput = Union[str, Path, Image.Image]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
-_MASK_NAME = re.compile(r"^mask(\d*)$", re.IGNORECASE)
 
 # Fraction of a mask's pixels the centre crop may remove before we warn.
 CROP_WARN_FRACTION = 0.01
@@ -91,6 +88,15 @@ class Scene:
         """Number of concept masks ``K``."""
         return int(self.masks.shape[0])
 
+    def fingerprint(self) -> dict:
+        """Content hashes (sha256) of the image and of each mask *as used* (after resize and crop): what a
+        checkpoint records, so that ``--resume`` can refuse to continue on another photo or other masks."""
+        return {
+            "image": tensor_digest(self.image),
+            "masks": [tensor_digest(m) for m in self.masks],
+            "mask_names": list(self.mask_names),
+        }
+
     def background_mask(self) -> torch.Tensor:
         """``(R, R)`` float32 in ``{0., 1.}``: 1 where no concept mask is set (``1 - union``)."""
         if self.num_concepts == 0:
@@ -98,18 +104,37 @@ class Scene:
         union = self.masks.amax(dim=0)
         return (1.0 - union).to(torch.float32)
 
-    def save(self, folder: Union[str, Path]) -> None:
-        """Write ``image.png`` (RGB) and ``mask{i}.png`` (8-bit L, 0/255) exactly as used.
+    def save(
+        self,
+        folder: Union[str, Path],
+        names: Sequence[str] | None = None,
+        *,
+        background: torch.Tensor | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Writes the scene exactly as used, as a scene folder (``img.png``, ``mask0.png`` ...; see
+        ``scene_folder``), which ``load_scene_folder(folder, resolution)`` reads back unchanged.
 
-        The folder is created if needed; existing files with these names are overwritten.
+        Args:
+            names: the concepts' names, recorded in ``mask_names.txt``.
+            background: (R, R) the ``<bg>`` mask as trained, written as ``background.png``.
+            overwrite: replace a scene already in ``folder``.
         """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         pixels = (self.image.detach().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8)
-        Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB").save(folder / "image.png")
-        for i, mask in enumerate(self.masks.detach().cpu()):
-            m = ((mask > 0.5).to(torch.uint8) * 255).numpy()
-            Image.fromarray(m, mode="L").save(folder / f"mask{i}.png")
+        photo = Image.fromarray(pixels.permute(1, 2, 0).numpy(), mode="RGB")
+        masks = [m.numpy() for m in self.masks.detach().cpu()]
+        bg = background.detach().cpu().numpy() if background is not None else None
+        write_scene_folder(folder, photo, masks, names, background=bg, overwrite=overwrite)
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's shape, dtype and values."""
+    import hashlib
+
+    t = tensor.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tuple(t.shape)} {t.dtype}".encode())
+    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +148,7 @@ def _describe(source: ImageInput, fallback: str) -> str:
     return Path(name).name if name else fallback
 
 
-def _open(source: ImageInput, what: str) -> Image.Image:
+def open_image(source: ImageInput, what: str) -> Image.Image:
     """Open (and fully decode) an image, EXIF-transposed; every failure becomes one SceneError."""
     if isinstance(source, Image.Image):
         img = source
@@ -136,13 +161,18 @@ def _open(source: ImageInput, what: str) -> Image.Image:
         try:
             img = Image.open(path)
             img.load()
+        except Image.DecompressionBombError:
+            raise SceneError(
+                f"{what} {path} has more pixels than Pillow decodes safely (a decompression bomb, or a huge "
+                "image); scale it down below 89 megapixels"
+            ) from None
         except UnidentifiedImageError:
             raise SceneError(
                 f"{what} {path} is not an image Pillow can read; save it as PNG or JPEG"
             ) from None
         except OSError as exc:
             raise SceneError(
-                f"{what} {path} could not be read ({exc}); re-save it as PNG or JPEG"
+                f"{what} {path} could not be read ({first_line(exc)}); re-save it as PNG or JPEG"
             ) from None
     else:
         raise SceneError(
@@ -170,7 +200,7 @@ def _luminance(img: Image.Image) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _coverage(img: Image.Image) -> np.ndarray:
+def mask_coverage(img: Image.Image) -> np.ndarray:
     """Soft coverage ``(H, W)`` float32 in [0, 1] of an already opened/transposed mask image."""
     mode = img.mode
     if mode == "P":
@@ -213,10 +243,10 @@ def read_mask(path_or_image: ImageInput) -> np.ndarray:
     Raises:
         SceneError: the file is missing or not a readable image.
     """
-    return _coverage(_open(path_or_image, "mask"))
+    return mask_coverage(open_image(path_or_image, "mask"))
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Photo in any mode -> RGB; transparency is composited on white."""
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -279,14 +309,14 @@ def load_scene(
         raise SceneError("no masks given; give one mask image per concept (white = concept)")
 
     raw = image
-    photo = _open(image, "image")
+    photo = open_image(image, "image")
     photo_name = _describe(raw, "the image")
     width, height = photo.size
     raw_size = raw.size if isinstance(raw, Image.Image) else None
     box = _centre_square(width, height)
     r = resolution
 
-    rgb = _to_rgb(photo).resize((r, r), Image.Resampling.LANCZOS, box=box)
+    rgb = to_rgb(photo).resize((r, r), Image.Resampling.LANCZOS, box=box)
     image_t = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
     names: list[str] = []
@@ -298,7 +328,7 @@ def load_scene(
     for i, source in enumerate(masks):
         name = _describe(source, f"mask{i}")
         names.append(name)
-        mask_img = _open(source, "mask")
+        mask_img = open_image(source, "mask")
         if mask_img.size != (width, height):
             mw, mh = mask_img.size
             hint = ""
@@ -314,7 +344,7 @@ def load_scene(
                 f"{name} is {mw}x{mh} but the image {photo_name} is {width}x{height}; "
                 f"masks must be drawn on the same photo at the same size{hint}"
             )
-        cov = _coverage(mask_img)
+        cov = mask_coverage(mask_img)
         inside = cov >= 0.5
         total = int(inside.sum())
         if total == 0:
@@ -366,41 +396,12 @@ def load_scene(
     )
 
 
-def _mask_number(path: Path) -> int:
-    digits = _MASK_NAME.match(path.stem).group(1)  # type: ignore[union-attr]
-    return int(digits) if digits else -1
-
-
 def load_scene_folder(folder: Union[str, Path], resolution: int) -> Scene:
-    """Load a scene from a folder holding one ``img.*`` and the masks ``mask*.png/jpg``.
+    """Load a scene from a folder holding one ``img.*`` and the masks ``mask*.png/jpg`` (``scene_folder``).
 
     ``img`` may be ``.jpg/.jpeg/.png/.webp/.bmp``.  Masks are ordered by the number in their
     name (``mask2`` before ``mask10``; a bare ``mask.png`` comes first).  See :func:`load_scene`
     for the returned shapes, errors and warnings.
     """
-    folder = Path(folder)
-    if not folder.exists():
-        raise SceneError(f"scene folder not found: {folder}; check the path")
-    if not folder.is_dir():
-        raise SceneError(f"{folder} is not a folder; give a folder with img.* and mask*.png")
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    images = [p for p in files if p.stem.lower() == "img" and p.suffix.lower() in IMAGE_SUFFIXES]
-    if not images:
-        raise SceneError(
-            f"no img.* in {folder}; put the photo there as img.jpg, img.png, img.webp or img.bmp"
-        )
-    if len(images) > 1:
-        listed = ", ".join(p.name for p in images)
-        raise SceneError(f"several photos in {folder} ({listed}); keep exactly one img.* file")
-    masks = [p for p in files if _MASK_NAME.match(p.stem) and p.suffix.lower() in MASK_SUFFIXES]
-    if not masks:
-        raise SceneError(
-            f"no mask files in {folder}; add one mask0.png, mask1.png, ... per concept"
-        )
-    masks.sort(key=lambda p: (_mask_number(p), p.name))
-    for a, b in zip(masks, masks[1:]):
-        if _mask_number(a) == _mask_number(b):
-            raise SceneError(
-                f"{a.name} and {b.name} in {folder} have the same number; keep one of them"
-            )
-    return load_scene(images[0], masks, resolution)
+    files = find_scene_files(folder)
+    return load_scene(files.photo, files.masks, resolution)

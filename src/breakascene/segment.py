@@ -136,9 +136,9 @@ def check_prompts(size: tuple[int, int], groups: Sequence[Sequence[Point]] = (),
 
 def open_photo(path: Union[str, Path, Image.Image]) -> Image.Image:
     """The photo as displayed (EXIF-transposed), RGB; unreadable files raise :class:`SceneError`."""
-    from .scene import _open, _to_rgb
+    from .scene import open_image, to_rgb
 
-    return _to_rgb(_open(path, "image"))
+    return to_rgb(open_image(path, "image"))
 
 
 # ----------------------------------------------------------------------------------------------

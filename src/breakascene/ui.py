@@ -82,8 +82,10 @@ def _guarded(fn):
         except Exception as error:  # noqa: BLE001
             import traceback
 
+            from .failures import describe_failure
+
             traceback.print_exc()
-            raise gr.Error(f"{type(error).__name__}: {error}", print_exception=False) from None
+            raise gr.Error(describe_failure(error, traceback_hint="")[0], print_exception=False) from None
 
     return wrapper
 

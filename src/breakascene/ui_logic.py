@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .errors import ConfigError, RunError, SceneError
+from .scene_folder import find_scene_files, write_scene_folder
 
 LOOPBACK_NAMES = ("localhost",)
 DEFAULT_HOST = "127.0.0.1"
@@ -346,10 +347,7 @@ def save_job(folder: Path, photo: Image.Image, masks: Sequence[np.ndarray], conf
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    photo.convert("RGB").save(folder / "img.png")
-    for i, mask in enumerate(masks):
-        mask_image(mask).save(folder / f"mask{i}.png")
+    write_scene_folder(folder, photo, [mask_image(mask) for mask in masks])
     (folder / JOB_FILE).write_text(json.dumps({"config": config, "masks": len(masks)}, indent=2) + "\n")
 
 
@@ -362,12 +360,14 @@ def load_job(folder: Path) -> tuple[Image.Image, list[Image.Image], dict]:
     folder = Path(folder)
     try:
         job = json.loads((folder / JOB_FILE).read_text())
-        photo = Image.open(folder / "img.png")
-        masks = [Image.open(folder / f"mask{i}.png") for i in range(int(job["masks"]))]
+        files = find_scene_files(folder)
+        if len(files.masks) != int(job["masks"]):
+            raise ValueError(f"{len(files.masks)} masks, {job['masks']} expected")
+        photo, masks = Image.open(files.photo), [Image.open(path) for path in files.masks]
         for image in (photo, *masks):
             image.load()
         return photo, masks, dict(job["config"])
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError) as error:  # SceneError is a ValueError
         raise RunError(f"the saved inputs of this run ({folder}) are missing or damaged; start it again") from error
 
 
@@ -570,8 +570,10 @@ class TrainingWorker:
         except Exception as error:  # noqa: BLE001 - the page shows one line; the server log has the traceback
             import traceback
 
+            from .failures import describe_failure
+
             traceback.print_exc()
-            state, message = "failed", f"{type(error).__name__}: {error}"
+            state, message = "failed", describe_failure(error, resumable=True, traceback_hint="")[0]
         with self._lock:
             s = self._status
             s.state, s.message, s.eta = state, message, None

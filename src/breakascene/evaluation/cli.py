@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..arguments import finite_float
+
 RUN_METHODS = (
     "ours", "ti-m", "db-m", "cd-m",
     "ours-no-phase1", "ours-no-masked-loss", "ours-no-attention-loss", "ours-no-union-sampling",
@@ -39,7 +41,7 @@ def add_eval_parser(subparsers, common) -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, metavar="DIR", help="the scenes folder to write (appears only when complete)")
     b.add_argument("--num", type=int, default=50, help="number of scenes (default: 50, the paper's)")
     b.add_argument("--seed", type=int, default=0, help="which eligible images are chosen (default: 0)")
-    b.add_argument("--min-fraction", type=float, default=0.15, help="smallest concept, fraction of the crop (default: 0.15)")
+    b.add_argument("--min-fraction", type=finite_float, default=0.15, help="smallest concept, fraction of the crop (default: 0.15)")
     b.add_argument("--max-concepts", type=int, default=4, help="at most this many concepts per scene, largest first (default: 4)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     b.set_defaults(func=run_build_scenes)
@@ -56,13 +58,13 @@ def add_eval_parser(subparsers, common) -> argparse.ArgumentParser:
     r.add_argument("--resolution", type=int, default=512, help="training and image size (default: 512)")
     r.add_argument("--phase1-steps", type=int, default=400, help="(default: 400; every method uses the same steps)")
     r.add_argument("--phase2-steps", type=int, default=400, help="(default: 400)")
-    r.add_argument("--phase1-lr", type=float, default=5e-4, help="(default: 5e-4; every method uses the same rates)")
-    r.add_argument("--phase2-lr", type=float, default=2e-6, help="(default: 2e-6)")
+    r.add_argument("--phase1-lr", type=finite_float, default=5e-4, help="(default: 5e-4; every method uses the same rates)")
+    r.add_argument("--phase2-lr", type=finite_float, default=2e-6, help="(default: 2e-6)")
     r.add_argument("--seed", type=int, default=0, help="training seed; image i of a prompt uses seed+i (default: 0)")
     r.add_argument("--templates", type=int, help="use only the first N of the 10 templates (default: all)")
     r.add_argument("--images-per-prompt", type=int, default=1, help="(default: 1)")
     r.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
-    r.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default: 7.5)")
+    r.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance (default: 7.5)")
     r.add_argument("--scheduler", default="default", metavar="{default,ddim,dpm}", help="sampler (default: the run's)")
     r.add_argument("--prompts-per-batch", type=int, default=10, help="prompts per generation work item (default: 10)")
     r.add_argument("--collection-size", type=int, default=10, help="baselines: images in the Fig. 6 collection (default: 10)")
@@ -80,7 +82,7 @@ def add_eval_parser(subparsers, common) -> argparse.ArgumentParser:
     s.add_argument("--dino-model", default=None, metavar="ID_OR_DIR", help="default: facebook/dino-vitb16")
     s.add_argument("--segmenter-model", default=None, metavar="ID_OR_DIR",
                    help="a COCO-panoptic Mask2Former (default: facebook/mask2former-swin-base-coco-panoptic)")
-    s.add_argument("--segmenter-threshold", type=float, default=0.5, help="segment score threshold (default: 0.5)")
+    s.add_argument("--segmenter-threshold", type=finite_float, default=0.5, help="segment score threshold (default: 0.5)")
     s.add_argument("--missing-concept", default="black", metavar="{black,zero}",
                    help="identity of a prompted class the segmenter does not find: the all-black masked image's "
                    "similarity (black, the literal rule) or 0 (zero) (default: black)")

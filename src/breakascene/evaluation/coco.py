@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RunError, SceneError
-from ..run_folder import written_atomically
+from ..run_folder import check_clear_of_inputs, written_atomically
+from ..scene_folder import write_scene_folder
 from .common import write_json_atomic
 
 DROPPED_CLASSES = ("orange", "banana", "broccoli", "carrot", "zebra", "giraffe")
@@ -209,10 +210,7 @@ def write_scene(candidate: Candidate, images_dir: Path, folder: Path) -> dict:
         raise SceneError(
             f"{path} is {photo.size[0]}x{photo.size[1]} but the annotations say {candidate.width}x{candidate.height}"
         )
-    folder.mkdir(parents=True)
-    photo.crop(candidate.box).save(folder / "img.png")
-    for i, concept in enumerate(candidate.concepts):
-        Image.fromarray(concept.mask.astype(np.uint8) * 255, mode="L").save(folder / f"mask{i}.png")
+    write_scene_folder(folder, photo.crop(candidate.box), [concept.mask for concept in candidate.concepts])
     info = {
         "scene": scene_id(candidate.image_id),
         "image_id": candidate.image_id,
@@ -253,6 +251,7 @@ def build_scenes(
     if max_concepts < 2:
         raise ConfigError(f"--max-concepts must be >= 2, got {max_concepts}")
     out, images_dir = Path(out), Path(images_dir)
+    check_clear_of_inputs(out, [("COCO annotation file", annotations), ("COCO image folder", images_dir)])
     if out.exists() and not overwrite:
         raise RunError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     if not images_dir.is_dir():

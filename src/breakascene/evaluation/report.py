@@ -15,14 +15,14 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError, RunError
-from ..run_folder import written_atomically
+from ..run_folder import check_clear_of_run, written_atomically
 from .metrics import pareto_front, per_concept_identity, summarize
 from .run import CONFIG_FILE
 from .score import SCORES_FILE, batch_files, method_folders
 
 COLUMNS = (
     "method", "label", "hash", "prompt_similarity", "prompt_low", "prompt_high", "images",
-    "identity_similarity", "identity_low", "identity_high", "concepts", "found_rate", "complete",
+    "identity_similarity", "identity_low", "identity_high", "concepts", "found_rate", "complete", "training_loss",
 )
 
 
@@ -59,6 +59,7 @@ def method_row(folder: Path, key: str | None, *, num_resamples: int = 1000, seed
         "identity_similarity": identity.mean, "identity_low": identity.low, "identity_high": identity.high,
         "concepts": identity.n, "found_rate": sum(found) / len(found) if found else 0.0,
         "complete": len(files) == len(batch_files(folder)),
+        "training_loss": config.get("training_loss", "not recorded"),
     }
 
 
@@ -73,8 +74,8 @@ def to_csv(rows: list[dict]) -> str:
 
 def to_markdown(rows: list[dict]) -> str:
     lines = [
-        "| method | prompt similarity (95 % CI) | identity similarity (95 % CI) | images | concepts | class found | Pareto |",
-        "|---|---|---|---|---|---|---|",
+        "| method | prompt similarity (95 % CI) | identity similarity (95 % CI) | images | concepts | class found | Pareto | trained with |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     front = set(pareto_front([(r["prompt_similarity"], r["identity_similarity"]) for r in rows]))
     for i, r in enumerate(rows):
@@ -82,7 +83,7 @@ def to_markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['label']}{note} | {r['prompt_similarity']:.4f} ({r['prompt_low']:.4f}–{r['prompt_high']:.4f}) | "
             f"{r['identity_similarity']:.4f} ({r['identity_low']:.4f}–{r['identity_high']:.4f}) | {r['images']} | "
-            f"{r['concepts']} | {r['found_rate']:.0%} | {'yes' if i in front else ''} |"
+            f"{r['concepts']} | {r['found_rate']:.0%} | {'yes' if i in front else ''} | {r['training_loss']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -121,6 +122,7 @@ def write_report(results: str | Path, out: str | Path | None = None, *, scores: 
         RunError: no results or scores, or ``out`` exists without ``overwrite``. ConfigError: several score sets.
     """
     out = Path(out) if out is not None else Path(results) / "report"
+    check_clear_of_run(out, results, what="results folder", parts=())  # the default lies inside it
     if out.exists() and not overwrite:
         raise RunError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     rows = [method_row(f, scores, num_resamples=num_resamples, seed=seed) for f in method_folders(results)]

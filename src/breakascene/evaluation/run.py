@@ -33,6 +33,7 @@ from typing import Callable
 
 from ..config import DEFAULT_MODEL, ExtractConfig
 from ..errors import ConfigError, RunError, SceneError
+from ..run_folder import check_clear_of_inputs
 from .collection import DEFAULT_COLLECTION_SIZE
 from .common import config_hash, files_fingerprint, write_json_atomic
 from .prompts import PromptItem, choose_templates, prompt_set
@@ -128,7 +129,10 @@ def train_on_collection(request: TrainRequest) -> None:
 
 def baseline(trains: str) -> Callable[[EvalSettings], dict]:
     """A masked baseline's switches: one phase of ``phase1_steps + phase2_steps`` steps (our total) on the
-    collection, with the masked loss, no cross-attention loss and no <bg> handle.
+    collection, with the plain diffusion loss, no cross-attention loss and no <bg> handle.
+
+    The plain loss is the baselines' own (TI, DreamBooth and Custom Diffusion have no mask): the collection pastes
+    the concepts on solid colours precisely so that they can be trained on whole images (paper Sec. 4, Fig. 6).
 
     ``trains``: "embeddings" (TI-m, at our phase-1 learning rate), "unet" (DB-m: UNet + tokens, at our phase-2
     rate) or "cross_attention_kv" (CD-m: the cross-attention K/V projections + tokens, at our phase-2 rate).
@@ -136,7 +140,7 @@ def baseline(trains: str) -> Callable[[EvalSettings], dict]:
 
     def overrides(settings: EvalSettings) -> dict:
         steps = settings.phase1_steps + settings.phase2_steps
-        common = {"background": False, "attention_loss": False}
+        common = {"background": False, "attention_loss": False, "masked_loss": False}
         if trains == "embeddings":
             return {**common, "phase1_steps": steps, "phase2_steps": 0}
         params = "full" if trains == "unet" else trains
@@ -155,10 +159,20 @@ METHODS: dict[str, Method] = {
     "ours-no-attention-loss": Method(
         "ours-no-attention-loss", "Ours w/o attention loss", {"attention_loss": False}, train_with_extract
     ),
-    "ours-no-union-sampling": Method(
-        "ours-no-union-sampling", "Ours w/o union sampling", {"union_sampling": False}, train_with_extract
+    "ours-no-union-sampling": Method(  # the paper's ablation: one concept per step (Sec. 4.1, Fig. 7)
+        "ours-no-union-sampling", "Ours w/o union sampling", {"subset_sampling": "single"}, train_with_extract
     ),
 }
+
+
+def training_loss(config: ExtractConfig) -> str:
+    """The loss a method trained with, in words, for the results' config.json and the report."""
+    rec = "masked diffusion loss" if config.masked_loss else "plain diffusion loss"
+    if config.attention_loss:
+        rec += f" + {config.lambda_attn:g} x cross-attention loss ({config.attention_reduction} over handles)"
+    if config.prior_preservation:
+        rec += f" + {config.prior_loss_weight:g} x prior preservation"
+    return rec
 
 
 def get_method(name: str) -> Method:
@@ -291,7 +305,8 @@ def _check_config_file(folder: Path, digest: str, keyed: dict, settings: EvalSet
     write_json_atomic(
         path,
         {"format": RESULTS_FORMAT, "method": settings.method, "label": METHODS[settings.method].label,
-         "hash": digest, "keyed": keyed, "settings": asdict(settings), "extract_config": config.to_dict()},
+         "hash": digest, "training_loss": training_loss(config), "keyed": keyed, "settings": asdict(settings),
+         "extract_config": config.to_dict()},
     )
 
 
@@ -379,6 +394,7 @@ def run_eval(
     if settings.device is None and state.num_processes > 1:
         settings = EvalSettings(**{**asdict(settings), "device": str(state.device)})
     config = extract_config(settings, method)
+    check_clear_of_inputs(out, [("scenes folder", scenes_dir)])
     scenes = list_scenes(scenes_dir)
     digest, keyed = settings_hash(settings, config)
     folder = Path(out) / f"{method.name}-{digest}"

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, RunError
+from ..scene import load_scene_folder
 from .common import config_hash, write_json_atomic
 from .metrics import MISSING_POLICIES, cosine, identity_score, masked_image
 from .run import CONFIG_FILE, RESULTS_FORMAT, SCENE_FILE
@@ -25,7 +26,6 @@ from .scorers import (
     DEFAULT_SEGMENTER_MODEL,
     label_ids_for_class,
     read_image,
-    read_mask,
     segments_mask,
 )
 
@@ -104,16 +104,11 @@ class SceneInputs:
         run = scene_folder / "run"
         info = json.loads((scene_folder / SCENE_FILE).read_text())
         run_info = json.loads((run / "scene.json").read_text())
-        handles = [h for h in run_info["handles"] if not h.get("background")]
         self.classes: list[str] = info["classes"]
-        files = [run / "scene" / "image.png"] + [run / "scene" / f"{h['name']}.png" for h in handles]
-        if all(f.is_file() for f in files):
-            image, masks = read_image(files[0]), [read_mask(f) for f in files[1:]]
-        else:  # a run folder without its scene/ copy: load the source scene the same way training did
-            from ..scene import load_scene_folder
-
-            scene = load_scene_folder(info["source"], run_info["resolution"])
-            image, masks = scene.image, list(scene.masks)
+        # The scene as trained (the run's scene/ copy), else the source scene loaded the same way training did.
+        source = run / "scene" if (run / "scene").is_dir() else Path(info["source"])
+        scene = load_scene_folder(source, run_info["resolution"])
+        image, masks = scene.image, list(scene.masks)
         self.label_ids = [label_ids_for_class(c, scorers.segmenter.id2label) for c in self.classes]
         # The input masked to each concept (black elsewhere), embedded once per scene.
         self.embeddings = scorers.dino.embed([masked_image(image, m) for m in masks])  # (N, D)
