@@ -51,6 +51,14 @@ def scene256():
     return shapes_scene(256)
 
 
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory) -> Path:
+    """The synthetic two-concept scene as a scene folder: img.png, mask0.png, mask1.png (512 x 512)."""
+    from breakascene.examples import write_shapes_example
+
+    return write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
+
+
 def make_tiny_run(tmp_path_factory) -> Path:
     """A finished 2+2-step run of the tiny model on the shapes example at 256 px, made through the real CLI."""
     from breakascene.cli import main

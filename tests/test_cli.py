@@ -38,12 +38,6 @@ def _mask(path: Path, inside: np.ndarray) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scene_dir(tmp_path_factory) -> Path:
-    """The synthetic two-concept scene: img.png, mask0.png, mask1.png (512 x 512)."""
-    return write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
-
-
-@pytest.fixture(scope="module")
 def finished_run(scene_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "run"
     code, _, err = run_cli(

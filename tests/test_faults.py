@@ -26,7 +26,6 @@ import torch
 from safetensors.torch import load_file
 
 from breakascene.config import ExtractConfig
-from breakascene.examples import write_shapes_example
 from breakascene.recipe import extract
 from breakascene.run_folder import lock_path, partial_path
 from breakascene.scene import load_scene_folder
@@ -36,11 +35,6 @@ from conftest import assert_one_error, run_cli
 TINY64 = ["--model", "builtin:tiny", "--resolution", "64", "--quiet"]
 STEPS = ["--phase1-steps", "4", "--phase2-steps", "40", "--checkpoint-every", "2"]
 GEN = ["--steps", "2", "--height", "64", "--width", "64", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def scene_dir(tmp_path_factory) -> Path:
-    return write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
 
 
 @pytest.fixture(scope="module")

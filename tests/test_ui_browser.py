@@ -195,9 +195,11 @@ def test_mark_train_generate_download(page, server, artifacts, sam_folder):
     assert "shapes-e2e/scene.json" in archive.namelist()
     shot("6-download")
 
-    # What was written: the run under the sanitised name, the masks under their handles' names; the hostile
+    # What was written: the run under the sanitised name, its scene as a scene folder naming the handles; the hostile
     # upload name appears nowhere outside gradio's own upload cache.
     run = runs / "shapes-e2e"
-    assert sorted(p.name for p in (run / "scene").iterdir()) == ["ball.png", "bg.png", "box.png", "image.png"]
+    assert sorted(p.name for p in (run / "scene").iterdir()) == ["background.png", "img.png", "mask0.png", "mask1.png",
+                                                               "mask_names.txt"]
+    assert (run / "scene" / "mask_names.txt").read_text().split() == ["mask0.png", "ball", "mask1.png", "box"]
     assert not list(runs.parent.rglob("evil-mask*")) and not (ROOT / "evil-mask.png").exists()
     assert not Path("/tmp/evil-mask.png").exists()

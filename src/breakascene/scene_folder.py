@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import SceneError
 
@@ -155,9 +155,9 @@ def write_scene_folder(
     elif suffix == source.suffix.lower():
         if source.resolve() != target.resolve():
             shutil.copyfile(source, target)
-    else:  # a photo format outside the layout's suffixes: store it as PNG
+    else:  # a photo format outside the layout's suffixes: stored as PNG, turned as displayed (masks are drawn so)
         with Image.open(source) as opened:
-            opened.convert("RGB").save(target)
+            ImageOps.exif_transpose(opened).convert("RGB").save(target)
     paths = []
     for i, mask in enumerate(masks):
         paths.append(folder / f"mask{i}.png")
