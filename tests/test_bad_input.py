@@ -65,6 +65,8 @@ CASES = [
     (["extract", P, "--mask", M, *TINY, "--out", M], ["is the mask"]),
     (["extract", S, *TINY, "--class-images", S, "--prior-preservation", "--overwrite", "--out", S + "/.."],
      ["contains the scene folder"]),
+    (["extract", S, "--model", R, "--resolution", "64", "--quiet", "--overwrite", "--out", R + "/unet"],
+     ["lies inside the model"]),
     # --- masks
     (["masks", P, "--auto", "--min-area", "nan", "--out", N], ["--min-area", "finite"]),
     (["masks", P, "--text", "dog", "--detection-threshold", "inf", "--out", N], ["--detection-threshold", "finite"]),
