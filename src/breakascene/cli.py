@@ -192,7 +192,9 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init-words", nargs="+", help="a word per mask to start each handle from (default: its name, or 'object')")
     p.add_argument("--no-background", dest="background", action="store_false", default=None, help="do not learn the <bg> handle")
     p.add_argument("--model", help=f"Hub id, diffusers folder, .safetensors file, or builtin:tiny (default: {DEFAULT_MODEL})")
-    p.add_argument("--resolution", type=int, help=f"square size the photo is resized and centre-cropped to {_paper('resolution')}")
+    p.add_argument("--resolution", type=int, help="square size the photo is resized and centre-cropped to (default: the "
+                   "model's native size where known without loading it: 512 for SD 2.1-base, 768 for SD 2.1, 128 for "
+                   "builtin:tiny; else 512)")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="what the UNet predicts; by default "
                    "the model's scheduler says, and for a single .safetensors file it is detected from the file "
                    "(SD 2.x-base: epsilon, SD 2.x 768: v_prediction)")
@@ -270,6 +272,11 @@ def run_extract(args) -> int:
         "class_images num_class_images phase1 masked_loss attention_loss subset_sampling attention_reduction "
         "checkpoint_every"
     ).split() + MEMORY_FIELDS
+    if args.resolution is None:  # the model's native size where it can be told without loading it
+        from .models import check_model_reference, default_resolution
+
+        check_model_reference(args.model or DEFAULT_MODEL)
+        args.resolution = default_resolution(args.model or DEFAULT_MODEL)
     config = ExtractConfig.from_preset(args.preset, **{name: getattr(args, name) for name in fields})
     if args.low_vram:
         _print_low_vram_choices(args)
@@ -511,6 +518,7 @@ def add_edit_parser(subparsers) -> argparse.ArgumentParser:
                    help="fraction of the steps skipped: start from the photo noised to that step (default: 0.25)")
     p.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else mps, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in the output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_edit)
     return p
 
@@ -521,7 +529,7 @@ def run_edit(args) -> int:
     paths = edit(
         args.run, args.image, [tuple(region) for region in args.region], seed=args.seed, steps=args.steps,
         guidance=args.guidance, blend_start=args.blend_start, out=args.out, overwrite=args.overwrite,
-        device=args.device,
+        device=args.device, progress=not args.quiet,
     )
     for path in paths:
         print(path)

@@ -156,6 +156,7 @@ def edit(
     overwrite: bool = False,
     pipeline=None,
     device: str | None = None,
+    progress: bool = True,
 ) -> list[Path]:
     """Edits ``image`` region by region with Blended Latent Diffusion; returns the written image paths.
 
@@ -171,6 +172,7 @@ def edit(
         overwrite: replace outputs already in ``out``.
         pipeline: a loaded pipeline of the run (StableDiffusion or StableDiffusionInpaint); loaded if None.
         device: device to load the pipeline on (when ``pipeline`` is None).
+        progress: show progress bars.
 
     Returns:
         ``[out/edit-1.png, ..., out/edit-N.png, out/final.png]``; ``out/edit.json`` is written too.

@@ -330,6 +330,66 @@ def load_components(
     return Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, scheduler, prediction_source=source)
 
 
+PAPER_RESOLUTION = 512  # SD 2.1-base, the paper's model
+
+
+def native_resolution(model: str) -> int | None:
+    """The image size ``model`` was trained at, found without loading weights; None when only loading can tell
+    (a Hub id that is not in the local cache).
+
+    builtin:tiny: its :data:`~breakascene.tiny.TINY_RESOLUTION`; a diffusers folder (or a cached Hub id): the
+    UNet's ``sample_size`` times the VAE's scale; a single file: 768 for SD 2.x v-prediction, else 512.
+    """
+    import json
+
+    if model == TINY_MODEL_ID:
+        from .tiny import TINY_RESOLUTION
+
+        return TINY_RESOLUTION
+    path = Path(model).expanduser()
+    if path.is_file():
+        info = inspect_single_file(path)
+        return 768 if (info.family, info.prediction_type) == (SD2, "v_prediction") else 512
+    if path.is_dir():
+        unet_config, vae_config = path / "unet" / "config.json", path / "vae" / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(model, f"{part}/config.json") for part in ("unet", "vae")]
+        if not all(isinstance(c, str) for c in cached):
+            return None
+        unet_config, vae_config = (Path(c) for c in cached)
+    try:
+        sample_size = json.loads(unet_config.read_text())["sample_size"]
+        levels = len(json.loads(vae_config.read_text())["block_out_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # loading the model will say what is wrong with it
+    return int(sample_size if isinstance(sample_size, int) else sample_size[0]) * 2 ** (levels - 1)
+
+
+def default_resolution(model: str) -> int:
+    """``--resolution`` when it is not given: the model's native size where it is known, else the paper's 512."""
+    return native_resolution(model) or PAPER_RESOLUTION
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """``--device`` for every command: None gives the default device; a device this machine lacks is a ConfigError."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"--device {device!r} is not a device; use cuda, cuda:1, mps or cpu") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device} asked for, but PyTorch sees no Apple GPU (MPS) here; use --device cpu")
+    return resolved
+
+
 def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -57,7 +57,7 @@ from .handles import (
     save_handles,
 )
 from .losses import cross_attention_loss, diffusion_loss, masked_diffusion_loss
-from .models import Components, check_model_reference, default_device, load_components
+from .models import Components, check_device, check_model_reference, load_components
 from .run_folder import (
     CHECKPOINT_DIR,
     HANDLES_FILE,
@@ -670,12 +670,8 @@ def extract(
 
 
 def resolve_device(config: ExtractConfig) -> torch.device:
-    try:
-        device = torch.device(config.device) if config.device else default_device()
-    except RuntimeError as error:
-        raise ConfigError(f"--device {config.device!r} is not a device; use cuda, cuda:1, mps or cpu") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {config.device} asked for, but PyTorch sees no CUDA GPU here")
+    """The training device (:func:`models.check_device`), with the checks that depend on the config."""
+    device = check_device(config.device)
     if config.mixed_precision == "fp16" and device.type == "cpu":
         raise ConfigError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
     if config.use_8bit_adam:
