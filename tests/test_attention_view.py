@@ -92,3 +92,41 @@ def test_view_image_size(captured):
     assert view.mode == "RGB"
     small = attention_view_image(image, maps, tile=64)
     assert small.size == (64 * 3, 64)
+
+
+def test_on_step_end_runs_after_every_step(pipe):
+    calls = []
+    generate_with_attention(pipe, "a photo of <asset0>", ["<asset0>"], generator=torch.Generator("cpu").manual_seed(0),
+                            on_step_end=lambda p, step, t, kwargs: calls.append(step), **KWARGS)
+    assert calls == [0, 1]
+
+
+# ------------------------------------------------------------------------------------------
+# the training's attention figure (RUN/attention/phase{1,2}.png)
+
+
+def test_score_caption_says_what_chance_is():
+    from breakascene.visualize import score_caption
+
+    assert score_caption(0.1404, 0.1396) == "0.14 (chance 0.14)"
+    assert score_caption(0.9, 0.25) == "0.90 (chance 0.25)"
+
+
+def test_attention_figure_has_column_titles_and_chance(monkeypatch):
+    from breakascene import visualize
+
+    captions = []
+    real = visualize.score_caption
+    monkeypatch.setattr(visualize, "score_caption", lambda s, c: captions.append((s, c)) or real(s, c))
+    image = torch.rand(3, 64, 64)
+    masks = torch.zeros(2, 64, 64)
+    masks[0, :32] = 1  # half the picture
+    masks[1, :16, :16] = 1  # a sixteenth
+    figure = visualize.attention_figure(image, torch.rand(2, 4, 4), masks, ["<asset0>", "<asset1>"], [0.5, 0.1])
+    assert visualize.TITLE_BAND > 0
+    assert figure.size == (visualize.LABEL_WIDTH + 3 * visualize.TILE, visualize.TITLE_BAND + 2 * visualize.TILE)
+    band = np.asarray(figure.convert("L"))[: visualize.TITLE_BAND]
+    for column in range(4):  # the labels' column, then the three tiles
+        left = 0 if column == 0 else visualize.LABEL_WIDTH + (column - 1) * visualize.TILE
+        assert (band[:, left : left + 100] < 128).any(), f"no title over the column at x={left}"
+    assert captions == [(0.5, 0.5), (0.1, 1 / 16)]

@@ -499,3 +499,79 @@ def test_bitsandbytes_is_never_imported_unless_8bit_adam_is_asked_for(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not marker.exists() and "gemm_4bit" not in result.stderr, result.stderr
     assert all(line.startswith("warning:") for line in lines(result.stderr)), result.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# the first hour: usage edges, suggestions, interrupts, permissions
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["extract", "scene"], ["the following arguments are required: --out", "break-a-scene extract --help"]),
+    (["extract", "scene", "--phase1_steps", "3", "--out", "x"], ["--phase1_steps", "did you mean --phase1-steps?"]),
+    (["generate", "run", "--num_images", "2"], ["did you mean --num-images?"]),
+    (["eval", "run", "--scenes", "s", "--method", "ours", "--out", "o", "--phase2_lr", "1"], ["did you mean --phase2-lr?"]),
+])
+def test_usage_errors_are_one_line_with_a_suggestion(argv, fragments):
+    code, _, err = run_cli(argv)
+    assert_one_error(code, err, *fragments)
+
+
+def test_version_and_env(capsys):
+    from breakascene import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"break-a-scene {__version__}"
+    assert main(["env"]) == 0
+    listed = {line.split(":")[0].lstrip("- ") for line in capsys.readouterr().out.splitlines()}
+    assert {"peft", "gradio", "bitsandbytes", "torch", "diffusers"} <= listed
+
+
+def test_the_tiny_model_trains_at_its_native_size_by_default(scene_dir, tmp_path):
+    from breakascene.tiny import TINY_RESOLUTION
+
+    out = tmp_path / "run"
+    code, _, err = run_cli(["extract", str(scene_dir), *TINY, "--phase1-steps", "1", "--phase2-steps", "0", "--quiet",
+                            "--out", str(out)])
+    assert code == 0, err
+    assert json.loads((out / "scene.json").read_text())["resolution"] == TINY_RESOLUTION == 128
+    assert "native resolution" not in err  # nothing to warn about
+
+
+def test_an_interrupt_says_what_was_kept(scene_dir, tmp_path, monkeypatch):
+    import breakascene.recipe as recipe
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe.Trainer, "run_phase", interrupted)
+    argv = ["extract", str(scene_dir), *TINY, "--resolution", "64", "--quiet", "--out", str(tmp_path / "run")]
+    code, _, err = run_cli(argv)
+    assert code == 130 and lines(err)[-1] == ("interrupted; nothing was saved: a run keeps progress only with "
+                                              "--checkpoint-every N (then --resume continues it)"), err
+    code, _, err = run_cli(argv + ["--checkpoint-every", "5"])
+    assert code == 130 and "stopped before its first checkpoint" in lines(err)[-1], err
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_a_prompt_naming_a_handle_without_brackets_gets_a_suggestion(finished_run, tmp_path):
+    code, stdout, err = run_cli(["generate", str(finished_run), "a photo of asset0", *GEN, "--out", str(tmp_path / "s")])
+    assert code == 0, err
+    assert "did you mean <asset0>?" in stdout
+
+
+def test_run_and_export_files_follow_the_umask(finished_run, scene_dir, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        code, _, err = run_cli(["extract", str(scene_dir), *TINY, "--resolution", "64", "--phase1-steps", "1",
+                                "--phase2-steps", "0", "--quiet", "--out", str(out)])
+        assert code == 0, err
+        code, _, err = run_cli(["export", str(out), "--format", "diffusers", "--out", str(tmp_path / "export")])
+        assert code == 0, err
+    finally:
+        os.umask(previous)
+    for folder in (out, tmp_path / "export"):
+        modes = {p.relative_to(folder).as_posix(): p.stat().st_mode & 0o777 for p in folder.rglob("*") if p.is_file()}
+        assert any(name.endswith(".safetensors") for name in modes)  # (safetensors itself writes 0600)
+        assert set(modes.values()) == {0o644}, modes

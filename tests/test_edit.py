@@ -15,7 +15,8 @@ import breakascene.editing as edit_module
 from breakascene.cli import main
 from breakascene.editing import edit
 from breakascene.generation import load_pipeline
-from conftest import make_tiny_run
+from conftest import assert_one_error as conftest_one_error
+from conftest import make_tiny_run, run_cli
 
 W, H = 128, 96  # not square: the edit image keeps its own size
 FAST = ["--steps", "4"]
@@ -158,11 +159,70 @@ def test_cli_edit_and_mask_resized_with_warning(run, files):
     assert (out / "final.png").read_bytes() == before
 
 
-def test_default_out_folder(run, files):
-    code, _, err = _run_captured(["edit", str(run), str(files["photo"]), "--region", str(files["left"]), PROMPT,
-                                  "--steps", "1", "--blend-start", "0", "--device", "cpu"])
+def _default_edit(run, photo: Path, mask: Path) -> Path:
+    """One edit into the default folder through the CLI; returns that folder (where final.png went)."""
+    code, stdout, err = _run_captured(["edit", str(run), str(photo), "--region", str(mask), PROMPT,
+                                       "--steps", "1", "--blend-start", "0", "--device", "cpu", "--quiet"])
     assert code == 0, err
-    assert (run / "edits" / "photo" / "final.png").is_file()
+    final = Path(stdout.splitlines()[-1])
+    assert final.name == "final.png" and final.is_file()
+    return final.parent
+
+
+def test_default_out_folders_are_numbered_and_never_refused(run, files, tmp_path):
+    """Two photos both called img.png edited into one run: two folders, RUN/edits/NNN-img, numbered in order."""
+    photos = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        photos.append(tmp_path / name / "img.png")
+        Image.open(files["photo"]).save(photos[-1])
+    one = _default_edit(run, photos[0], files["left"])
+    two = _default_edit(run, photos[1], files["left"])
+    assert one != two and one.parent == two.parent == run / "edits"
+    assert one.name.endswith("-img") and two.name.endswith("-img")
+    assert int(two.name.split("-")[0]) == int(one.name.split("-")[0]) + 1
+    assert len(one.name.split("-")[0]) == 3
+    assert json.loads((one / "edit.json").read_text())["image"] == str(photos[0])
+    assert json.loads((two / "edit.json").read_text())["image"] == str(photos[1])
+
+
+def test_next_edit_folder(tmp_path):
+    from breakascene.editing import next_edit_folder
+
+    edits = tmp_path / "edits"
+    assert next_edit_folder(edits, "photo") == edits / "001-photo"  # no edits folder yet
+    (edits / "001-photo").mkdir(parents=True)
+    (edits / "007-img").mkdir()
+    (edits / "photo").mkdir()  # an older default name, not numbered
+    assert next_edit_folder(edits, "photo") == edits / "008-photo"
+
+
+def test_progress_by_denoising_step(run, files, pipe, tmp_path, capsys):
+    """2 regions x 3 steps run (4 steps, the first quarter skipped): one bar to 6/6; progress=False is silent."""
+    regions = [(files["left"], PROMPT), (files["right"], "a photo of <bg>")]
+    edit(run, files["photo"], regions, steps=4, out=tmp_path / "loud", pipeline=pipe)
+    err = capsys.readouterr().err
+    assert "6/6" in err and "step" in err, err
+    assert "final.png" in err and "edit.json" in err, err  # what is written after the last step
+    edit(run, files["photo"], regions, steps=4, out=tmp_path / "quiet", pipeline=pipe, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_device_without_cuda_is_one_line_before_loading(run, files, tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the device was checked")
+
+    monkeypatch.setattr(edit_module, "load_pipeline", no_loading)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["edit", str(run), str(files["photo"]), "--region", str(files["left"]), PROMPT,
+                            *FAST, "--device", "cuda", "--out", str(out)])
+    conftest_one_error(code, err, "--device cuda", "no CUDA GPU")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

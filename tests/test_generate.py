@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from breakascene.cli import main
+from breakascene.errors import ConfigError
 from conftest import make_tiny_run
 from conftest import assert_one_error, lines, run_cli
 
@@ -146,7 +147,133 @@ def test_second_call_keeps_grid(run, batched, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
+# progress: one bar over the denoising steps, silence with --quiet
+
+
+QUIET_FREE = [arg for arg in GEN if arg != "--quiet"]
+
+
+def test_progress_counts_steps_of_all_images(run, tmp_path):
+    """2 prompts x 2 images x 2 steps, batched in twos: the bar ends at 8/8 steps (not 4/4 images) and says
+    what it writes after the last step; --quiet prints nothing at all."""
+    argv = ["generate", str(run), "a photo of <asset0>", "a photo of <asset1>", "--num-images", "2",
+            "--batch-size", "2", *QUIET_FREE]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "loud")])
+    assert code == 0, err
+    assert "8/8" in err and "step" in err, err
+    assert "writing metadata.jsonl" in err and "grids/grid.png" in err, err
+    code, stdout, err = run_cli([*argv, "--quiet", "--out", str(tmp_path / "quiet")])
+    assert code == 0 and err == "", err
+    assert len(lines(stdout)) == 4  # the four paths, nothing else
+
+
+def test_progress_with_attention_maps(run, tmp_path, capsys):
+    from breakascene.generation import generate
+
+    generate(run, ["a photo of <asset0>"], num_images=2, steps=3, height=128, width=128, out=tmp_path / "a",
+             attention_maps=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and "attention view" in err, err
+    generate(run, ["a photo of <asset0>"], steps=3, height=128, width=128, out=tmp_path / "b",
+             attention_maps=True, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+class _FakePipeline:
+    def __init__(self, num_timesteps):
+        self.num_timesteps = num_timesteps
+
+
+@pytest.mark.parametrize("timesteps", [4, 5, 7], ids=["one-per-step", "pndm-steps+1", "second-order"])
+def test_step_progress_ends_at_the_steps_asked_for(timesteps, capsys):
+    """A scheduler that runs more timesteps than --steps (PNDM: steps + 1) still fills exactly the call's share."""
+    from breakascene.generation import StepProgress
+
+    with StepProgress(8, "generate") as bar:
+        for _ in range(2):  # two calls of 4 steps each
+            advance = bar.callback(4)
+            for step in range(timesteps):
+                assert advance(_FakePipeline(timesteps), step, None, {}) == {}
+                assert bar.bar.n <= 8
+        assert bar.bar.n == 8
+    assert "8/8" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# the contact sheet's captions
+
+
+def test_wrap_caption_at_spaces():
+    from breakascene.visualize import wrap_caption
+
+    text = "a photo of <asset0> at the beach\nseed 3"
+    # measured in characters with a one-character gap: lines of at most 12 characters
+    assert wrap_caption(text, 12, len, 1) == ["a photo of", "<asset0> at", "the beach", "seed 3"]
+    assert wrap_caption("a  photo   of", 40, len, 1) == ["a photo of"]  # runs of spaces are one gap
+    assert wrap_caption("abcdefghijklmnop x", 6, len, 1) == ["abcdef", "ghijkl", "mnop x"]
+    assert wrap_caption("\nseed 0", 12, len, 1) == ["", "seed 0"]
+
+
+def test_caption_lines_fit_the_image_and_keep_every_word():
+    from breakascene.visualize import caption_font, caption_lines, word_gap
+
+    font = caption_font()
+    caption = "a photo of <asset0> and <asset1> at the beach, in the style of a watercolour painting"
+    wrapped = caption_lines(caption, 120, font)
+    assert len(wrapped) > 1
+    assert " ".join(wrapped).split() == caption.split()
+    for line in wrapped:
+        words = line.split()
+        assert sum(font.getlength(w) for w in words) + word_gap(font) * (len(words) - 1) <= 120, line
+
+
+def _blank_runs(band: np.ndarray) -> list[int]:
+    """Widths of the ink-free column runs between the first and the last inked column of a (H, W) bool array."""
+    inked = np.flatnonzero(band.any(axis=0))
+    runs, width = [], 0
+    for has_ink in band.any(axis=0)[inked[0]:inked[-1] + 1]:
+        if has_ink:
+            if width:
+                runs.append(width)
+            width = 0
+        else:
+            width += 1
+    return runs
+
+
+def test_contact_sheet_draws_visible_spaces():
+    """The default font's own space is 2 px ("a photoof"): every space must leave a gap of at least 3 px."""
+    from breakascene.generation import contact_sheet
+
+    white = Image.new("RGB", (128, 64), "white")
+    sheet = contact_sheet([white], ["a photo of"], 1)
+    band = np.asarray(sheet.convert("L"))[64:] < 128
+    assert sum(run >= 3 for run in _blank_runs(band)) == 2, _blank_runs(band)
+
+
+# ------------------------------------------------------------------------------------------
 # bad input: one error line, exit 2, nothing written
+
+
+def test_device_without_cuda_is_one_line_before_loading(run, tmp_path, monkeypatch):
+    import torch
+
+    from breakascene import generation
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the device was checked")
+
+    monkeypatch.setattr(generation, "load_pipeline", no_loading)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--device", "cuda", *GEN,
+                            "--out", str(out)])
+    assert_one_error(code, err, "--device cuda", "no CUDA GPU")
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        generation.resolve_dtype("fp32", "cuda")
 
 
 @pytest.mark.parametrize(

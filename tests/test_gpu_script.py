@@ -11,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # runs the whole script (about 30 s): `make test-slow`
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_script_writes_its_reports(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(Path(os.sys.executable)),

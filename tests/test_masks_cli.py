@@ -108,7 +108,8 @@ def test_model_not_available_offline(photo, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "scene"
     code = main(["masks", str(photo), "--point", "1,1", "--sam-model", "nobody-here/sam", "--out", str(out)])
-    assert_one_error(code, capsys.readouterr().err, "downloaded once with network access", "--sam-model /path/to/folder")
+    assert_one_error(code, capsys.readouterr().err, "could not be downloaded (HF_HUB_OFFLINE is set)",
+                     "hf download nobody-here/sam", "give --sam-model a local folder")
     assert not out.exists()
 
 

@@ -156,6 +156,7 @@ def test_low_vram_extract_through_the_cli_says_what_it_chose(tmp_path, capsys):
     assert saved["mixed_precision"] == "bf16" and saved["gradient_checkpointing"] and not saved["train_text_encoder"]
 
 
+@pytest.mark.slow  # dynamo traces the UNet (about 20 s): `make test-slow`
 def test_compile_wraps_the_unet_in_place_and_trains(tmp_path, scene256, monkeypatch):
     calls = []
     original = torch.nn.Module.compile

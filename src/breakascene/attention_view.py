@@ -60,7 +60,9 @@ def _latent_size(pipe, pipe_kwargs: dict) -> tuple[int, int]:
     return int(height) // pipe.vae_scale_factor, int(width) // pipe.vae_scale_factor
 
 
-def generate_with_attention(pipe, prompt: str, tokens: list[str], *, return_full: bool = False, **pipe_kwargs):
+def generate_with_attention(
+    pipe, prompt: str, tokens: list[str], *, return_full: bool = False, on_step_end=None, **pipe_kwargs
+):
     """Generates one image of ``prompt`` and each handle's cross-attention map, averaged over steps.
 
     Args:
@@ -68,8 +70,11 @@ def generate_with_attention(pipe, prompt: str, tokens: list[str], *, return_full
         prompt: one prompt string.
         tokens: handle tokens, e.g. ``["<asset0>", "<bg>"]``; those not in the prompt are left out of the result.
         return_full: also return the full ``(h, w, T)`` average over all T text tokens (each pixel sums to 1).
+        on_step_end: called after every step as ``on_step_end(pipe, step, timestep, callback_kwargs)``, after
+            the maps of that step are collected (e.g. a progress bar's, :class:`generation.StepProgress`); what
+            it returns goes back to the pipeline as a ``callback_on_step_end``'s result would.
         **pipe_kwargs: passed to ``pipe(prompt, ...)`` (``num_inference_steps``, ``generator``, ``height``, ...).
-            ``num_images_per_prompt`` must be 1 and ``callback_on_step_end`` is reserved.
+            ``num_images_per_prompt`` must be 1 and ``callback_on_step_end`` is reserved (use ``on_step_end``).
 
     Returns:
         ``(image, maps)`` where ``maps[token]`` is an ``(h, w)`` float tensor >= 0 (softmax probabilities averaged
@@ -77,7 +82,7 @@ def generate_with_attention(pipe, prompt: str, tokens: list[str], *, return_full
         ``(h, w, T)`` average.
     """
     if "callback_on_step_end" in pipe_kwargs:
-        raise ValueError("generate_with_attention uses callback_on_step_end itself")
+        raise ValueError("generate_with_attention uses callback_on_step_end itself; pass on_step_end instead")
     if pipe_kwargs.get("num_images_per_prompt", 1) != 1:
         raise ValueError("generate_with_attention makes one image at a time")
     grid = attention_grid(*_latent_size(pipe, pipe_kwargs))
@@ -89,7 +94,7 @@ def generate_with_attention(pipe, prompt: str, tokens: list[str], *, return_full
         conditional = maps[-1]
         total[:] = [conditional if not total else total[0] + conditional]
         store.reset()
-        return {}
+        return (on_step_end(pipeline, step, timestep, callback_kwargs) or {}) if on_step_end is not None else {}
 
     previous = dict(pipe.unet.attn_processors)
     install_capture(pipe.unet, store)

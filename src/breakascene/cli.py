@@ -7,19 +7,15 @@ Bad input ends with one line on stderr and exit status 2; an unexpected failure 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
 
-# Quiet the libraries' import-time chatter (optional torchvision, progress bars when saving) before importing them,
-# and keep them from importing bitsandbytes, which prints on import, until 8-bit Adam is asked for.
+# Keep the libraries from importing bitsandbytes, which prints on import, until 8-bit Adam is asked for (importing
+# the package has already quietened their import-time chatter: breakascene.quiet).
 from . import optional_bnb  # noqa: E402
 
 optional_bnb.hide()
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from .arguments import EXIT_BAD_INPUT, OneLineErrorParser, finite_float  # noqa: E402
 from .config import DEFAULT_MODEL, PRESETS, ExtractConfig  # noqa: E402
@@ -224,6 +220,9 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--attention-reduction", choices=["sum", "mean"], help="combine the sampled handles' attention "
                    f"errors by sum (the research code's, for which lambda 0.01 was chosen) or mean {_paper('attention_reduction')}")
     p.add_argument("--checkpoint-every", type=int, help="save a resumable checkpoint every N steps (default: 0, never)")
+    p.add_argument("--report-to", choices=["tensorboard", "wandb"], help="also log every step's losses to TensorBoard "
+                   "(OUT/logs/tensorboard) or Weights & Biases (accelerate's trackers; pip install tensorboard or wandb); "
+                   "OUT/logs/train.jsonl is always written")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT.partial from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -270,7 +269,7 @@ def run_extract(args) -> int:
         "model resolution prediction_type names init_words background phase1_steps phase2_steps phase1_lr phase2_lr lambda_attn "
         "normalize_by_mask_area seed device prior_preservation class_prompt "
         "class_images num_class_images phase1 masked_loss attention_loss subset_sampling attention_reduction "
-        "checkpoint_every"
+        "checkpoint_every report_to"
     ).split() + MEMORY_FIELDS
     if args.resolution is None:  # the model's native size where it can be told without loading it
         from .models import check_model_reference, default_resolution
@@ -415,17 +414,19 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
 def run_generate(args) -> int:
     from .errors import ConfigError
     from .generation import generate, read_prompts_file
-    from .handles import HANDLE_PATTERN
+    from .handles import HANDLE_PATTERN, handles_meant
     from .run_folder import read_scene_json
 
-    read_scene_json(args.run)
+    tokens = [h["token"] for h in read_scene_json(args.run)["handles"]]
     prompts = list(args.prompts) + (read_prompts_file(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise ConfigError("no prompt given; pass prompts after RUN or --prompts-file FILE")
-    images = generate(args.run, prompts, num_images=args.num_images or 1, out=args.out, **_generation_kwargs(args))
-    for prompt in prompts:
+    for prompt in prompts:  # before the wait, so that a mistyped prompt can be stopped at once
         if not HANDLE_PATTERN.search(prompt):
-            print(f"note: {prompt!r} uses no handle, so it shows what the fine-tuned model makes of plain text")
+            meant = handles_meant(prompt, tokens)
+            hint = f"; did you mean {' or '.join(meant)}?" if meant else ""
+            print(f"note: {prompt!r} uses no handle, so it shows what the fine-tuned model makes of plain text{hint}")
+    images = generate(args.run, prompts, num_images=args.num_images or 1, out=args.out, **_generation_kwargs(args))
     for image in images:
         print(image.path)
     return 0
@@ -510,7 +511,7 @@ def add_edit_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("image", help="the photo to edit (kept at its size, rounded to multiples of 8)")
     p.add_argument("--region", nargs=2, action="append", required=True, metavar=("MASK", "PROMPT"),
                    help="a region mask and the prompt for it (repeat; applied in order)")
-    p.add_argument("--out", help="output folder (default: RUN/edits/<image stem>)")
+    p.add_argument("--out", help="output folder (default: a new numbered folder RUN/edits/NNN-<image stem>)")
     p.add_argument("--seed", type=int, default=0, help="seed of region 1; region i uses seed+i-1 (default: 0)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50)")
     p.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance scale (default: 7.5)")
@@ -658,10 +659,13 @@ def run_ui(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = OneLineErrorParser(
         prog="break-a-scene",
         description="Extract text handles for the concepts of one photo (Break-A-Scene) and generate with them.",
     )
+    parser.add_argument("--version", action="version", version=f"break-a-scene {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_extract_parser(subparsers)
     add_masks_parser(subparsers)
@@ -682,12 +686,18 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _quiet_libraries() -> None:
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+def _interrupt_hint(args) -> str:
+    """What an interrupted command kept: for extract, whether there is a checkpoint to --resume from."""
+    if args.command != "extract":
+        return ""
+    from .run_folder import CHECKPOINT_DIR, partial_path
 
-    diffusers_logging.disable_progress_bar()  # "Loading pipeline components", "Writing model shards"
-    transformers_logging.disable_progress_bar()
+    partial = partial_path(Path(args.out))
+    if (partial / CHECKPOINT_DIR / "state.json").is_file():
+        return f"; continue with the same command plus --resume (the last checkpoint is kept in {partial})"
+    if args.checkpoint_every:
+        return "; nothing was saved: it stopped before its first checkpoint; run the same command again"
+    return "; nothing was saved: a run keeps progress only with --checkpoint-every N (then --resume continues it)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -696,7 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    _quiet_libraries()
+    from .quiet import quiet_libraries
+
+    quiet_libraries()
     warnings.showwarning = _one_line_warnings
     # Library deprecation chatter is not the user's business; our own warnings are UserWarnings.
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -709,10 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line, whatever a message holds
         return error.exit_code
     except KeyboardInterrupt:
-        hint = ""
-        if args.command == "extract":
-            hint = "; continue with the same command plus --resume (checkpoints need --checkpoint-every N)"
-        print(f"interrupted{hint}", file=sys.stderr)
+        print(f"interrupted{_interrupt_hint(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if args.debug:

@@ -99,6 +99,7 @@ class ExtractConfig:
     allow_tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (what PyTorch's "high" precision means)
     low_vram: bool = False  # set by --low-vram; the options it chose are already applied (see low_vram_options)
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps; 0: never
+    report_to: str | None = None  # also log every step to "tensorboard" (RUN/logs/tensorboard) or "wandb"
     preset: Literal["paper", "official"] = "paper"
     extra: dict = field(default_factory=dict)  # free-form notes carried into scene.json
 
@@ -136,6 +137,8 @@ class ExtractConfig:
             raise ConfigError(f"--lambda-attn must be >= 0, got {self.lambda_attn}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.report_to not in (None, "tensorboard", "wandb"):
+            raise ConfigError(f"--report-to must be tensorboard or wandb, got {self.report_to!r}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
             raise ConfigError(f"--prediction-type must be epsilon or v_prediction, got {self.prediction_type!r}")
         if self.subset_sampling not in ("union", "single", "all"):
@@ -191,7 +194,7 @@ class ExtractConfig:
 
     def training_fingerprint(self) -> dict:
         """The fields that must match for ``--resume`` to continue a run (everything but how it is run)."""
-        ignored = {"checkpoint_every", "device", "extra", "compile", "allow_tf32"}
+        ignored = {"checkpoint_every", "device", "extra", "compile", "allow_tf32", "report_to"}
         return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
 

@@ -31,12 +31,15 @@ module builds that pipeline from the run's components (``from_pipe``, no copy of
   the original background back at the end);
 * sequencing: region i is edited in ``edit-{i-1}.png`` (the input photo for region 1) with seed ``seed + i - 1``;
   ``edit-1.png``, ``edit-2.png``, ..., ``final.png`` and ``edit.json`` (regions, prompts, seeds, settings) are written
-  to ``out`` (default ``RUN/edits/<image stem>``). All input is checked before anything is written.
+  to ``out`` (default ``RUN/edits/NNN-<image stem>``, numbered so that a default folder is always a new one). All
+  input is checked before anything is written;
+* progress: one bar on stderr over the steps that run, of all regions (the inpainting pipeline's own is off).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence, Union
@@ -46,11 +49,12 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, RunError, SceneError, SceneWarning
-from .generation import check_prompt_handles, load_pipeline
+from .generation import StepProgress, check_prompt_handles, load_pipeline
+from .models import check_device
 from .run_folder import check_clear_of_inputs, check_clear_of_run, read_scene_json
 from .scene import mask_coverage, open_image, to_rgb
 
-__all__ = ["edit", "edit_pipeline", "load_edit_image", "load_region_mask"]
+__all__ = ["edit", "edit_pipeline", "load_edit_image", "load_region_mask", "next_edit_folder"]
 
 ImageInput = Union[str, Path, Image.Image]
 OUTPUT_NAMES = ("final.png", "edit.json")
@@ -118,11 +122,37 @@ def edit_pipeline(pipe):
     return inpaint
 
 
+def next_edit_folder(edits: Path, stem: str) -> Path:
+    """``edits/NNN-<stem>``: NNN one more than the highest number of a ``NNN-...`` folder there (``001`` first).
+
+    So a default output folder is never one that exists, two photos with one name get two folders, and the
+    numbers keep the order the edits were made in (a deleted edit's number is not given out again).
+    """
+    names = [p.name for p in edits.iterdir()] if edits.is_dir() else []
+    numbers = [int(m.group(1)) for name in names if (m := re.match(r"(\d+)-", name))]
+    return edits / f"{max(numbers, default=0) + 1:03d}-{stem}"
+
+
+def _make_default_folder(edits: Path, stem: str) -> Path:
+    """Creates and returns the next free ``edits/NNN-<stem>``; another edit taking a number first moves it on."""
+    edits.mkdir(parents=True, exist_ok=True)
+    while True:
+        out = next_edit_folder(edits, stem)
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:  # a concurrent edit took that number between the listing and the mkdir
+            continue
+
+
 def _edit_region(
     pipe, image: Image.Image, inside: np.ndarray, prompt: str, *, seed: int, steps: int, guidance: float,
-    blend_start: float,
+    blend_start: float, callback=None,
 ) -> Image.Image:
-    """One BLD edit of ``image`` inside ``inside`` (bool, image size), composited with ``image`` outside it."""
+    """One BLD edit of ``image`` inside ``inside`` (bool, image size), composited with ``image`` outside it.
+
+    ``callback``: the pipeline's ``callback_on_step_end`` (a progress bar's), or None.
+    """
     width, height = image.size
     mask = Image.fromarray(inside.astype(np.uint8) * 255, mode="L")
     generator = torch.Generator(pipe.device).manual_seed(seed)
@@ -136,6 +166,7 @@ def _edit_region(
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=generator,
+        callback_on_step_end=callback,
     ).images[0]
     if result.size != image.size:  # not expected: the pipeline works at (height, width)
         result = result.resize(image.size, Image.LANCZOS)
@@ -168,18 +199,22 @@ def edit(
         steps: DDIM steps (of which the first ``blend_start`` fraction is skipped).
         guidance: classifier-free guidance scale.
         blend_start: fraction of the steps skipped at the start (0 <= blend_start < 1).
-        out: output folder (default ``RUN/edits/<image stem>``).
+        out: output folder; default a new ``RUN/edits/NNN-<image stem>`` (:func:`next_edit_folder`), never
+            refused. An ``out`` given may hold earlier outputs only with ``overwrite``.
         overwrite: replace outputs already in ``out``.
         pipeline: a loaded pipeline of the run (StableDiffusion or StableDiffusionInpaint); loaded if None.
-        device: device to load the pipeline on (when ``pipeline`` is None).
-        progress: show progress bars.
+        device: device to load the pipeline on (when ``pipeline`` is None); checked before anything is loaded.
+        progress: one bar on stderr over the denoising steps that run, of all regions
+            (``int(steps * (1 - blend_start))`` each), which says what is written after them; False prints
+            nothing.
 
     Returns:
         ``[out/edit-1.png, ..., out/edit-N.png, out/final.png]``; ``out/edit.json`` is written too.
 
     Raises:
         RunError: the run folder is missing or unfinished, or outputs exist without ``overwrite``.
-        ConfigError: no region, an unknown handle in a prompt, or a number out of range.
+        ConfigError: no region, an unknown handle in a prompt, a ``device`` this machine lacks, or a number out
+            of range.
         SceneError: the image or a mask is missing, unreadable, of the wrong size, or a mask is empty.
     """
     info = read_scene_json(run)
@@ -194,11 +229,15 @@ def edit(
         raise ConfigError(f"--blend-start must be in [0, 1) (got {blend_start})")
     if int(steps * (1.0 - blend_start)) < 1:
         raise ConfigError(f"--blend-start {blend_start} skips all {steps} steps; lower it or raise --steps")
+    if pipeline is None:
+        device = check_device(device)
     photo, read_size = load_edit_image(image)
     masks = [load_region_mask(mask, read_size, photo.size) for mask, _ in regions]
 
     stem = Path(image).stem if isinstance(image, (str, Path)) else "image"
-    out = Path(out) if out is not None else Path(run) / "edits" / stem
+    default_out = out is None
+    edits = Path(run) / "edits"
+    out = Path(out) if out is not None else next_edit_folder(edits, stem)  # made only once the model is loaded
     check_clear_of_run(out, run)
     check_clear_of_inputs(out, [("photo", image if isinstance(image, (str, Path)) else None)]
                           + [("region mask", m if isinstance(m, (str, Path)) else None) for m, _ in regions])
@@ -206,31 +245,40 @@ def edit(
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a folder; choose another --out")
     clashes = [name for name in names if (out / name).exists()]
-    if clashes and not overwrite:
+    if clashes and not overwrite:  # never for the default folder: next_edit_folder names a new one
         raise RunError(f"{out / clashes[0]} already exists; pass --overwrite or choose another --out")
 
     base = pipeline if pipeline is not None else load_pipeline(run, device)[0]
     pipe = edit_pipeline(base)
-    out.mkdir(parents=True, exist_ok=True)
+    if default_out:
+        out = _make_default_folder(edits, stem)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    steps_run = int(steps * (1.0 - blend_start))  # what diffusers' get_timesteps keeps, see the module
     paths, records, current = [], [], photo
-    for i, ((mask_source, prompt), inside) in enumerate(zip(regions, masks), start=1):
-        region_seed = seed + i - 1
-        current = _edit_region(
-            pipe, current, inside, prompt, seed=region_seed, steps=steps, guidance=guidance, blend_start=blend_start
-        )
-        path = out / f"edit-{i}.png"
-        current.save(path)
-        paths.append(path)
-        records.append({"mask": _name(mask_source, f"mask {i}"), "prompt": prompt, "seed": region_seed,
-                        "output": path.name, "area": float(inside.mean())})
-    final = out / "final.png"
-    current.save(final)
-    paths.append(final)
-    settings = {
-        "run": str(run), "image": _name(image, "image"), "size": list(photo.size), "input_size": list(read_size),
-        "method": "blended latent diffusion (StableDiffusionInpaintPipeline, 4-channel UNet) + pixel composite",
-        "scheduler": "DDIM", "steps": steps, "steps_run": int(steps * (1.0 - blend_start)),
-        "guidance": guidance, "blend_start": blend_start, "seed": seed, "regions": records,
-    }
-    (out / "edit.json").write_text(json.dumps(settings, indent=2) + "\n")
+    with StepProgress(steps_run * len(regions), "edit", enabled=progress) as bar:
+        for i, ((mask_source, prompt), inside) in enumerate(zip(regions, masks), start=1):
+            region_seed = seed + i - 1
+            current = _edit_region(
+                pipe, current, inside, prompt, seed=region_seed, steps=steps, guidance=guidance,
+                blend_start=blend_start, callback=bar.callback(steps_run),
+            )
+            path = out / f"edit-{i}.png"
+            bar.say(f"writing {path.name}")
+            current.save(path)
+            paths.append(path)
+            records.append({"mask": _name(mask_source, f"mask {i}"), "prompt": prompt, "seed": region_seed,
+                            "output": path.name, "area": float(inside.mean())})
+            bar.resume()
+        final = out / "final.png"
+        bar.say(f"writing {final.name} and edit.json")
+        current.save(final)
+        paths.append(final)
+        settings = {
+            "run": str(run), "image": _name(image, "image"), "size": list(photo.size), "input_size": list(read_size),
+            "method": "blended latent diffusion (StableDiffusionInpaintPipeline, 4-channel UNet) + pixel composite",
+            "scheduler": "DDIM", "steps": steps, "steps_run": steps_run,
+            "guidance": guidance, "blend_start": blend_start, "seed": seed, "regions": records,
+        }
+        (out / "edit.json").write_text(json.dumps(settings, indent=2) + "\n")
     return paths

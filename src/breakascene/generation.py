@@ -8,17 +8,19 @@ prompt "a photo of <asset0> and <asset1> ..." over the run's handles (the paper'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import textwrap
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from .errors import ConfigError, RunError, first_line
 from .handles import HANDLE_PATTERN
-from .models import default_device
+from .models import check_device
 from .run_folder import check_clear_of_run, check_pipeline_folder, read_scene_json
 
 SCHEDULERS = ("default", "ddim", "dpm")
@@ -81,14 +83,18 @@ def _slug(text: str, limit: int = 48) -> str:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None) -> torch.dtype:
-    """``fp32``/``fp16``/``bf16`` -> torch dtype; fp16 only on a GPU (CPU half-precision kernels are missing)."""
+    """``fp32``/``fp16``/``bf16`` -> torch dtype; fp16 only on a GPU (CPU half-precision kernels are missing).
+
+    ``device`` goes through :func:`models.check_device`, so a device this machine lacks is a ConfigError here,
+    before any model is loaded.
+    """
     if isinstance(dtype, torch.dtype):
         torch_dtype = dtype
     elif dtype in DTYPES:
         torch_dtype = DTYPES[dtype]
     else:
         raise ConfigError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    kind = torch.device(device).type if device else default_device().type
+    kind = check_device(device).type
     if torch_dtype == torch.float16 and kind == "cpu":
         raise ConfigError("--dtype fp16 needs a GPU (cuda or mps); on CPU use fp32 (default) or bf16")
     return torch_dtype
@@ -114,9 +120,17 @@ def make_scheduler(name: str, default):
 
 
 def load_pipeline(run: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
-    """Loads a run folder as a ``StableDiffusionPipeline`` on ``device``; returns (pipeline, scene.json dict)."""
+    """Loads a run folder as a ``StableDiffusionPipeline`` on ``device``; returns (pipeline, scene.json dict).
+
+    The pipeline's own progress bar is off (callers count steps themselves, see :class:`StepProgress`).
+
+    Raises:
+        ConfigError: ``device`` is not on this machine (checked before anything is loaded).
+        RunError: the run folder is missing, unfinished or damaged.
+    """
     from diffusers import StableDiffusionPipeline
 
+    target = check_device(device)
     info = read_scene_json(run)
     if info.get("lora"):
         pipe = _load_lora_run(Path(run), info).to(dtype=dtype)
@@ -127,7 +141,7 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
                                                            use_safetensors=True)
         except (OSError, ValueError, RuntimeError) as error:  # a truncated or damaged weights file, a bad config
             raise RunError(f"the run folder {run} could not be loaded ({first_line(error)}); extract the scene again") from error
-    pipe = pipe.to(torch.device(device) if device else default_device())
+    pipe = pipe.to(target)
     pipe.set_progress_bar_config(disable=True)
     return pipe, info
 
@@ -177,25 +191,20 @@ def contact_sheet(images: list, captions: list[str], columns: int):
     """The images in a grid (``columns`` wide) with each caption, word-wrapped, in a white band under its image.
 
     All images must have one size (w, h); the sheet is ``columns * w`` wide and ``rows * (h + band)`` high, where
-    the band fits the longest wrapped caption.
+    the band fits the longest wrapped caption. Captions wrap at spaces to the width they are drawn at and are
+    drawn word by word (:func:`visualize.draw_words`: the default font's own space is too narrow to see).
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
+
+    from .visualize import caption_font, caption_lines, draw_words, line_height
 
     if not images:
         raise ValueError("no images for the contact sheet")
     w, h = images[0].size
-    font = ImageFont.load_default()
-    left, top, right, bottom = font.getbbox("Ag")
-    char_w = max(1, font.getbbox("x")[2] - font.getbbox("x")[0])
-    line_h = (bottom - top) + 4
-    width_chars = max(8, (w - 8) // char_w)
-    wrapped = []
-    for caption in captions:
-        lines = []
-        for part in caption.split("\n"):
-            lines.extend(textwrap.wrap(part, width_chars, break_long_words=True) or [""])
-        wrapped.append(lines)
-    band = max(len(lines) for lines in wrapped) * line_h + 8
+    font = caption_font()
+    step = line_height(font)
+    wrapped = [caption_lines(caption, max(1, w - 8), font) for caption in captions]
+    band = max(len(lines) for lines in wrapped) * step + 8
     columns = max(1, min(columns, len(images)))
     rows = -(-len(images) // columns)
     sheet = Image.new("RGB", (columns * w, rows * (h + band)), "white")
@@ -204,8 +213,79 @@ def contact_sheet(images: list, captions: list[str], columns: int):
         x, y = (k % columns) * w, (k // columns) * (h + band)
         sheet.paste(image.convert("RGB").resize((w, h)), (x, y))
         for j, line in enumerate(lines):
-            draw.text((x + 4, y + h + 4 + j * line_h - top), line, fill="black", font=font)
+            draw_words(draw, (x + 4, y + h + 4 + j * step), line, font)
     return sheet
+
+
+@contextlib.contextmanager
+def own_bar_off(pipe):
+    """The pipeline's own tqdm bar off for a while (:class:`StepProgress` counts the steps); restored after.
+
+    diffusers keeps what ``set_progress_bar_config`` was given in ``pipe._progress_bar_config`` and has no
+    getter, so that attribute is read and put back as it was.
+    """
+    saved = getattr(pipe, "_progress_bar_config", None)
+    pipe.set_progress_bar_config(**{**(saved or {}), "disable": True})
+    try:
+        yield pipe
+    finally:
+        if saved is None:
+            del pipe._progress_bar_config
+        else:
+            pipe._progress_bar_config = saved
+
+
+class StepProgress:
+    """One tqdm bar (on stderr) over the denoising steps of several pipeline calls, or silence.
+
+    :meth:`callback` gives each call a ``callback_on_step_end`` that advances the bar by the call's ``units``
+    (its steps as the user asked for them, times the images it makes together) whatever its scheduler runs:
+    PNDM runs steps + 1 timesteps, a second-order scheduler about twice as many, so the advance is scaled by
+    ``pipeline.num_timesteps`` and the bar ends at exactly the sum of the calls' units.
+
+    :meth:`say` replaces the description while something slow happens outside the steps (decoding, writing
+    files); :meth:`resume` and :meth:`close` put the first one back. Disabled, it prints nothing at all.
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.desc = desc
+        # file=sys.stderr at call time (not tqdm's import-time default), so redirected stderr gets it too
+        self.bar = tqdm(total=total, desc=desc, unit="step", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+    def callback(self, units: int) -> Callable:
+        """A ``callback_on_step_end`` for one pipeline call worth ``units`` on the bar."""
+        done = [0]  # units of this call already on the bar
+
+        def advance(pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+            runs = getattr(pipeline, "num_timesteps", None) or units
+            now = min(units, round((step + 1) * units / runs))
+            self.bar.update(now - done[0])
+            done[0] = now
+            if step + 1 >= runs:
+                self.say("decoding")  # the VAE runs after the last step, inside the same call
+            return {}
+
+        return advance
+
+    def say(self, text: str) -> None:
+        """Shows ``text`` as the bar's description (nothing when the bar is disabled)."""
+        self.bar.set_description_str(text, refresh=True)
+
+    def resume(self) -> None:
+        """Back to the first description, for the next steps."""
+        self.say(self.desc)
+
+    def close(self) -> None:
+        self.resume()
+        self.bar.close()
+
+    def __enter__(self) -> "StepProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _free_grid_path(out: Path, overwrite: bool) -> Path:
@@ -262,11 +342,14 @@ def generate(
             float rounding, so a batched image may differ from the same seed made alone by a pixel level.
         attention_maps: also save ``<name>-attention.png``, each handle's cross-attention over the image
             (images are then made one at a time).
+        progress: one bar on stderr over all denoising steps of all images (``steps * images``), which says
+            what is written after the steps (images, attention views, metadata, the contact sheet); False
+            prints nothing.
 
     Raises:
         RunError: the run folder is missing or unfinished, or an output file exists without ``overwrite``.
         ConfigError: a prompt names a handle the run does not have, an empty prompts file, unknown scheduler
-            or dtype, fp16 on CPU, or a number out of range.
+            or dtype, fp16 on CPU, a ``device`` this machine lacks, or a number out of range.
     """
     info = read_scene_json(run)
     tokens = [h["token"] for h in info["handles"]]
@@ -327,25 +410,28 @@ def generate(
         for p in range(len(prompts))
         for start in range(0, num_images, batch_size)
     ]
-    from tqdm.auto import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
     results, pictures = [], []
-    try:
-        with tqdm(total=len(plan), desc="generate", unit="image", disable=not progress) as bar:
+    with StepProgress(len(plan) * steps, "generate", enabled=progress) as bar, own_bar_off(pipe):
+        try:
             for chunk in chunks:
                 generators = [torch.Generator(pipe.device).manual_seed(s) for _, _, s, _ in chunk]
                 prompt = chunk[0][1]
                 attention = None
                 if attention_maps:
-                    image, maps = generate_with_attention(pipe, prompt, tokens, generator=generators[0], **common)
+                    image, maps = generate_with_attention(
+                        pipe, prompt, tokens, generator=generators[0], on_step_end=bar.callback(steps), **common
+                    )
                     images = [image]
+                    bar.say("making the attention view")
                     attention = attention_view_image(image, maps)
                 else:
                     images = pipe(
                         prompt, num_images_per_prompt=len(chunk),
-                        generator=generators if len(chunk) > 1 else generators[0], **common,
+                        generator=generators if len(chunk) > 1 else generators[0],
+                        callback_on_step_end=bar.callback(steps * len(chunk)), **common,  # a step of each image
                     ).images
+                bar.say(f"writing {chunk[0][3].name}" + (f" (+{len(chunk) - 1})" if len(chunk) > 1 else ""))
                 for (_, _, image_seed, path), image in zip(chunk, images):
                     image.save(path)
                     item = GeneratedImage(
@@ -356,16 +442,19 @@ def generate(
                         attention.save(item.attention_path)
                     results.append(item)
                     pictures.append(image)
-                bar.update(len(chunk))
-    finally:
-        pipe.scheduler = saved_scheduler
-        with open(out / "metadata.jsonl", "a") as f:
-            for item in results:
-                f.write(json.dumps(item.record()) + "\n")
-    if grid and pictures:
-        columns = num_images if num_images > 1 else min(len(pictures), 4)
-        captions = [f"{item.prompt}\nseed {item.seed}" for item in results]
-        contact_sheet(pictures, captions, columns).save(_free_grid_path(out, overwrite))
+                bar.resume()
+        finally:
+            pipe.scheduler = saved_scheduler
+            bar.say("writing metadata.jsonl")
+            with open(out / "metadata.jsonl", "a") as f:
+                for item in results:
+                    f.write(json.dumps(item.record()) + "\n")
+        if grid and pictures:
+            grid_path = _free_grid_path(out, overwrite)
+            bar.say(f"writing the contact sheet {grid_path.parent.name}/{grid_path.name}")
+            columns = num_images if num_images > 1 else min(len(pictures), 4)
+            captions = [f"{item.prompt}\nseed {item.seed}" for item in results]
+            contact_sheet(pictures, captions, columns).save(grid_path)
     return results
 
 

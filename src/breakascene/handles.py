@@ -252,6 +252,12 @@ def load_handles(path: str | Path) -> tuple[list[str], torch.Tensor]:
     return [t for t in tokens.split(",") if t], load_file(str(path))["embeddings"]
 
 
+def handles_meant(prompt: str, tokens: list[str]) -> list[str]:
+    """The handles whose bare name a prompt uses as a word ("a photo of asset0" -> ["<asset0>"]): likely meant."""
+    words = {w.lower() for w in re.findall(r"[A-Za-z][A-Za-z0-9_-]*", HANDLE_PATTERN.sub(" ", prompt))}
+    return [t for t in tokens if t[1:-1].lower() in words]
+
+
 def find_handle_positions(input_ids: torch.Tensor, handle_ids: list[int]) -> list[int]:
     """Index of each handle id in a (T,) prompt; raises if a handle is missing or repeated."""
     positions = []

@@ -19,8 +19,12 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, RunError, first_line
+from .hub import hub_options, not_downloadable
 from .run_folder import check_pipeline_folder
+from .quiet import quiet_libraries
 from .tiny import TINY_MODEL_ID, build_tiny_components
+
+quiet_libraries()  # every path that loads, trains or saves a model comes through this module
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -290,14 +294,17 @@ def load_components(
     config = single_file_config_source(info.family, info.prediction_type) if info is not None else None
     # Break-A-Scene runs no safety checker; None for both keeps diffusers from loading or asking for one.
     no_safety = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    hub_id = config if info is not None else model  # what comes from the Hub, if anything
+    hub = hub_options() if not Path(hub_id).expanduser().exists() else {}
     try:
         if info is not None:
             pipe = StableDiffusionPipeline.from_single_file(
-                str(path), config=config, torch_dtype=torch_dtype, **no_safety
+                str(path), config=config, torch_dtype=torch_dtype, **no_safety, **hub
             )
         else:
             pipe = StableDiffusionPipeline.from_pretrained(
-                str(path) if path.exists() else model, torch_dtype=torch_dtype, use_safetensors=True, **no_safety
+                str(path) if path.exists() else model, torch_dtype=torch_dtype, use_safetensors=True, **no_safety,
+                **hub
             )
     except NotImplementedError as error:
         if info is None or "meta tensor" not in str(error):
@@ -308,6 +315,8 @@ def load_components(
             f"(a pruned or non-standard {info.family_name} checkpoint?)"
         ) from error
     except (OSError, ValueError, SingleFileComponentError) as error:  # missing repo, no network, bad file
+        if hub.get("local_files_only"):
+            raise not_downloadable(hub_id, "--model", "model" if info is None else "config") from error
         if info is not None:
             raise ConfigError(
                 f"could not load --model {model} as an {info.family_name} file with the {config} config: "

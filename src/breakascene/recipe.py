@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import math
 import platform
 import shutil
 import sys
@@ -69,6 +70,7 @@ from .run_folder import (
     write_json,
 )
 from .scene import Scene
+from .training_log import TrainingLog, check_tracker, make_tracker
 from .union_sampling import build_prompt, choose_handles
 from .visualize import attention_figure
 
@@ -140,7 +142,8 @@ def encode_images(vae, images: torch.Tensor, batch_size: int = 4) -> tuple[torch
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in ("break-a-scene", "torch", "diffusers", "transformers", "accelerate", "safetensors"):
+    for name in ("break-a-scene", "torch", "diffusers", "transformers", "accelerate", "safetensors", "peft",
+                 "gradio", "bitsandbytes"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -258,6 +261,7 @@ class Trainer:
         self.loss_log: list[dict] = []
         self.train_seconds = 0.0
         self.attention_scores: dict[str, list[list[float]]] = {}
+        self.training_log: TrainingLog | None = None  # set by extract: RUN/logs/train.jsonl (and a tracker)
 
     # -- setup ------------------------------------------------------------------------------------------
     def setup(self, class_images: torch.Tensor | None = None) -> None:
@@ -481,14 +485,13 @@ class Trainer:
             restore_optimizer(optimizer_state, optimizer)
         self.components.unet.train(trains_model)
         self.components.text_encoder.train(trains_model)
-        # The first step whose loss was NaN or infinite (-1: none), kept on the device and read back only when
-        # losses are read anyway and before a checkpoint is written, so that checking costs no sync per step.
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        # Every step's losses go to the training log, which reads them back (a device sync) only every LOG_EVERY
+        # steps, before a checkpoint and at the phase's end; that is also where a non-finite loss is caught.
+        log = self.training_log or TrainingLog(checkpoint_folder.parent / "logs")
 
         for step in range(start_step, steps):
             terms = self.loss_step()
-            bad = ~torch.isfinite(terms["total"].detach())
-            first_bad = torch.where(bad & (first_bad < 0), step + 1, first_bad)
+            log.record(name, step + 1, global_offset + step + 1, lr, terms)
             scaler.scale(terms["total"]).backward()
             if cfg.max_grad_norm is not None:
                 scaler.unscale_(optimizer)
@@ -501,10 +504,11 @@ class Trainer:
             losses = None
             checkpoint_now = cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < steps
             if done % LOG_EVERY == 0 or done == steps or checkpoint_now:
-                self._stop_if_not_finite(int(first_bad), name, steps, checkpoint_folder)
-            if done % LOG_EVERY == 0 or done == steps:
-                losses = {k: float(v.detach()) for k, v in terms.items()}
-                self.loss_log.append({"phase": name, "step": done, **losses})
+                records = log.flush()
+                self._stop_if_not_finite(records, steps, checkpoint_folder)
+                losses = {k: v for k, v in records[-1].items() if k not in ("phase", "step", "global_step", "lr")}
+                if done % LOG_EVERY == 0 or done == steps:
+                    self.loss_log.append({"phase": name, "step": done, **losses})
             if bar is not None:
                 bar.update(1)
                 if losses is not None:
@@ -519,9 +523,10 @@ class Trainer:
         for p in params.values():
             p.requires_grad_(False)
 
-    def _stop_if_not_finite(self, first_bad: int, phase: str, steps: int, checkpoint_folder: Path) -> None:
-        """Raises RunFailure if a loss of this phase was NaN or infinite, before anything of it is saved."""
-        if first_bad < 0:
+    def _stop_if_not_finite(self, records: list[dict], steps: int, checkpoint_folder: Path) -> None:
+        """Raises RunFailure if a loss of these steps was NaN or infinite, before anything of them is saved."""
+        bad = next((r for r in records if not math.isfinite(r["total"])), None)
+        if bad is None:
             return
         state = read_checkpoint_state(checkpoint_folder)
         if state is None:
@@ -530,8 +535,8 @@ class Trainer:
             kept = (f"the last good checkpoint ({self.config.phases[state['phase_index']][0]} step {state['step']}) "
                     f"is kept in {checkpoint_folder.parent}")
         raise RunFailure(
-            f"the loss became non-finite at {phase} step {first_bad} of {steps}; {kept}. The same settings fail the "
-            "same way: lower the learning rate or --lambda-attn and start over (--overwrite)"
+            f"the loss became non-finite at {bad['phase']} step {bad['step']} of {steps}; {kept}. The same settings "
+            "fail the same way: lower the learning rate or --lambda-attn and start over (--overwrite)"
         )
 
     def save_checkpoint(self, folder: Path, phase_index: int, step: int, params: dict, optimizer) -> None:
@@ -653,6 +658,7 @@ def extract(
     check_clear_of_inputs(out, [("class images", config.class_images),
                                 ("model", model_path if model_path is not None and model_path.exists() else None)])
     device = resolve_device(config)
+    check_tracker(config.report_to)
     with run_lock(out):
         partial = prepare_output(out, overwrite=overwrite, resume=resume)
         try:
@@ -774,9 +780,12 @@ def _train(scene, config, partial, handles, device, components, resume, callback
         start_phase, start_step = state["phase_index"], state["step"]
 
     phases = config.phases
+    done_before = sum(steps for _, steps, _, _ in phases[:start_phase]) + start_step
+    tracker = make_tracker(config.report_to, partial / "logs", run_name(partial)) if config.report_to else None
+    trainer.training_log = TrainingLog(partial / "logs", done_before if state is not None else None, tracker)
     started = time.time()
-    with tqdm(total=config.total_steps, disable=not progress, desc="extract", unit="step") as bar:
-        bar.update(sum(steps for _, steps, _, _ in phases[:start_phase]) + start_step)
+    with trainer.training_log, tqdm(total=config.total_steps, disable=not progress, desc="extract", unit="step") as bar:
+        bar.update(done_before)
         for index, (name, steps, lr, trains_model) in enumerate(phases):
             if index < start_phase:
                 continue
@@ -796,6 +805,11 @@ def _train(scene, config, partial, handles, device, components, resume, callback
             _save_attention_figure(partial / "attention" / f"{name}.png", scene, config, handles, maps, scores)
     trainer.train_seconds = time.time() - started
     return trainer
+
+
+def run_name(partial: Path) -> str:
+    """The run's name (its folder's), from the folder it trains in."""
+    return partial.name.removesuffix(".partial")
 
 
 def _save_attention_figure(path: Path, scene: Scene, config: ExtractConfig, handles, maps, scores) -> None:

@@ -153,10 +153,25 @@ def prepare_output(out: Path, *, overwrite: bool, resume: bool) -> Path:
     return partial
 
 
+def follow_umask(folder: Path) -> None:
+    """Gives every file under ``folder`` the permissions the user's umask asks for (``0o666 & ~umask``).
+
+    safetensors writes its files owner-only (0600) whatever the umask, so a run's weights could not be read by
+    the group or a shared model cache while the rest of the folder could.
+    """
+    umask = os.umask(0)
+    os.umask(umask)  # reading the umask means setting it; put it straight back
+    mode = 0o666 & ~umask
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) != mode:
+            path.chmod(mode)
+
+
 def finalize(partial: Path, out: Path) -> None:
     """Drops the checkpoint and moves ``partial`` to ``out``, replacing an old ``out`` only at the last moment."""
     partial, out = Path(partial), Path(out)
     shutil.rmtree(partial / CHECKPOINT_DIR, ignore_errors=True)
+    follow_umask(partial)
     old = None
     if out.exists():
         old = out.with_name(out.name + ".replaced")

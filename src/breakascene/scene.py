@@ -41,6 +41,11 @@ ImageInput = Union[str, Path, Image.Image]
 CROP_WARN_FRACTION = 0.01
 # A concept smaller than this fraction of the square is hard to learn; warn but go on.
 TINY_MASK_FRACTION = 0.01
+# A concept larger than this fraction of the square is more likely an inverted mask (white background).
+LARGE_MASK_FRACTION = 0.8
+# A mask whose pixels are more than this fraction neither black nor white (10-90 %) is more likely a photo.
+GREY_MASK_FRACTION = 0.25
+PHOTO_SHADES = 32  # ... in more than this many shades of grey
 
 _ALPHA_MODES = ("RGBA", "LA")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -183,6 +188,22 @@ def open_image(source: ImageInput, what: str) -> Image.Image:
     except Exception:  # noqa: BLE001 - a broken EXIF block must not make the photo unusable
         transposed = None
     return transposed if transposed is not None else img
+
+
+def _looks_like_a_photo(cov: np.ndarray) -> bool:
+    """Many pixels neither black nor white, in many shades: a photo, not a mask (whose grey is at edges, or in a
+    handful of levels)."""
+    grey = (cov > 0.1) & (cov < 0.9)
+    return float(grey.mean()) > GREY_MASK_FRACTION and len(np.unique(np.round(cov[grey] * 255))) > PHOTO_SHADES
+
+
+def _same_file(a: Union[str, Path], b: Union[str, Path]) -> bool:
+    """Whether two paths name one file, or two files with the same bytes."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.resolve() == b.resolve() or (a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes())
+    except OSError:
+        return False
 
 
 def _int_scale(arr: np.ndarray) -> float:
@@ -348,8 +369,21 @@ def load_scene(
         inside = cov >= 0.5
         total = int(inside.sum())
         if total == 0:
+            peak = float(cov.max()) if cov.size else 0.0
+            if peak > 0.05:  # drawn, but in a dark colour: masks are read by brightness
+                raise SceneError(
+                    f"{name} has no white pixels (its brightest is {peak:.0%} grey; a mask is read by brightness, "
+                    "white = concept, black = not, so a red or blue mask counts as dark); paint the concept white"
+                )
             raise SceneError(
                 f"{name} is empty (no pixel with coverage >= 0.5); paint the concept white on black"
+            )
+        if isinstance(source, (str, Path)) and isinstance(raw, (str, Path)) and _same_file(source, raw):
+            pending.append(f"{name} is the photo itself, not a mask; give a black-and-white mask of the concept")
+        elif _looks_like_a_photo(cov):
+            pending.append(
+                f"{name} does not look like a mask ({float(((cov > 0.1) & (cov < 0.9)).mean()):.0%} of its pixels "
+                "are neither black nor white: a photo?); a mask is white on the concept and black elsewhere"
             )
         kept = int(inside[top:bottom, left:right].sum())
         if kept == 0:
@@ -377,6 +411,11 @@ def load_scene(
                 "crop the photo to a square yourself so the whole concept stays in"
             )
         fraction = area / (r * r)
+        if fraction > LARGE_MASK_FRACTION:
+            pending.append(
+                f"{name} covers {fraction:.0%} of the {r}x{r} image: is it inverted? A mask is white on the concept "
+                "and black elsewhere"
+            )
         if fraction < TINY_MASK_FRACTION:
             pending.append(
                 f"{name} covers only {fraction:.2%} of the {r}x{r} image; such a small concept "

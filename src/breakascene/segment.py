@@ -193,10 +193,15 @@ class Detector:
 
 def _load_pair(model_class, processor_class, model: str, what: str, flag: str, device):
     """``(model, processor)`` from a Hub id (cached) or a local folder, in eval mode on ``device``."""
+    from .hub import hub_options, not_downloadable
+
+    hub = hub_options() if not Path(model).exists() else {}
     try:
-        loaded = model_class.from_pretrained(model)
-        processor = processor_class.from_pretrained(model)
+        loaded = model_class.from_pretrained(model, **hub)
+        processor = processor_class.from_pretrained(model, **hub)
     except (OSError, ValueError, KeyError) as error:
+        if hub.get("local_files_only"):
+            raise not_downloadable(model, flag, f"{what} model") from error
         raise _load_error(what, model, flag, error) from error
     return loaded.to(_device(device)).eval(), processor
 

@@ -5,8 +5,9 @@ Layout (built in :func:`build_app`, top to bottom):
     Run: [finished runs v] [refresh]                      used by Generate, Edit and Download
     Scene     photo -> masks by painting layers, clicking/boxing (SAM), phrases (OWLv2 + SAM) or mask files;
               names; coloured preview and area/overlap stats
-    Extract   model, preset, steps -> Start / Cancel; live progress line (phase, step, losses, ETA) and the
-              end-of-phase attention maps; interrupted runs -> Resume
+    Extract   model, preset, steps (their defaults follow the model) -> Start / Cancel, with the run's estimated
+              duration next to them; live progress line (phase, step, losses, ETA) and the end-of-phase
+              attention maps; interrupted runs -> Resume
     Generate  prompt + handle chips, seed, number of images -> gallery (prompt and seed under each image),
               attention view on demand; Variations and Background-scene buttons
     Edit      another photo, one painted layer per region, one prompt per region -> applied in order (BLD)
@@ -15,7 +16,9 @@ Layout (built in :func:`build_app`, top to bottom):
 What runs where: training runs in one background thread (:class:`breakascene.ui_logic.TrainingWorker`, one run
 at a time); the page polls its status once a second. Generation, variations and edits run in the request's
 worker thread, one at a time (they share one loaded pipeline). Uploads are read from gradio's cache and saved
-under names this module chooses; a file name from the browser never becomes a path.
+under names this module chooses; a file name from the browser never becomes a path. Every message is shown as
+text: toasts get it HTML-escaped (:func:`page_error`, :func:`show_warning`), Markdown lines as code spans or
+backslash-escaped text.
 
 Everything the app does goes through the library (``load_scene``, ``ExtractConfig``, ``extract``,
 ``generate``/``variations``, ``edit``, ``export``, ``segment.make_masks``); the logic that is not layout lives in
@@ -58,11 +61,23 @@ DOWNLOAD_KEEP_SECONDS = 3600
 GRADIO_CACHE_CLEANUP = (3600, 24 * 3600)  # every hour, drop gradio's cached uploads and outputs older than a day
 
 
+def show_warning(message: object) -> None:
+    """A yellow toast showing ``message`` as text. Gradio renders a toast's message as HTML, so it is escaped:
+    unescaped, a handle like ``<asset0>`` would be taken for a tag and the message cut there."""
+    gr.Warning(logic.message_html(message))
+
+
+def page_error(message: object) -> gr.Error:
+    """The ``gr.Error`` (a red toast) that shows ``message`` as text, escaped like :func:`show_warning`'s."""
+    return gr.Error(logic.message_html(message), print_exception=False)
+
+
 def _guarded(fn):
     """Turns every failure of a handler into one line in the page (a toast), never a traceback.
 
     Bad input (the library's ``BreakASceneError``) shows its message; anything else shows its type and message,
     and the traceback goes to the server's log. The library's warnings (e.g. "mask is tiny") become toasts.
+    Every message is shown as text (:func:`page_error`, :func:`show_warning`).
     """
 
     @functools.wraps(fn)
@@ -73,19 +88,19 @@ def _guarded(fn):
                 result = fn(*args, **kwargs)
             for warning in caught:
                 if issubclass(warning.category, UserWarning):
-                    gr.Warning(str(warning.message))
+                    show_warning(warning.message)
             return result
         except gr.Error:
             raise
         except BreakASceneError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise page_error(error) from None
         except Exception as error:  # noqa: BLE001
             import traceback
 
             from .failures import describe_failure
 
             traceback.print_exc()
-            raise gr.Error(describe_failure(error, traceback_hint="")[0], print_exception=False) from None
+            raise page_error(describe_failure(error, traceback_hint="")[0]) from None
 
     return wrapper
 
@@ -150,6 +165,13 @@ class App:
         self._segmenters: dict[tuple[str, str], object] = {}
         self._segment_lock = threading.Lock()
         self.downloads = Path(tempfile.mkdtemp(prefix="breakascene-ui-"))  # zips are made here, served from here
+        self._device: str | None = None
+        # The page's defaults need the model's native size (breakascene.models, which imports torch and diffusers:
+        # seconds), so that is imported here, before the warm-up thread: diffusers' lazy imports are not safe from
+        # two threads at once (building the page while the thread imported gave "cannot import name
+        # 'AutoencoderKL' from 'diffusers'").
+        from . import models  # noqa: F401
+
         # Import the training and generation code now, in the background, so the first click does not wait for it.
         threading.Thread(target=_warm_up, name="ui-warm-up", daemon=True).start()
 
@@ -253,6 +275,43 @@ class App:
         return self._show_masks(state, names)
 
     # -- Extract ----------------------------------------------------------------------------------------
+    def device_type(self) -> str:
+        """Where training will run: ``cuda``, ``mps`` or ``cpu``, as ``extract`` picks it (no ``--device`` here)."""
+        if self._device is None:
+            from .models import default_device
+
+            self._device = default_device().type
+        return self._device
+
+    def _model(self, model) -> str:
+        """The model box, or the app's ``--model`` when it is empty (as Start reads it)."""
+        return (model or "").strip() or self.model
+
+    def estimate(self, model, preset, resolution, phase1_steps, phase2_steps) -> str:
+        """The estimated duration next to Start (``ui_logic.estimate_text``) for these settings."""
+        return logic.estimate_text(self._model(model), resolution, phase1_steps, phase2_steps, self.device_type(),
+                                   preset)
+
+    @_guarded
+    def on_settings(self, model, preset, resolution, phase1_steps, phase2_steps):
+        """A resolution, steps or preset changed: a new estimate."""
+        return self.estimate(model, preset, resolution, phase1_steps, phase2_steps)
+
+    @_guarded
+    def on_model_changed(self, shown_for: logic.TrainingDefaults, model, preset, resolution, phase1_steps,
+                         phase2_steps):
+        """The model box changed: the resolution and steps still at the previous model's defaults take the new
+        model's (``ui_logic.follow_model``), and the estimate follows.
+
+        Returns:
+            (the defaults now shown, resolution, phase 1 steps, phase 2 steps, estimate)
+        """
+        defaults = logic.training_defaults(self._model(model))
+        resolution, phase1_steps, phase2_steps = logic.follow_model(
+            shown_for or defaults, defaults, resolution, phase1_steps, phase2_steps)
+        estimate = self.estimate(model, preset, resolution, phase1_steps, phase2_steps)
+        return defaults, resolution, phase1_steps, phase2_steps, estimate
+
     @_guarded
     def on_start(self, state, names, init_words, model, preset, resolution, phase1_steps, phase2_steps,
                  checkpoint_every, seed, run_name, overwrite):
@@ -263,15 +322,16 @@ class App:
 
         if self.worker.busy():
             message = self.worker.status().run
-            gr.Warning(f"busy: {message!r} is training; one training runs at a time")
-            return f"**Busy:** the run `{message}` is training; one training runs at a time. Wait or cancel it."
+            show_warning(f"busy: {message!r} is training; one training runs at a time")
+            return (f"**Busy:** the run {logic.markdown_code(message)} is training; one training runs at a time. "
+                    "Wait or cancel it.")
         photo = self._photo(state)
         masks = state.get("masks")
         if not masks:
             raise SceneError("make the masks first (Scene tab): paint layers, click, type phrases or upload files")
         name = logic.sanitize_run_name(run_name)
         config = ExtractConfig.from_preset(
-            preset, model=(model or "").strip() or self.model, resolution=int(resolution),
+            preset, model=self._model(model), resolution=int(resolution),
             names=logic.parse_word_list(names, len(masks), "names"),
             init_words=logic.parse_word_list(init_words, len(masks), "init words", commas_only=True),
             phase1_steps=int(phase1_steps), phase2_steps=int(phase2_steps),
@@ -290,7 +350,8 @@ class App:
         logic.save_job(job, photo, masks, config.to_dict())
         self.worker.start(scene, config, out, overwrite=bool(overwrite),
                           on_finished=lambda: shutil.rmtree(job, ignore_errors=True))
-        return f"started `{name}`: {config.total_steps} steps of {config.model} at {config.resolution} px"
+        return (f"started {logic.markdown_code(name)}: {config.total_steps} steps of "
+                f"{logic.markdown_code(config.model)} at {config.resolution} px")
 
     @_guarded
     def on_cancel(self):
@@ -315,7 +376,7 @@ class App:
         job = logic.job_dir(self.runs_dir, name)
         self.worker.start(scene, config, self.runs_dir / name, resume=True,
                           on_finished=lambda: shutil.rmtree(job, ignore_errors=True))
-        return f"resuming `{name}`"
+        return f"resuming {logic.markdown_code(name)}"
 
     def poll(self, shown: str):
         """Once a second: the progress line always; the attention maps and run lists only when they change."""
@@ -349,8 +410,9 @@ class App:
             tokens, info = self._tokens(run)
         except BreakASceneError:
             return gr.Dataset(samples=[]), "no run chosen"
-        handles = ", ".join(f"`{t}`" for t in tokens)
-        about = f"`{name}`: {handles} · base model `{info.get('base_model')}` · {info.get('resolution')} px"
+        handles = ", ".join(logic.markdown_code(t) for t in tokens)
+        about = (f"{logic.markdown_code(name)}: {handles} · base model {logic.markdown_code(info.get('base_model'))}"
+                 f" · {logic.markdown_text(info.get('resolution'))} px")
         return gr.Dataset(samples=[[t] for t in tokens]), about
 
     @staticmethod
@@ -421,7 +483,7 @@ class App:
         with self.pipelines.lock:
             paths = edit(run, photo, regions, seed=int(seed), steps=int(steps), guidance=float(guidance),
                          blend_start=float(blend_start), out=run / "edits" / logic.stamp(),
-                         pipeline=self.pipelines.get(run))
+                         pipeline=self.pipelines.get(run), progress=False)
         captions = [f"after region {k}: {p}" for k, p in enumerate(prompts, start=1)] + ["final"]
         return [(Image.open(p), c) for p, c in zip(paths, captions)]
 
@@ -455,10 +517,13 @@ def build_app(app: App) -> gr.Blocks:
     with gr.Blocks(title="break-a-scene", analytics_enabled=False, delete_cache=GRADIO_CACHE_CLEANUP) as blocks:
         gr.Markdown(
             "# break-a-scene\nOne photo, a mask per concept → a text handle per concept (`<asset0>`, …, `<bg>`). "
-            f"Runs are saved in `{app.runs_dir}`."
+            f"Runs are saved in {logic.markdown_code(app.runs_dir)}."
         )
         scene_state = gr.State(None)
         shown_key = gr.State("")
+        # The model whose defaults the Extract tab's resolution and steps show (see App.on_model_changed).
+        defaults = logic.training_defaults(app.model)
+        defaults_state = gr.State(defaults)
         runs = logic.list_runs(app.runs_dir)
         with gr.Row():
             run_choice = gr.Dropdown(choices=runs.finished, value=runs.finished[-1] if runs.finished else None,
@@ -519,14 +584,14 @@ def build_app(app: App) -> gr.Blocks:
                 with gr.Row():
                     model = gr.Textbox(app.model, label="Base model (Hub id, diffusers folder, .safetensors, "
                                        "builtin:tiny)", elem_id="model", scale=3)
-                    preset = gr.Dropdown(list(PRESETS), value="paper", label="Preset", scale=1)
-                    resolution = gr.Number(512, label="Resolution", precision=0, minimum=64, step=64,
+                    preset = gr.Dropdown(list(PRESETS), value="paper", label="Preset", scale=1, elem_id="preset")
+                    resolution = gr.Number(defaults.resolution, label="Resolution", precision=0, minimum=64, step=64,
                                            elem_id="resolution", scale=1)
                 with gr.Row():
-                    phase1_steps = gr.Number(400, label="Phase 1 steps (handles)", precision=0, minimum=0,
-                                             elem_id="phase1-steps")
-                    phase2_steps = gr.Number(400, label="Phase 2 steps (handles + model)", precision=0, minimum=0,
-                                             elem_id="phase2-steps")
+                    phase1_steps = gr.Number(defaults.phase1_steps, label="Phase 1 steps (handles)", precision=0,
+                                             minimum=0, elem_id="phase1-steps")
+                    phase2_steps = gr.Number(defaults.phase2_steps, label="Phase 2 steps (handles + model)",
+                                             precision=0, minimum=0, elem_id="phase2-steps")
                     checkpoint_every = gr.Number(100, label="Checkpoint every N steps (0: never; cancel keeps it)",
                                                  precision=0, minimum=0, elem_id="checkpoint-every")
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
@@ -534,9 +599,13 @@ def build_app(app: App) -> gr.Blocks:
                     run_name = gr.Textbox("scene", label="Run name", elem_id="run-name", scale=3)
                     overwrite = gr.Checkbox(False, label="replace an existing run of this name", scale=1)
                 with gr.Row():
-                    start = gr.Button("Start training", variant="primary", elem_id="start")
-                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
-                extract_status = gr.Markdown(elem_id="extract-status")
+                    start = gr.Button("Start training", variant="primary", elem_id="start", scale=1)
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=1)
+                    # Before Start, how long the run will take (ui_logic.estimate_text); it follows the settings.
+                    estimate = gr.Markdown(app.estimate(app.model, "paper", defaults.resolution, defaults.phase1_steps,
+                                                        defaults.phase2_steps), elem_id="estimate",
+                                           latex_delimiters=[], scale=2)
+                extract_status = gr.Markdown(elem_id="extract-status", latex_delimiters=[])
                 progress = gr.HTML(progress_html(app.worker.status()), elem_id="progress")
                 attention = gr.Gallery(label="Attention maps at the end of each phase", columns=2, format="png",
                                        elem_id="attention-previews", object_fit="contain")
@@ -548,7 +617,7 @@ def build_app(app: App) -> gr.Blocks:
 
             # ---------------------------------------------------------------------------------- Generate
             with gr.Tab("Generate", id="generate"):
-                about_run = gr.Markdown("no run chosen")
+                about_run = gr.Markdown("no run chosen", elem_id="about-run", latex_delimiters=[])
                 chips = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[], elem_id="chips",
                                    label="Handles (click to insert)", layout="gallery")
                 prompt = gr.Textbox(label="Prompt (one per line)", lines=2, elem_id="prompt",
@@ -611,6 +680,16 @@ def build_app(app: App) -> gr.Blocks:
         # Enter only, not blur: a blur fires when a mask button is clicked and could land after (over) its result.
         names.submit(app.on_names, [scene_state, names], [mask_preview, mask_stats])
 
+        # The defaults and the estimate follow the settings as they are typed; both are quick, so they skip the
+        # queue, where they would wait behind a generation. `change`, not `input`, on the model box: gradio 6's
+        # Textbox fires `input` from key presses only, so a model name pasted with the mouse would not count, and
+        # nothing but the user writes to that box.
+        model.change(app.on_model_changed, [defaults_state, model, preset, resolution, phase1_steps, phase2_steps],
+                     [defaults_state, resolution, phase1_steps, phase2_steps, estimate], trigger_mode="always_last",
+                     show_progress="hidden", queue=False)
+        for setting in (preset, resolution, phase1_steps, phase2_steps):
+            setting.change(app.on_settings, [model, preset, resolution, phase1_steps, phase2_steps], estimate,
+                           trigger_mode="always_last", show_progress="hidden", queue=False)
         start.click(app.on_start, [scene_state, names, init_words, model, preset, resolution, phase1_steps,
                                    phase2_steps, checkpoint_every, seed, run_name, overwrite], extract_status)
         cancel.click(app.on_cancel, None, extract_status)

@@ -7,6 +7,10 @@ Read top to bottom:
 * masks: brush layers of an image editor -> ``(H, W)`` bool masks; clicks -> SAM point groups and boxes;
 * the run folders the app knows: finished runs, interrupted runs it can resume (:func:`list_runs`), the
   inputs saved for resuming (:func:`save_job`/:func:`load_job`), zips for download (:func:`zip_folder`);
+* messages: every text the page shows is escaped for where it goes (:func:`message_html` for gradio's toasts,
+  :func:`markdown_text`/:func:`markdown_code` for Markdown), so ``<asset0>`` shows as itself, never as a tag;
+* the Extract tab's defaults, which follow the model (:func:`training_defaults`, :func:`follow_model`), and the
+  estimated duration of a run from measured step times (:func:`estimate_text`);
 * training: :class:`TrainingWorker` runs one ``extract`` at a time in a thread, publishes a
   :class:`TrainingStatus` after every step, and stops at the next step when cancelled.
 
@@ -16,6 +20,7 @@ No function here imports gradio, so the tests of all this run without a browser 
 from __future__ import annotations
 
 import dataclasses
+import html
 import ipaddress
 import json
 import os
@@ -393,6 +398,196 @@ def zip_folder(folder: Path, zip_path: Path) -> Path:
 def stamp() -> str:
     """A folder name for one button press: time to the second plus 4 random hex digits (never reused)."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + os.urandom(2).hex()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Messages: what the page shows is text, never markup
+
+
+def message_html(text: object) -> str:
+    """``text`` for gradio's toasts (``gr.Error``, ``gr.Warning``, ``gr.Info``), HTML-escaped.
+
+    Gradio renders a toast's message as HTML (sanitised): a handle such as ``<aset0>`` is an unknown element to the
+    browser, which the sanitiser drops together with the rest of the message, so "unknown handle <aset0> in ..."
+    showed as "unknown handle". Escaped, every character shows as it is.
+    """
+    return html.escape(str(text), quote=False)
+
+
+# Every ASCII punctuation character: CommonMark lets a backslash make any of them literal, and one of them starts
+# each piece of Markdown syntax (<tag>, *emphasis*, [link], `code`, # heading, - list, 1. list, | table, ...).
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def markdown_text(text: object) -> str:
+    """``text`` as Markdown that shows it verbatim: each ASCII punctuation character backslash-escaped.
+
+    For user and library text in a ``gr.Markdown`` (status lines): ``<asset0>`` must not become an HTML tag nor
+    ``a_b_c`` emphasis. Whitespace is left alone (a newline stays a soft break).
+    """
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", str(text))
+
+
+def markdown_code(text: object) -> str:
+    """``text`` as a Markdown code span, verbatim (code spans take no escapes, and gradio escapes their HTML).
+
+    The fence is one backtick longer than the longest run of backticks inside, and padded with spaces when the
+    text starts or ends with a backtick, as CommonMark asks; so no text can close the span early. A newline
+    becomes a space (a code span is inline: Markdown would do the same).
+    """
+    text = str(text).replace("\n", " ")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The Extract tab's defaults, which follow the model, and the time a run will take
+
+PAPER_STEPS = 400  # each phase, the paper's (ExtractConfig's defaults)
+DEMO_STEPS = 30  # each phase, `make demo`'s for builtin:tiny: enough to see the pieces work, seconds on a CPU
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """What the Extract tab proposes for a model: its resolution and the steps of the two phases."""
+
+    resolution: int
+    phase1_steps: int
+    phase2_steps: int
+
+
+def training_defaults(model: str) -> TrainingDefaults:
+    """builtin:tiny: the demo's 30 + 30 steps at its native 128 px; any other model: the paper's 400 + 400 steps
+    at the model's native size where it is known without loading weights (``models.default_resolution``), else
+    512.
+
+    Never raises: while the user types, the model box holds half a name (``sd2-``), which is no valid Hub id; it
+    gets 512 here, and *Start* says what is wrong with it.
+    """
+    from .models import PAPER_RESOLUTION, default_resolution
+    from .tiny import TINY_MODEL_ID, TINY_RESOLUTION
+
+    model = (model or "").strip()
+    if model == TINY_MODEL_ID:
+        return TrainingDefaults(TINY_RESOLUTION, DEMO_STEPS, DEMO_STEPS)
+    try:
+        resolution = default_resolution(model) if model else PAPER_RESOLUTION
+    except (ValueError, OSError):  # a half-typed Hub id (HFValidationError), a file that is no checkpoint, ...
+        resolution = PAPER_RESOLUTION
+    return TrainingDefaults(resolution, PAPER_STEPS, PAPER_STEPS)
+
+
+def follow_model(previous: TrainingDefaults, new: TrainingDefaults, resolution, phase1_steps,
+                 phase2_steps) -> tuple:
+    """The Extract tab's ``(resolution, phase 1 steps, phase 2 steps)`` after the model changed.
+
+    A field still holding the previous model's default takes the new model's; a field the user has changed keeps
+    its value, so typing a model name never throws away settings chosen on purpose.
+    """
+    fields = zip((resolution, phase1_steps, phase2_steps), dataclasses.astuple(previous), dataclasses.astuple(new))
+    return tuple(new_default if _same_number(value, old_default) else value
+                 for value, old_default, new_default in fields)
+
+
+def _same_number(value, default: int) -> bool:
+    """True if a number box's ``value`` (int, float, or None when cleared) equals ``default``."""
+    try:
+        return value is not None and float(value) == default
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Measured seconds per training step of one model on one kind of device, at one resolution."""
+
+    resolution: int  # px, the size the steps were measured at
+    phase1: float  # s/step, handles only
+    phase2: float  # s/step, handles + UNet + text encoder
+    fixed: float | None  # s of a run outside its steps (build/load, VAE, attention maps, save); None: not measured
+    measured: str  # what was measured where, for the page
+
+
+# Measured step times, only on a CPU: no GPU was available to measure (there the page says so, no number).
+#
+# builtin:tiny at 128 px: measured 2026-12-01 on this project's 2-core machine (AMD EPYC, 23 GiB, no GPU;
+# torch 2.13.0+cpu, diffusers 0.42.1) by running breakascene.recipe.extract on the shapes scene, 30 + 30 steps,
+# checkpoint_every=0, timing each step from the Progress callback's `elapsed` (the first step of each phase left
+# out), median of 29 steps per phase. With torch's default 2 threads (what the app uses) and the machine quiet:
+# phase 1 0.036 s, 0.027 s, 0.036 s, 0.037 s; phase 2 0.056 s, 0.040 s, 0.058 s, 0.054 s (four runs); with 1
+# thread 0.027-0.031 s and 0.041-0.046 s. The rest of a run (build the model, encode the scene, attention maps,
+# save) took 0.41-0.53 s. With other jobs on the 2 cores, 2 threads were up to 10x slower (0.28-0.32 s/step).
+# At 256 px the steps took 0.070 s / 0.098 s (1 thread), less than the 4x area scaling says: the estimate errs
+# long for this model above 128 px.
+#
+# SD 2.1-base architecture (865 M UNet; SD 1.x is the same size) at 512 px, fp32: docs/performance.md, measured
+# 2026-11-26 on the same kind of 2-core machine with `break-a-scene bench --threads 2`: phase 1 14.26 s, phase 2
+# 26.78 s (with gradient checkpointing and before the fused-Adam change; the app's phase 2 runs without
+# checkpointing and with fused Adam, so this errs long too). Loading and saving 5 GB of weights: not measured.
+CPU_STEP_TIMES = {
+    "tiny": StepTimes(128, phase1=0.036, phase2=0.055, fixed=0.5, measured="builtin:tiny on a 2-core CPU"),
+    "sd": StepTimes(512, phase1=14.3, phase2=26.8, fixed=None, measured="SD 2.1-base (fp32) on a 2-core CPU"),
+}
+
+
+def step_times(model: str, device: str) -> StepTimes | None:
+    """The measured step times that fit ``model`` on ``device`` (``cpu``, ``cuda``, ``mps``); None where nothing
+    was measured. Every model but builtin:tiny is a full-size SD 1.x/2.x UNet, so it gets SD 2.1-base's."""
+    from .tiny import TINY_MODEL_ID
+
+    if str(device).split(":")[0] != "cpu":
+        return None
+    return CPU_STEP_TIMES["tiny" if (model or "").strip() == TINY_MODEL_ID else "sd"]
+
+
+def estimate_seconds(times: StepTimes, resolution: int, phase1_steps: int, phase2_steps: int) -> float:
+    """A run's wall time from measured step times: steps x s/step, scaled by image area (pixels), plus the fixed
+    part where it was measured. The step's work (convolutions, attention) grows with the number of pixels."""
+    area = (int(resolution) / times.resolution) ** 2
+    steps = int(phase1_steps) * times.phase1 + int(phase2_steps) * times.phase2
+    return steps * area + (times.fixed or 0.0)
+
+
+def rough_duration(seconds: float) -> str:
+    """An estimate's duration without false precision: ``4 s``, ``12 min``, ``4.6 hours``."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} hours"
+
+
+def estimate_text(model: str, resolution, phase1_steps, phase2_steps, device: str, preset: str = "paper") -> str:
+    """The line next to *Start*: how long the run will take, as Markdown; says when there is no measured basis.
+
+    Args:
+        model: the model box (``builtin:tiny`` or anything else, taken for a full-size SD model).
+        resolution, phase1_steps, phase2_steps: the number boxes (None when cleared).
+        device: where training will run (``cpu``, ``cuda``, ...; the server's default device).
+        preset: ``official`` adds prior preservation, which was not measured.
+    """
+    try:
+        resolution, phase1_steps, phase2_steps = int(resolution), int(phase1_steps), int(phase2_steps)
+    except (TypeError, ValueError):
+        return "*Estimated time:* set the resolution and the steps of both phases."
+    if resolution <= 0 or phase1_steps < 0 or phase2_steps < 0:
+        return "*Estimated time:* set the resolution and the steps of both phases."
+    times = step_times(model, device)
+    if times is None:
+        return (f"*Estimated time:* none on {markdown_text(device)}: step times were only measured on a CPU. "
+                "Once training runs, the progress line shows the ETA from its own speed.")
+    seconds = estimate_seconds(times, resolution, phase1_steps, phase2_steps)
+    scaled = f", scaled by area to {resolution} px" if resolution != times.resolution else ""
+    text = (f"*Estimated time:* about **{rough_duration(seconds)}** for {phase1_steps} + {phase2_steps} steps (an "
+            f"estimate from the step times of {markdown_text(times.measured)} at {times.resolution} px{scaled}).")
+    if times.fixed is None:
+        text += " Loading and saving the model come on top (not measured)."
+    if preset == "official":
+        text += (" The official preset's prior preservation (100 class images generated first, batches of 2) "
+                 "makes it slower: not measured, not counted.")
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
+from ..hub import hub_options, not_downloadable
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 DEFAULT_DINO_MODEL = "facebook/dino-vitb16"
@@ -90,9 +91,16 @@ def read_mask(path: str | Path) -> torch.Tensor:
         return torch.from_numpy((np.asarray(image.convert("L")) >= 128).astype(np.float32))
 
 
-def _load_error(what: str, model: str, error: Exception) -> ConfigError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ConfigError(f"could not load the {what} {model}: {first} (a Hub id needs network access once; or give a local folder)")
+def _hub(model: str) -> dict:
+    """``from_pretrained`` options for ``model``: a local folder as is; a Hub id from the cache when offline."""
+    return {} if Path(model).exists() else hub_options()
+
+
+def _load_error(what: str, model: str, error: Exception, hub: dict) -> ConfigError:
+    if hub.get("local_files_only"):
+        return not_downloadable(model, f"--{what.split()[0].lower()}-model", what)
+    return ConfigError(f"could not load the {what} {model}: {first_line(error)} (a Hub id needs network access once; "
+                       "or give a local folder)")
 
 
 class ClipScorer:
@@ -101,12 +109,13 @@ class ClipScorer:
     def __init__(self, model: str = DEFAULT_CLIP_MODEL, device: str | torch.device = "cpu"):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+        hub = _hub(model)
         try:
-            self.model = CLIPModel.from_pretrained(model).to(device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.processor = AutoImageProcessor.from_pretrained(model)
+            self.model = CLIPModel.from_pretrained(model, **hub).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(model, **hub)
+            self.processor = AutoImageProcessor.from_pretrained(model, **hub)
         except (OSError, ValueError) as error:
-            raise _load_error("CLIP model", model, error) from error
+            raise _load_error("CLIP model", model, error, hub) from error
         self.device = torch.device(device)
 
     @torch.no_grad()
@@ -129,11 +138,12 @@ class DinoEmbedder:
     def __init__(self, model: str = DEFAULT_DINO_MODEL, device: str | torch.device = "cpu"):
         from transformers import AutoImageProcessor, ViTModel
 
+        hub = _hub(model)
         try:
-            self.model = ViTModel.from_pretrained(model, add_pooling_layer=False).to(device).eval()
-            self.processor = AutoImageProcessor.from_pretrained(model)
+            self.model = ViTModel.from_pretrained(model, add_pooling_layer=False, **hub).to(device).eval()
+            self.processor = AutoImageProcessor.from_pretrained(model, **hub)
         except (OSError, ValueError) as error:
-            raise _load_error("DINO model", model, error) from error
+            raise _load_error("DINO model", model, error, hub) from error
         self.device = torch.device(device)
 
     @torch.no_grad()
@@ -149,11 +159,12 @@ class PanopticSegmenter:
     def __init__(self, model: str = DEFAULT_SEGMENTER_MODEL, device: str | torch.device = "cpu", threshold: float = 0.5):
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
+        hub = _hub(model)
         try:
-            self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model).to(device).eval()
-            self.processor = AutoImageProcessor.from_pretrained(model)
+            self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, **hub).to(device).eval()
+            self.processor = AutoImageProcessor.from_pretrained(model, **hub)
         except (OSError, ValueError) as error:
-            raise _load_error("segmenter", model, error) from error
+            raise _load_error("segmenter model", model, error, hub) from error
         self.device = torch.device(device)
         self.threshold = threshold
         self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
