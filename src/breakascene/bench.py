@@ -299,7 +299,9 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
         with tempfile.TemporaryDirectory() as folder, _count_syncs(device) as syncs, profiler as prof:
             trainer.run_phase(
                 phase - 1, phase_name, warmup + steps, lr, trains_model, start_step=0, global_offset=0,
-                checkpoint_folder=Path(folder), optimizer_state=None, callback=on_step, bar=None, started=time.time(),
+                # (laid out as a run folder: the training log goes beside the checkpoint, inside the temporary one)
+                checkpoint_folder=Path(folder) / "checkpoint", optimizer_state=None, callback=on_step, bar=None,
+                started=time.time(),
             )
         trainer.loss_step = original_loss_step
         times = [b - a for a, b in zip([t0] + marks[:-1], marks)]

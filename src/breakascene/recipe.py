@@ -487,7 +487,7 @@ class Trainer:
         self.components.text_encoder.train(trains_model)
         # Every step's losses go to the training log, which reads them back (a device sync) only every LOG_EVERY
         # steps, before a checkpoint and at the phase's end; that is also where a non-finite loss is caught.
-        log = self.training_log or TrainingLog(checkpoint_folder.parent / "logs")
+        log = self.training_log or TrainingLog(checkpoint_folder.parent / "logs")  # (as in a run folder)
 
         for step in range(start_step, steps):
             terms = self.loss_step()
