@@ -33,7 +33,7 @@ from breakascene.scene import load_scene_folder
 from conftest import assert_one_error, run_cli
 
 TINY64 = ["--model", "builtin:tiny", "--resolution", "64", "--quiet"]
-STEPS = ["--phase1-steps", "4", "--phase2-steps", "40", "--checkpoint-every", "2"]
+STEPS = ["--phase1-steps", "4", "--phase2-steps", "100", "--checkpoint-every", "2"]
 GEN = ["--steps", "2", "--height", "64", "--width", "64", "--quiet"]
 
 
@@ -53,27 +53,30 @@ def _copy(run: Path, tmp_path: Path) -> Path:
     return target
 
 
-def _extract_process(scene: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _extract_process(scene: Path, out: Path, steps: list[str] = STEPS) -> subprocess.Popen:
     """``break-a-scene extract`` in its own process, checkpointing every 2 steps."""
-    argv = [sys.executable, "-m", "breakascene.cli", "extract", str(scene), *TINY64, *STEPS, "--out", str(out), *extra]
+    argv = [sys.executable, "-m", "breakascene.cli", "extract", str(scene), *TINY64, *steps, "--out", str(out)]
     # (as many threads as this process uses, so that the killed and the resumed halves compute alike)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_for_checkpoint(process: subprocess.Popen, out: Path, phase_index: int, timeout: float = 120) -> dict:
+def _freeze_at_checkpoint(process: subprocess.Popen, out: Path, phase_index: int, timeout: float = 120) -> dict:
+    """Waits for a checkpoint of phase ``phase_index`` and freezes the process there at once (SIGSTOP), so that
+    what follows happens in the middle of that phase however fast or slow this machine is. Returns the state."""
     state_file = partial_path(out) / "checkpoint" / "state.json"
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert process.poll() is None, process.communicate()
-        if state_file.is_file():
-            try:
-                state = json.loads(state_file.read_text())
-            except json.JSONDecodeError:  # being replaced right now
-                continue
-            if state["phase_index"] == phase_index and state["step"] >= 2:
-                return state
-        time.sleep(0.05)
+        try:
+            state = json.loads(state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being replaced right now
+            state = None
+        if state is not None and state["phase_index"] == phase_index:
+            process.send_signal(signal.SIGSTOP)
+            assert state["step"] < 100, state  # the first checkpoints of a 100-step phase: far from its end
+            return state
+        time.sleep(0.02)
     process.kill()
     raise AssertionError(f"no checkpoint of phase {phase_index} within {timeout} s")
 
@@ -95,8 +98,7 @@ def test_sigkill_mid_phase_then_resume_is_bit_identical_and_a_second_run_is_refu
     out = tmp_path / "killed"
     process = _extract_process(scene_dir, out)
     try:
-        _wait_for_checkpoint(process, out, phase_index=1)  # in the middle of phase 2
-        process.send_signal(signal.SIGSTOP)  # frozen there, still holding its lock, however fast or slow this machine
+        _freeze_at_checkpoint(process, out, phase_index=1)  # in the middle of phase 2, still holding its lock
         # A second extract on the same folder is refused, with or without --overwrite (which would delete the
         # live run's .partial) or --resume, and the .partial is untouched.
         for extra in ([], ["--overwrite"], ["--resume"]):
@@ -123,8 +125,9 @@ def test_sigkill_mid_phase_then_resume_is_bit_identical_and_a_second_run_is_refu
 def test_sigint_exits_130_and_keeps_the_checkpoint(scene_dir, tmp_path):
     out = tmp_path / "interrupted"
     process = _extract_process(scene_dir, out)
-    _wait_for_checkpoint(process, out, phase_index=1)
-    process.send_signal(signal.SIGINT)
+    _freeze_at_checkpoint(process, out, phase_index=1)
+    process.send_signal(signal.SIGINT)  # delivered as soon as it runs again, in the middle of phase 2
+    process.send_signal(signal.SIGCONT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1].startswith("interrupted; continue with the same command plus --resume")

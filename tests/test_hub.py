@@ -13,7 +13,8 @@ from conftest import lines
 
 # A Hub that refuses connections at once, wherever these tests run (with or without network), and a cache
 # that holds nothing, so that no model can come from it.
-NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": ""}
+NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "",
+          **{name: "" for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")}}
 
 
 def _run(argv: list[str], tmp_path, **env) -> subprocess.CompletedProcess:

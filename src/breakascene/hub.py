@@ -39,10 +39,16 @@ def hub_reachable(endpoint: str | None = None, timeout: float = CONNECT_TIMEOUT)
         return False
 
 
+def _through_a_proxy() -> bool:
+    """A proxy is configured: a direct connection may fail where the proxied one works, so none is tried."""
+    return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                  "ALL_PROXY", "all_proxy"))
+
+
 def hub_options() -> dict:
-    """Keyword arguments for ``from_pretrained``/``from_single_file`` of a Hub id: ``{}`` when the Hub answers,
-    else ``{"local_files_only": True}`` (use the cache, never wait on retries)."""
-    if _offline_requested() or not hub_reachable():
+    """Keyword arguments for ``from_pretrained``/``from_single_file`` of a Hub id: ``{}`` when the Hub answers (or
+    a proxy is configured), else ``{"local_files_only": True}`` (use the cache, never wait on retries)."""
+    if _offline_requested() or not (_through_a_proxy() or hub_reachable()):
         return {"local_files_only": True}
     return {}
 
