@@ -55,7 +55,11 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 def _extract_process(scene: Path, out: Path, steps: list[str] = STEPS) -> subprocess.Popen:
     """``break-a-scene extract`` in its own process, checkpointing every 2 steps."""
-    argv = [sys.executable, "-m", "breakascene.cli", "extract", str(scene), *TINY64, *steps, "--out", str(out)]
+    # Ctrl-C raises KeyboardInterrupt even where this process was started with SIGINT ignored (a shell's background
+    # job: Python then installs no handler of its own); otherwise this is `break-a-scene extract`.
+    main = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from breakascene.cli import main; sys.exit(main(sys.argv[1:]))")
+    argv = [sys.executable, "-c", main, "extract", str(scene), *TINY64, *steps, "--out", str(out)]
     # (as many threads as this process uses, so that the killed and the resumed halves compute alike)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
