@@ -110,3 +110,20 @@ def assert_one_error(code: int, err: str, *fragments: str, status: int = 2) -> s
 def assert_nothing_written(out: Path) -> None:
     assert not out.exists(), f"{out} was written"
     assert not out.with_name(out.name + ".partial").exists(), f"{out}.partial was left behind"
+
+
+def assert_cuda_refused_before_loading(monkeypatch, module, argv: list[str], out: Path) -> None:
+    """``argv`` plus ``--device cuda`` on a machine without CUDA: one error line, and ``module.load_pipeline``
+    never called (the device is checked first). Skips on a machine that has CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the device was checked")
+
+    monkeypatch.setattr(module, "load_pipeline", no_loading)
+    code, _, err = run_cli([*argv, "--device", "cuda", "--out", str(out)])
+    assert_one_error(code, err, "--device cuda", "no CUDA GPU")
+    assert not out.exists()

@@ -15,7 +15,7 @@ import breakascene.editing as edit_module
 from breakascene.cli import main
 from breakascene.editing import edit
 from breakascene.generation import load_pipeline
-from conftest import assert_one_error, make_tiny_run, run_cli
+from conftest import assert_cuda_refused_before_loading, assert_one_error, make_tiny_run
 
 W, H = 128, 96  # not square: the edit image keeps its own size
 FAST = ["--steps", "4"]
@@ -198,20 +198,10 @@ def test_progress_by_denoising_step(run, files, pipe, tmp_path, capsys):
 
 
 def test_device_without_cuda_is_one_line_before_loading(run, files, tmp_path, monkeypatch):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("the model was loaded before the device was checked")
-
-    monkeypatch.setattr(edit_module, "load_pipeline", no_loading)
-    out = tmp_path / "out"
-    code, _, err = run_cli(["edit", str(run), str(files["photo"]), "--region", str(files["left"]), PROMPT,
-                            *FAST, "--device", "cuda", "--out", str(out)])
-    assert_one_error(code, err, "--device cuda", "no CUDA GPU")
-    assert not out.exists()
+    assert_cuda_refused_before_loading(
+        monkeypatch, edit_module, ["edit", str(run), str(files["photo"]), "--region", str(files["left"]), PROMPT, *FAST],
+        tmp_path / "out",
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,7 @@ from PIL import Image
 
 from breakascene.cli import main
 from breakascene.errors import ConfigError
-from conftest import make_tiny_run
-from conftest import assert_one_error, lines, run_cli
+from conftest import assert_cuda_refused_before_loading, assert_one_error, lines, make_tiny_run, run_cli
 
 GEN = ["--steps", "2", "--height", "128", "--width", "128", "--quiet"]
 FIELDS = {"prompt", "negative", "seed", "steps", "guidance", "scheduler", "size", "file", "path", "height", "width"}
@@ -256,22 +255,10 @@ def test_contact_sheet_draws_visible_spaces():
 
 
 def test_device_without_cuda_is_one_line_before_loading(run, tmp_path, monkeypatch):
-    import torch
-
     from breakascene import generation
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("the model was loaded before the device was checked")
-
-    monkeypatch.setattr(generation, "load_pipeline", no_loading)
-    out = tmp_path / "out"
-    code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--device", "cuda", *GEN,
-                            "--out", str(out)])
-    assert_one_error(code, err, "--device cuda", "no CUDA GPU")
-    assert not out.exists()
+    assert_cuda_refused_before_loading(monkeypatch, generation, ["generate", str(run), "a photo of <asset0>", *GEN],
+                                       tmp_path / "out")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         generation.resolve_dtype("fp32", "cuda")
 

@@ -7,7 +7,10 @@ import difflib
 import math
 import sys
 
-EXIT_BAD_INPUT = 2
+from .errors import BreakASceneError, RunFailure
+
+EXIT_BAD_INPUT = BreakASceneError.exit_code
+EXIT_FAILURE = RunFailure.exit_code
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

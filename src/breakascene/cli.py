@@ -22,7 +22,6 @@ from .config import DEFAULT_MODEL, PRESETS, ExtractConfig  # noqa: E402
 from .errors import BreakASceneError  # noqa: E402
 from .run_folder import check_clear_of_inputs  # noqa: E402
 
-EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
 

@@ -12,9 +12,8 @@ import errno
 import pickle
 import re
 
+from .arguments import EXIT_FAILURE
 from .errors import first_line
-
-EXIT_FAILURE = 1
 
 _OS_REASONS = {
     errno.ENOSPC: ("no space left on the device", "free some space and run the same command again"),

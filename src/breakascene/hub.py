@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import ConfigError
@@ -45,9 +46,12 @@ def _through_a_proxy() -> bool:
                                                   "ALL_PROXY", "all_proxy"))
 
 
-def hub_options() -> dict:
-    """Keyword arguments for ``from_pretrained``/``from_single_file`` of a Hub id: ``{}`` when the Hub answers (or
-    a proxy is configured), else ``{"local_files_only": True}`` (use the cache, never wait on retries)."""
+def hub_options(model: str | None = None) -> dict:
+    """Keyword arguments for ``from_pretrained``/``from_single_file`` of ``model``: ``{}`` for a local folder or file,
+    or when the Hub answers (or a proxy is configured); else ``{"local_files_only": True}`` (use the cache, never
+    wait on retries)."""
+    if model is not None and Path(model).expanduser().exists():
+        return {}
     if _offline_requested() or not (_through_a_proxy() or hub_reachable()):
         return {"local_files_only": True}
     return {}

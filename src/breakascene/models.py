@@ -295,7 +295,7 @@ def load_components(
     # Break-A-Scene runs no safety checker; None for both keeps diffusers from loading or asking for one.
     no_safety = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     hub_id = config if info is not None else model  # what comes from the Hub, if anything
-    hub = hub_options() if not Path(hub_id).expanduser().exists() else {}
+    hub = hub_options(hub_id)
     try:
         if info is not None:
             pipe = StableDiffusionPipeline.from_single_file(

@@ -248,10 +248,11 @@ class Trainer:
     """
 
     def __init__(self, scene: Scene, config: ExtractConfig, components: Components, handles: list[Handle], device,
-                 collection: list | None = None):
+                 collection: list | None = None, inputs: dict | None = None):
         self.scene, self.config, self.components, self.handles = scene, config, components, handles
         self.collection = collection
-        self.inputs = training_inputs(scene, collection)  # recorded in every checkpoint, checked on resume
+        # recorded in every checkpoint, checked on resume (training_inputs; extract has it already)
+        self.inputs = inputs if inputs is not None else training_inputs(scene, collection)
         self.device = torch.device(device)
         self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
         # One generator for host-side choices (subset, flip, class image), one on the device for tensors.
@@ -743,8 +744,9 @@ def _train(scene, config, partial, handles, device, components, resume, callback
     """Loads the model, restores a checkpoint if resuming, and runs the phases inside ``partial``."""
     checkpoint_folder = partial / CHECKPOINT_DIR
     state = read_checkpoint_state(checkpoint_folder) if resume else None
+    inputs = training_inputs(scene, collection)
     if state is not None:
-        check_resume(state, config, training_inputs(scene, collection), checkpoint_folder)
+        check_resume(state, config, inputs, checkpoint_folder)
 
     if components is None:
         components = load_components(config.model, prediction_type=config.prediction_type)
@@ -762,7 +764,7 @@ def _train(scene, config, partial, handles, device, components, resume, callback
     class_images = None
     if config.prior_preservation:
         class_images = _class_images(config, components, partial / "class_images", device)
-    trainer = Trainer(scene, config, components, handles, device, collection)
+    trainer = Trainer(scene, config, components, handles, device, collection, inputs)
     trainer.setup(class_images)
 
     # Resume: put the checkpoint's weights and random states back, and start where it stopped.

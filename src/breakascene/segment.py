@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ConfigError, SceneError
+from .errors import ConfigError, SceneError, first_line
 
 __all__ = [
     "DEFAULT_SAM_MODEL", "DEFAULT_DETECTOR_MODEL", "MAX_CONCEPTS", "Segmenter", "Detector", "load_sam",
@@ -154,7 +154,7 @@ def _device(device) -> torch.device:
 def _load_error(kind: str, model: str, flag: str, error: Exception) -> ConfigError:
     where = "folder" if Path(model).exists() else "model id"
     if Path(model).exists():
-        hint = f"it is not a saved {kind} model ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        hint = f"it is not a saved {kind} model ({type(error).__name__}: {first_line(error)})"
     else:
         hint = (
             f"not found locally; the weights must be downloaded once with network access "
@@ -195,7 +195,7 @@ def _load_pair(model_class, processor_class, model: str, what: str, flag: str, d
     """``(model, processor)`` from a Hub id (cached) or a local folder, in eval mode on ``device``."""
     from .hub import hub_options, not_downloadable
 
-    hub = hub_options() if not Path(model).exists() else {}
+    hub = hub_options(model)
     try:
         loaded = model_class.from_pretrained(model, **hub)
         processor = processor_class.from_pretrained(model, **hub)

@@ -91,11 +91,6 @@ def read_mask(path: str | Path) -> torch.Tensor:
         return torch.from_numpy((np.asarray(image.convert("L")) >= 128).astype(np.float32))
 
 
-def _hub(model: str) -> dict:
-    """``from_pretrained`` options for ``model``: a local folder as is; a Hub id from the cache when offline."""
-    return {} if Path(model).exists() else hub_options()
-
-
 def _load_error(what: str, model: str, error: Exception, hub: dict) -> ConfigError:
     if hub.get("local_files_only"):
         return not_downloadable(model, f"--{what.split()[0].lower()}-model", what)
@@ -109,7 +104,7 @@ class ClipScorer:
     def __init__(self, model: str = DEFAULT_CLIP_MODEL, device: str | torch.device = "cpu"):
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        hub = _hub(model)
+        hub = hub_options(model)
         try:
             self.model = CLIPModel.from_pretrained(model, **hub).to(device).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(model, **hub)
@@ -138,7 +133,7 @@ class DinoEmbedder:
     def __init__(self, model: str = DEFAULT_DINO_MODEL, device: str | torch.device = "cpu"):
         from transformers import AutoImageProcessor, ViTModel
 
-        hub = _hub(model)
+        hub = hub_options(model)
         try:
             self.model = ViTModel.from_pretrained(model, add_pooling_layer=False, **hub).to(device).eval()
             self.processor = AutoImageProcessor.from_pretrained(model, **hub)
@@ -159,7 +154,7 @@ class PanopticSegmenter:
     def __init__(self, model: str = DEFAULT_SEGMENTER_MODEL, device: str | torch.device = "cpu", threshold: float = 0.5):
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
-        hub = _hub(model)
+        hub = hub_options(model)
         try:
             self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, **hub).to(device).eval()
             self.processor = AutoImageProcessor.from_pretrained(model, **hub)
