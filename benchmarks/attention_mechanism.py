@@ -28,10 +28,10 @@ import torch  # noqa: E402
 
 from breakascene.config import ExtractConfig  # noqa: E402
 from breakascene.examples import make_shapes_scene  # noqa: E402
-from breakascene.models import Components  # noqa: E402
-from breakascene.recipe import extract  # noqa: E402
+from breakascene.models.loading import Components  # noqa: E402
+from breakascene.training.recipe import extract  # noqa: E402
 from breakascene.scene import load_scene  # noqa: E402
-from breakascene.tiny import build_tiny_components  # noqa: E402
+from breakascene.models.tiny import build_tiny_components  # noqa: E402
 
 
 def measure(resolution: int, seed: int, **overrides) -> torch.Tensor:

@@ -10,7 +10,7 @@ from breakascene.attention import (
     mass_inside,
     normalize_maps,
 )
-from breakascene.tiny import build_tiny_components
+from breakascene.models.tiny import build_tiny_components
 
 
 def _unet_inputs(c, batch=1, latent=64):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from breakascene.attention_view import attention_view_image, generate_with_attention
+from breakascene.inference.attention_view import attention_view_image, generate_with_attention
 from breakascene.cli import main
 from breakascene.examples import write_shapes_example
-from breakascene.generation import load_pipeline
+from breakascene.inference.pipeline import load_pipeline
 
 SIZE = 128  # latent 16 -> attention grid 4 x 4
 KWARGS = dict(num_inference_steps=2, guidance_scale=7.5, height=SIZE, width=SIZE)
@@ -25,7 +25,7 @@ def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "run"
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        code = main(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "256", "--phase1-steps", "2",
+        code = main(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "128", "--phase1-steps", "2",
                      "--phase2-steps", "2", "--out", str(out), "--quiet"])
     assert code == 0, err.getvalue()
     return out
@@ -79,7 +79,7 @@ def test_processors_are_restored(pipe, captured):
 
 def test_processors_restored_after_failure(pipe):
     previous = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError):
         generate_with_attention(pipe, "a photo of <asset0>", ["<asset0>"], num_inference_steps=1, height=SIZE,
                                 width=SIZE, guidance_scale="not a number")
     assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == previous
@@ -106,14 +106,14 @@ def test_on_step_end_runs_after_every_step(pipe):
 
 
 def test_score_caption_says_what_chance_is():
-    from breakascene.visualize import score_caption
+    from breakascene.figures import score_caption
 
     assert score_caption(0.1404, 0.1396) == "0.14 (chance 0.14)"
     assert score_caption(0.9, 0.25) == "0.90 (chance 0.25)"
 
 
 def test_attention_figure_has_column_titles_and_chance(monkeypatch):
-    from breakascene import visualize
+    from breakascene import figures as visualize
 
     captions = []
     real = visualize.score_caption

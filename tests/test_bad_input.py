@@ -14,7 +14,7 @@ import pytest
 
 from breakascene.examples import write_shapes_example
 
-from conftest import assert_one_error, run_cli
+from helpers.cli import assert_one_error, run_cli
 
 TINY = ["--model", "builtin:tiny", "--resolution", "64", "--phase1-steps", "1", "--phase2-steps", "1", "--quiet"]
 GEN = ["--steps", "1", "--height", "64", "--width", "64", "--quiet"]
@@ -23,7 +23,7 @@ GEN = ["--steps", "1", "--height", "64", "--width", "64", "--quiet"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """{scene, photo, mask, run, coco, images, scenes, new}: the inputs, and ``new``, a place nothing exists yet."""
-    from test_eval_helpers import make_coco
+    from helpers.evaluation import make_coco
 
     root = tmp_path_factory.mktemp("world")
     scene = write_shapes_example(root / "scene")

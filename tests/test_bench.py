@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from breakascene.bench import OPTIONS, format_report, parse_configuration
+from breakascene.bench.timing import OPTIONS, format_report, parse_configuration
 from breakascene.cli import main
 from breakascene.errors import ConfigError
 

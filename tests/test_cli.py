@@ -21,10 +21,9 @@ from breakascene.cli import main
 from breakascene.config import ExtractConfig
 from breakascene.examples import write_shapes_example
 
-from conftest import assert_nothing_written, assert_one_error, lines, run_cli
+from helpers.cli import TINY, assert_nothing_written, assert_one_error, lines, run_cli
 
-TINY = ["--model", "builtin:tiny"]
-FAST = ["--resolution", "256", "--phase1-steps", "1", "--phase2-steps", "1", "--quiet"]
+FAST = ["--resolution", "128", "--phase1-steps", "1", "--phase2-steps", "1", "--quiet"]
 GEN = ["--steps", "2", "--height", "128", "--width", "128", "--quiet"]
 
 
@@ -41,7 +40,7 @@ def _mask(path: Path, inside: np.ndarray) -> Path:
 def finished_run(scene_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "run"
     code, _, err = run_cli(
-        ["extract", str(scene_dir), *TINY, "--resolution", "256", "--phase1-steps", "2", "--phase2-steps", "2",
+        ["extract", str(scene_dir), *TINY, "--resolution", "128", "--phase1-steps", "2", "--phase2-steps", "2",
          "--out", str(run), "--quiet"]
     )
     assert code == 0, err
@@ -285,7 +284,7 @@ def test_missing_class_images_folder(scene_dir, tmp_path, capsys):
 
 def test_both_phases_zero_steps(scene_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["extract", str(scene_dir), *TINY, "--resolution", "256", "--phase1-steps", "0",
+    code = main(["extract", str(scene_dir), *TINY, "--resolution", "128", "--phase1-steps", "0",
                  "--phase2-steps", "0", "--out", str(out)])
     assert_one_error(code, capsys.readouterr().err, "0 steps")
     assert_nothing_written(out)
@@ -491,7 +490,7 @@ def test_bitsandbytes_is_never_imported_unless_8bit_adam_is_asked_for(tmp_path):
         f"assert main(['extract', {str(scene)!r}, '--model', 'builtin:tiny', '--resolution', '64', '--quiet', "
         f"'--phase1-steps', '1', '--phase2-steps', '1', '--lora-rank', '2', '--out', {str(run)!r}]) == 0\n"
         f"assert main(['generate', {str(run)!r}, 'a photo of <asset0>', '--steps', '1', '--quiet']) == 0\n"
-        "from breakascene.config import machine_facts; assert machine_facts('cpu')[2]  # installed, all the same\n"
+        "from breakascene.training.memory import machine_facts; assert machine_facts('cpu')[2]  # installed, all the same\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
            "BNB_MARKER": str(marker)}
@@ -528,7 +527,7 @@ def test_version_and_env(capsys):
 
 
 def test_the_tiny_model_trains_at_its_native_size_by_default(scene_dir, tmp_path):
-    from breakascene.tiny import TINY_RESOLUTION
+    from breakascene.models.tiny import TINY_RESOLUTION
 
     out = tmp_path / "run"
     code, _, err = run_cli(["extract", str(scene_dir), *TINY, "--phase1-steps", "1", "--phase2-steps", "0", "--quiet",
@@ -539,7 +538,7 @@ def test_the_tiny_model_trains_at_its_native_size_by_default(scene_dir, tmp_path
 
 
 def test_an_interrupt_says_what_was_kept(scene_dir, tmp_path, monkeypatch):
-    import breakascene.recipe as recipe
+    import breakascene.training.recipe as recipe
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

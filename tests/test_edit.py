@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import breakascene.editing as edit_module
+import breakascene.inference.editing as edit_module
 from breakascene.cli import main
-from breakascene.editing import edit
-from breakascene.generation import load_pipeline
-from conftest import assert_cuda_refused_before_loading, assert_one_error, make_tiny_run
+from breakascene.inference.editing import edit
+from breakascene.inference.pipeline import load_pipeline
+from helpers.cli import assert_cuda_refused_before_loading, assert_one_error
+from helpers.tiny import make_tiny_run
 
 W, H = 128, 96  # not square: the edit image keeps its own size
 FAST = ["--steps", "4"]
@@ -176,7 +177,7 @@ def test_default_out_folders_are_numbered_and_never_refused(run, files, tmp_path
 
 
 def test_next_edit_folder(tmp_path):
-    from breakascene.editing import next_edit_folder
+    from breakascene.inference.editing import next_edit_folder
 
     edits = tmp_path / "edits"
     assert next_edit_folder(edits, "photo") == edits / "001-photo"  # no edits folder yet

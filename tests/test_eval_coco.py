@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_eval_helpers import box_mask, compressed_rle, make_coco, polygon, uncompressed_rle
+from helpers.evaluation import box_mask, compressed_rle, make_coco, polygon, uncompressed_rle
 
 from breakascene.cli import main
 from breakascene.errors import ConfigError, RunError

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_eval_helpers import make_coco, make_metric_models
+from helpers.evaluation import make_coco, make_metric_models
 
 from breakascene.cli import main
 from breakascene.errors import RunError
-from breakascene.evaluation.run import EvalSettings, results_folder, run_eval
+from breakascene.evaluation.run import results_folder, run_eval
+from breakascene.evaluation.settings import EvalSettings
 
 RUN = ["--model", "builtin:tiny", "--resolution", "64", "--phase1-steps", "1", "--phase2-steps", "1",
        "--templates", "2", "--images-per-prompt", "1", "--steps", "1", "--prompts-per-batch", "4", "--quiet"]
@@ -96,12 +97,12 @@ def test_results_prompts_scores_and_report(pipeline):
 
 
 def test_rerun_resumes_without_training(pipeline, monkeypatch):
-    import breakascene.recipe
+    import breakascene.training.recipe
 
     def no_training(*args, **kwargs):
         raise AssertionError("a re-run must not train")
 
-    monkeypatch.setattr(breakascene.recipe, "extract", no_training)
+    monkeypatch.setattr(breakascene.training.recipe, "extract", no_training)
     args = ["eval", "run", "--scenes", str(pipeline["scenes"]), "--method", "ours", "--out", str(pipeline["results"]), *RUN]
     code, out, err = _cli(args)
     assert code == 0, err

@@ -91,7 +91,7 @@ def test_the_cli_parser_imports_no_eval_dependency():
     import sys
 
     code = (
-        "import sys, breakascene.cli as c; c.build_parser(); "
+        "import sys; from breakascene.cli.main import build_parser; build_parser(); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('pycocotools', 'matplotlib') "
         "or m.startswith(('transformers.models.clip', 'transformers.models.vit', 'transformers.models.mask2former', "
         "'breakascene.evaluation.coco', 'breakascene.evaluation.scorers', 'breakascene.evaluation.report'))]; "

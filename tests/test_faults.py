@@ -26,11 +26,11 @@ import torch
 from safetensors.torch import load_file
 
 from breakascene.config import ExtractConfig
-from breakascene.recipe import extract
+from breakascene.training.recipe import extract
 from breakascene.run_folder import lock_path, partial_path
 from breakascene.scene import load_scene_folder
 
-from conftest import assert_one_error, run_cli
+from helpers.cli import assert_one_error, run_cli
 
 TINY64 = ["--model", "builtin:tiny", "--resolution", "64", "--quiet"]
 STEPS = ["--phase1-steps", "4", "--phase2-steps", "100", "--checkpoint-every", "2"]

@@ -11,7 +11,8 @@ from PIL import Image
 
 from breakascene.cli import main
 from breakascene.errors import ConfigError
-from conftest import assert_cuda_refused_before_loading, assert_one_error, lines, make_tiny_run, run_cli
+from helpers.cli import assert_cuda_refused_before_loading, assert_one_error, lines, run_cli
+from helpers.tiny import make_tiny_run
 
 GEN = ["--steps", "2", "--height", "128", "--width", "128", "--quiet"]
 FIELDS = {"prompt", "negative", "seed", "steps", "guidance", "scheduler", "size", "file", "path", "height", "width"}
@@ -120,7 +121,7 @@ def test_variations_prompt(run, tmp_path):
 
 
 def test_variations_python_default_folder(run):
-    from breakascene.generation import variations
+    from breakascene.inference.generation import variations
 
     images = variations(run, num_images=1, steps=2, height=128, width=128, progress=False, overwrite=True)
     assert Path(images[0].path).parent == run / "variations"
@@ -167,7 +168,7 @@ def test_progress_counts_steps_of_all_images(run, tmp_path):
 
 
 def test_progress_with_attention_maps(run, tmp_path, capsys):
-    from breakascene.generation import generate
+    from breakascene.inference.generation import generate
 
     generate(run, ["a photo of <asset0>"], num_images=2, steps=3, height=128, width=128, out=tmp_path / "a",
              attention_maps=True)
@@ -186,7 +187,7 @@ class _FakePipeline:
 @pytest.mark.parametrize("timesteps", [4, 5, 7], ids=["one-per-step", "pndm-steps+1", "second-order"])
 def test_step_progress_ends_at_the_steps_asked_for(timesteps, capsys):
     """A scheduler that runs more timesteps than --steps (PNDM: steps + 1) still fills exactly the call's share."""
-    from breakascene.generation import StepProgress
+    from breakascene.inference.progress import StepProgress
 
     with StepProgress(8, "generate") as bar:
         for _ in range(2):  # two calls of 4 steps each
@@ -203,7 +204,7 @@ def test_step_progress_ends_at_the_steps_asked_for(timesteps, capsys):
 
 
 def test_wrap_caption_at_spaces():
-    from breakascene.visualize import wrap_caption
+    from breakascene.figures import wrap_caption
 
     text = "a photo of <asset0> at the beach\nseed 3"
     # measured in characters with a one-character gap: lines of at most 12 characters
@@ -214,7 +215,7 @@ def test_wrap_caption_at_spaces():
 
 
 def test_caption_lines_fit_the_image_and_keep_every_word():
-    from breakascene.visualize import caption_font, caption_lines, word_gap
+    from breakascene.figures import caption_font, caption_lines, word_gap
 
     font = caption_font()
     caption = "a photo of <asset0> and <asset1> at the beach, in the style of a watercolour painting"
@@ -242,7 +243,7 @@ def _blank_runs(band: np.ndarray) -> list[int]:
 
 def test_contact_sheet_draws_visible_spaces():
     """The default font's own space is 2 px ("a photoof"): every space must leave a gap of at least 3 px."""
-    from breakascene.generation import contact_sheet
+    from breakascene.inference.outputs import contact_sheet
 
     white = Image.new("RGB", (128, 64), "white")
     sheet = contact_sheet([white], ["a photo of"], 1)
@@ -255,7 +256,7 @@ def test_contact_sheet_draws_visible_spaces():
 
 
 def test_device_without_cuda_is_one_line_before_loading(run, tmp_path, monkeypatch):
-    from breakascene import generation
+    from breakascene.inference import generation
 
     assert_cuda_refused_before_loading(monkeypatch, generation, ["generate", str(run), "a photo of <asset0>", *GEN],
                                        tmp_path / "out")

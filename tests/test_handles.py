@@ -13,7 +13,7 @@ from breakascene.handles import (
     resolve_init_words,
     save_handles,
 )
-from breakascene.tiny import build_tiny_components
+from breakascene.models.tiny import build_tiny_components
 
 
 def test_default_names_init_words_and_background():

@@ -9,7 +9,7 @@ import sys
 
 from breakascene.hub import hub_options, hub_reachable
 
-from conftest import lines
+from helpers.cli import lines
 
 # A Hub that refuses connections at once, wherever these tests run (with or without network), and a cache
 # that holds nothing, so that no model can come from it.

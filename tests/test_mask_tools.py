@@ -1,4 +1,5 @@
-"""Tests for breakascene.mask_tools (mask clean-up, checks, preview and saving), on hand-built arrays."""
+"""Tests for breakascene.segmentation.morphology, .stats and .preview (mask clean-up, checks, preview and saving),
+on hand-built arrays."""
 
 from __future__ import annotations
 
@@ -7,21 +8,18 @@ import pytest
 from PIL import Image
 
 from breakascene.errors import SceneError
-from breakascene.mask_tools import (
-    PALETTE,
-    MaskStats,
+from breakascene.segmentation.morphology import (
     connected_components,
-    describe_stats,
     dilate,
     erode,
     fill_holes,
     keep_largest_component,
-    mask_stats,
-    preview,
     remove_overlaps,
     select_largest,
     threshold,
 )
+from breakascene.segmentation.preview import PALETTE, preview
+from breakascene.segmentation.stats import MaskStats, describe_stats, mask_stats
 
 
 def _box(h: int, w: int, top: int, left: int, bottom: int, right: int) -> np.ndarray:

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from breakascene.config import ExtractConfig
-from breakascene.recipe import extract
+from breakascene.training.recipe import extract
 
-from conftest import shapes_scene, tiny
+from helpers.tiny import shapes_scene, tiny
 
 SEEDS = (0, 1, 2)
 
@@ -24,7 +24,7 @@ def _mass_matrix(tmp_path, seed: int, attention_loss: bool = True) -> torch.Tens
         model="builtin:tiny", resolution=256, names=["ball", "box"], phase1=False, phase2_steps=400,
         phase2_lr=3e-3, lambda_attn=1.0, flip_probability=0.0, attention_loss=attention_loss, seed=seed,
     )
-    result = extract(shapes_scene(256), config, tmp_path / f"run-{seed}-{attention_loss}", components=tiny(),
+    result = extract(shapes_scene(256), config, tmp_path / f"run-{seed}-{attention_loss}", components=tiny(256),
                      progress=False)
     return torch.tensor(result.attention_scores["phase2"])  # (3, 3): handle x mask (ball, box, bg)
 

@@ -8,23 +8,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from breakascene import recipe
+from breakascene.training import memory
 from breakascene.cli import main
-from breakascene.config import ExtractConfig, low_vram_options
+from breakascene.config import ExtractConfig
 from breakascene.errors import ConfigError
-from breakascene.generation import load_pipeline
+from breakascene.inference.pipeline import load_pipeline
 from breakascene.handles import load_handles, make_handles
-from breakascene.recipe import Trainer, extract
+from breakascene.training.memory import low_vram_options, with_low_vram
+from breakascene.training.recipe import extract
+from breakascene.training.trainer import Trainer
 
-from conftest import tiny
+from helpers.tiny import tiny, tiny_config
 
 TO_Q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
-
-
-def config(**overrides) -> ExtractConfig:
-    values = dict(model="builtin:tiny", resolution=256, phase1_steps=2, phase2_steps=2)
-    values.update(overrides)
-    return ExtractConfig(**values)
 
 
 def _unet_base_weights(unet) -> dict[str, torch.Tensor]:
@@ -32,10 +28,10 @@ def _unet_base_weights(unet) -> dict[str, torch.Tensor]:
     return {k.replace(".base_layer", ""): v.detach().clone() for k, v in unet.state_dict().items() if "lora_" not in k}
 
 
-def test_lora_phase2_trains_only_the_adapters_and_writes_a_small_run(tmp_path, scene256):
+def test_lora_phase2_trains_only_the_adapters_and_writes_a_small_run(tmp_path, scene128):
     components = tiny()
     before = _unet_base_weights(components.unet)
-    result = extract(scene256, config(lora_rank=4, phase2_lr=1e-2), tmp_path / "run", components=components, progress=False)
+    result = extract(scene128, tiny_config(lora_rank=4, phase2_lr=1e-2), tmp_path / "run", components=components, progress=False)
 
     after = _unet_base_weights(components.unet)
     assert after.keys() == before.keys()
@@ -51,9 +47,9 @@ def test_lora_phase2_trains_only_the_adapters_and_writes_a_small_run(tmp_path, s
     assert info["lora"] == {"rank": 4, "alpha": 4, "weights": "pytorch_lora_weights.safetensors", "text_encoder": None}
 
 
-def test_lora_run_loads_back_as_base_plus_scaled_adapters_with_handles(tmp_path, scene256):
-    cfg = config(lora_rank=2, lora_alpha=4, lora_text_encoder=True, phase2_lr=1e-2)
-    result = extract(scene256, cfg, tmp_path / "run", components=tiny(), progress=False)
+def test_lora_run_loads_back_as_base_plus_scaled_adapters_with_handles(tmp_path, scene128):
+    cfg = tiny_config(lora_rank=2, lora_alpha=4, lora_text_encoder=True, phase2_lr=1e-2)
+    result = extract(scene128, cfg, tmp_path / "run", components=tiny(), progress=False)
     pipe, _ = load_pipeline(result.out, "cpu")
     base = tiny()
 
@@ -76,8 +72,8 @@ def test_lora_run_loads_back_as_base_plus_scaled_adapters_with_handles(tmp_path,
     assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], vectors)
 
 
-def test_lora_run_generates_through_the_cli(tmp_path, scene256):
-    result = extract(scene256, config(lora_rank=4), tmp_path / "run", components=tiny(), progress=False)
+def test_lora_run_generates_through_the_cli(tmp_path, scene128):
+    result = extract(scene128, tiny_config(lora_rank=4), tmp_path / "run", components=tiny(), progress=False)
     code = main(["generate", str(result.out), "a photo of <asset0> at <bg>", "--steps", "2", "--height", "64",
                  "--width", "64", "--device", "cpu"])
     assert code == 0
@@ -93,30 +89,30 @@ def test_lora_run_generates_through_the_cli(tmp_path, scene256):
         (dict(phase2_steps=0), torch.bfloat16, torch.bfloat16),  # handles only
     ],
 )
-def test_mixed_precision_stores_only_frozen_weights_in_half(scene256, overrides, unet_dtype, text_dtype):
-    cfg = config(mixed_precision="bf16", **overrides)
+def test_mixed_precision_stores_only_frozen_weights_in_half(scene128, overrides, unet_dtype, text_dtype):
+    cfg = tiny_config(mixed_precision="bf16", **overrides)
     components = tiny()
-    trainer = Trainer(scene256, cfg, components, make_handles(2), "cpu")
+    trainer = Trainer(scene128, cfg, components, make_handles(2), "cpu")
     trainer.setup()
     assert components.unet.conv_in.weight.dtype == unet_dtype
     assert components.text_encoder.get_submodule("encoder.layers.0.mlp.fc1").weight.dtype == text_dtype
     assert trainer.embedding.handle_vectors.dtype == torch.float32
     lora = [p for n, p in components.unet.named_parameters() if "lora_" in n]
     assert all(p.dtype == torch.float32 for p in lora) and bool(lora) == bool(cfg.lora_rank)
-    trainer.trainable_parameters(trains_model=True)
+    trainer.trainable_parameters(cfg.phase2_trains)
     with torch.autocast("cpu", torch.bfloat16):
-        terms = trainer.loss_step()
+        terms = trainer.loss_step(trainer.sample_batch())
     terms["total"].backward()
     assert torch.isfinite(trainer.embedding.handle_vectors.grad).all()
 
 
-def test_8bit_adam_is_refused_without_cuda_before_anything_is_written(tmp_path, scene256):
+def test_8bit_adam_is_refused_without_cuda_before_anything_is_written(tmp_path, scene128):
     with pytest.raises(ConfigError, match="CUDA"):
-        extract(scene256, config(use_8bit_adam=True), tmp_path / "run", components=tiny(), progress=False)
+        extract(scene128, tiny_config(use_8bit_adam=True), tmp_path / "run", components=tiny(), progress=False)
     assert not any(tmp_path.iterdir())
 
 
-def test_8bit_adam_builds_bitsandbytes_optimisers_for_each_phase(tmp_path, scene256, monkeypatch):
+def test_8bit_adam_builds_bitsandbytes_optimisers_for_each_phase(tmp_path, scene128, monkeypatch):
     made = []
 
     class Adam8bit(torch.optim.Adam):  # stands in for bitsandbytes.optim.Adam8bit (CUDA only)
@@ -125,8 +121,8 @@ def test_8bit_adam_builds_bitsandbytes_optimisers_for_each_phase(tmp_path, scene
             super().__init__(params, **kwargs)
 
     fake = types.SimpleNamespace(optim=types.SimpleNamespace(Adam8bit=Adam8bit, AdamW8bit=None))
-    monkeypatch.setattr(recipe, "load_bitsandbytes", lambda device: fake)
-    extract(scene256, config(use_8bit_adam=True), tmp_path / "run", components=tiny(), progress=False)
+    monkeypatch.setattr(memory, "load_bitsandbytes", lambda device: fake)
+    extract(scene128, tiny_config(use_8bit_adam=True), tmp_path / "run", components=tiny(), progress=False)
     assert [m["lr"] for m in made] == [5e-4, 2e-6]
     assert made[0]["betas"] == (0.9, 0.99)
 
@@ -139,7 +135,7 @@ def test_low_vram_choices_per_machine():
     options, notes = low_vram_options("cpu", True, True)
     assert options["use_8bit_adam"] is False and any("8-bit Adam needs CUDA" in n for n in notes)
     # the user's own flags win over the preset's choices
-    cfg = ExtractConfig.from_preset("paper", low_vram=True, device="cpu", mixed_precision="no")
+    cfg = ExtractConfig.from_preset("paper", **with_low_vram(dict(low_vram=True, device="cpu", mixed_precision="no")))
     assert cfg.mixed_precision == "no" and cfg.gradient_checkpointing and not cfg.train_text_encoder
 
 
@@ -157,7 +153,7 @@ def test_low_vram_extract_through_the_cli_says_what_it_chose(tmp_path, capsys):
 
 
 @pytest.mark.slow  # dynamo traces the UNet (about 20 s): `make test-slow`
-def test_compile_wraps_the_unet_in_place_and_trains(tmp_path, scene256, monkeypatch):
+def test_compile_wraps_the_unet_in_place_and_trains(tmp_path, scene128, monkeypatch):
     calls = []
     original = torch.nn.Module.compile
 
@@ -167,7 +163,7 @@ def test_compile_wraps_the_unet_in_place_and_trains(tmp_path, scene256, monkeypa
 
     monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
     components = tiny()
-    result = extract(scene256, config(compile=True, phase1_steps=1, phase2_steps=1), tmp_path / "run",
+    result = extract(scene128, tiny_config(compile=True, phase1_steps=1, phase2_steps=1), tmp_path / "run",
                      components=components, progress=False)
     assert calls == ["UNet2DConditionModel"]
     assert (result.out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -177,7 +173,7 @@ def test_compile_wraps_the_unet_in_place_and_trains(tmp_path, scene256, monkeypa
 def test_tf32_is_set_only_on_cuda(monkeypatch):
     seen = []
     monkeypatch.setattr(torch, "set_float32_matmul_precision", seen.append)
-    recipe.set_tf32(torch.device("cpu"), True)
-    recipe.set_tf32(torch.device("cuda"), True)
-    recipe.set_tf32(torch.device("cuda"), False)
+    memory.set_tf32(torch.device("cpu"), True)
+    memory.set_tf32(torch.device("cuda"), True)
+    memory.set_tf32(torch.device("cuda"), False)
     assert seen == ["high", "highest"]

@@ -9,9 +9,9 @@ import breakascene
 
 def test_every_export_is_the_named_object_even_after_its_module_is_imported():
     import breakascene.cli  # noqa: F401 - imports generation, editing, exports lazily per command
-    import breakascene.editing  # noqa: F401
-    import breakascene.exports  # noqa: F401
-    import breakascene.generation  # noqa: F401
+    import breakascene.inference.editing  # noqa: F401
+    import breakascene.inference.exports  # noqa: F401
+    import breakascene.inference.generation  # noqa: F401
 
     for name in breakascene.__all__:
         value = getattr(breakascene, name)

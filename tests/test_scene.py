@@ -12,7 +12,8 @@ from PIL import Image, ImageFilter
 
 from breakascene.errors import ConfigError, SceneError, SceneWarning
 from breakascene.examples import make_shapes_scene, write_shapes_example
-from breakascene.scene import Scene, load_scene, load_scene_folder, read_mask
+from breakascene.images import read_mask
+from breakascene.scene import Scene, load_scene, load_scene_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 from breakascene.errors import SceneError
-from breakascene.scene import load_scene_folder, read_mask
+from breakascene.images import read_mask
+from breakascene.scene import load_scene_folder
 from breakascene.scene_folder import find_scene_files, write_scene_folder
 
-from conftest import run_cli
+from helpers.cli import run_cli
 
 
 def _box(h: int, w: int, top: int, left: int, bottom: int, right: int) -> np.ndarray:

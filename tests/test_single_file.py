@@ -17,10 +17,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
-from breakascene import models
+from breakascene.models import single_file as models
 from breakascene.errors import ConfigError
-from breakascene.models import Components, inspect_single_file, load_components
-from breakascene.tiny import build_tiny_components
+from breakascene.models.loading import Components, load_components
+from breakascene.models.single_file import inspect_single_file
+from breakascene.models.tiny import build_tiny_components
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 BASE_LATENT = 8  # the stand-in for SD 2.1-base (512 px): 64 px
@@ -429,7 +430,7 @@ def test_components_are_still_built_positionally_and_from_the_tiny_builder():
 def test_extract_prediction_type_flag_reaches_the_run(tmp_path):
     from breakascene.examples import write_shapes_example
 
-    from conftest import run_cli
+    from helpers.cli import run_cli
 
     scene = write_shapes_example(tmp_path / "scene")
     code, _, err = run_cli(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "64", "--quiet",

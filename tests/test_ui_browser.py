@@ -60,14 +60,15 @@ def artifacts():
 def server(tmp_path_factory):
     """The app on a free loopback port, in this process's background threads; yields (url, runs folder)."""
     pytest.importorskip("gradio")
-    from breakascene import ui, ui_logic
+    from breakascene.ui import app as ui
+    from breakascene.ui.binding import launch_options
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     runs = tmp_path_factory.mktemp("ui") / "runs"
     blocks = ui.build_app(ui.App(runs, model="builtin:tiny"))
-    options, _ = ui_logic.launch_options(None, port)
+    options, _ = launch_options(None, port)
     _, url, _ = ui.launch(blocks, options, block=False)
     yield url, runs
     blocks.close()
@@ -102,7 +103,7 @@ def _paint_stroke(page, elem_id: str) -> None:
 
 @pytest.fixture(scope="module")
 def sam_folder(tmp_path_factory):
-    from test_segment import build_tiny_sam
+    from helpers.segmentation import build_tiny_sam
 
     folder = tmp_path_factory.mktemp("sam")
     build_tiny_sam(folder)
@@ -156,9 +157,10 @@ def test_mark_train_generate_download(page, server, artifacts, sam_folder):
     assert "% of the image" in stats.input_value()
     shot("3-masks")
 
-    # Extract: 3 + 3 steps at 256 px; the progress line reaches 100 % and the two attention maps appear.
+    # Extract: 3 + 3 steps at 64 px (typed: not the field's default); the progress line reaches 100 % and the two
+    # attention maps appear.
     page.get_by_role("tab", name="Extract").click()
-    _fill(page, "resolution", "256")
+    _fill(page, "resolution", "64")
     _fill(page, "phase1-steps", "3")
     _fill(page, "phase2-steps", "3")
     _fill(page, "run-name", "shapes e2e")
@@ -209,7 +211,7 @@ def test_mark_train_generate_download(page, server, artifacts, sam_folder):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from conftest import make_tiny_run
+    from helpers.tiny import make_tiny_run
 
     return make_tiny_run(tmp_path_factory)
 
@@ -221,7 +223,7 @@ def _value_is(page, elem_id: str, value: str) -> None:
 
 
 def test_defaults_estimate_and_whole_messages(page, server, artifacts, tiny_run):
-    from breakascene.models import default_device
+    from breakascene.models.loading import default_device
 
     url, runs = server
     shutil.copytree(tiny_run, runs / "tiny")  # a finished run with <asset0>, <asset1>, <bg>

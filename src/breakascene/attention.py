@@ -72,6 +72,9 @@ class CaptureAttnProcessor:
         self.name = name
         self.sdpa = AttnProcessor2_0()
 
+    # Adapted from diffusers.models.attention_processor.AttnProcessor.__call__ (diffusers 0.42): its explicit
+    # get_attention_scores + bmm path, with the heads split and QK-normalised as in AttnProcessor2_0.__call__;
+    # every call it does not record is AttnProcessor2_0 itself.
     def __call__(
         self,
         attn: Attention,

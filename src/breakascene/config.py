@@ -27,6 +27,31 @@ _OFFICIAL = {
 }
 
 
+PhaseTrains = Literal["handles", "lora", "cross_attention_kv", "unet", "full"]
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One training phase: its own optimiser over what it trains, at its own learning rate.
+
+    ``trains`` (the handle vectors train in every phase):
+        "handles": nothing else (phase 1); "lora": the LoRA adapters (the UNet's, and the text encoder's with
+        ``lora_text_encoder``); "cross_attention_kv": the UNet's cross-attention K/V projections (Custom
+        Diffusion, the CD-m baseline); "unet": the whole UNet; "full": the UNet and the text encoder's layers
+        (the paper's phase 2).
+    """
+
+    name: str  # "phase1" or "phase2": the name in logs, checkpoints and scene.json
+    steps: int
+    lr: float
+    trains: PhaseTrains = "handles"
+
+    @property
+    def trains_model(self) -> bool:
+        """Whether model weights (or adapters) train, not only the handles: the models run in train mode."""
+        return self.trains != "handles"
+
+
 @dataclass
 class ExtractConfig:
     """Everything that decides what an extraction learns. Defaults: the paper (SD 2.1-base, 400 + 400 steps)."""
@@ -35,7 +60,7 @@ class ExtractConfig:
     model: str = DEFAULT_MODEL  # Hub id, local diffusers folder, single-file .safetensors, or "builtin:tiny"
     resolution: int = 512  # square side the photo is resized/cropped to; 768 for SD 2.1 (v-prediction)
     # what the UNet predicts, "epsilon" or "v_prediction"; None: the model's own scheduler config says (for a
-    # single-file checkpoint, detected from the file: see models.inspect_single_file)
+    # single-file checkpoint, detected from the file: see models.single_file.inspect_single_file)
     prediction_type: str | None = None
     names: list[str] | None = None  # handle names, one per mask; default asset0, asset1, ...
     init_words: list[str] | None = None  # a word per mask to start each handle from; default: the name or "object"
@@ -97,7 +122,7 @@ class ExtractConfig:
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit Adam/AdamW (CUDA only): optimiser state 4x smaller
     compile: bool = False  # torch.compile the UNet (slow first steps; pays off over 800 steps on a GPU)
     allow_tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (what PyTorch's "high" precision means)
-    low_vram: bool = False  # set by --low-vram; the options it chose are already applied (see low_vram_options)
+    low_vram: bool = False  # set by --low-vram; the options it chose are already applied (memory.with_low_vram)
     checkpoint_every: int = 0  # save a resumable checkpoint every N steps; 0: never
     report_to: str | None = None  # also log every step to "tensorboard" (RUN/logs/tensorboard) or "wandb"
     preset: Literal["paper", "official"] = "paper"
@@ -105,12 +130,14 @@ class ExtractConfig:
 
     @classmethod
     def from_preset(cls, preset: str = "paper", **overrides) -> ExtractConfig:
-        """The preset's values, then ``overrides`` (keys are field names; ``None`` values are ignored)."""
+        """The preset's values, then ``overrides`` (keys are field names; ``None`` values are ignored).
+
+        ``--low-vram``'s choices depend on the machine: front ends put them in with
+        ``training.memory.with_low_vram(overrides)``.
+        """
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         values = dict(_OFFICIAL) if preset == "official" else {}
-        if overrides.get("low_vram"):  # between the preset and the user's own flags, which win
-            values.update(low_vram_options(*machine_facts(overrides.get("device")))[0])
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -167,18 +194,27 @@ class ExtractConfig:
             raise ConfigError("--prior-preservation needs class images: --num-class-images > 0 or --class-images DIR")
 
     @property
-    def phases(self) -> list[tuple[str, int, float, bool]]:
-        """The phases that run: (name, steps, learning rate, whether the model weights train)."""
+    def phases(self) -> list[PhaseConfig]:
+        """The phases that run, in order (phase 1 is skipped by the ``phase1`` ablation or 0 steps)."""
         phases = []
         if self.phase1 and self.phase1_steps:
-            phases.append(("phase1", self.phase1_steps, self.phase1_lr, False))
+            phases.append(PhaseConfig("phase1", self.phase1_steps, self.phase1_lr, trains="handles"))
         if self.phase2_steps:
-            phases.append(("phase2", self.phase2_steps, self.phase2_lr, True))
+            phases.append(PhaseConfig("phase2", self.phase2_steps, self.phase2_lr, trains=self.phase2_trains))
         return phases
 
     @property
+    def phase2_trains(self) -> PhaseTrains:
+        """What phase 2 trains besides the handles (see :class:`PhaseConfig`)."""
+        if self.lora_rank:
+            return "lora"
+        if self.phase2_params == "cross_attention_kv":
+            return "cross_attention_kv"
+        return "full" if self.train_text_encoder else "unet"
+
+    @property
     def total_steps(self) -> int:
-        return sum(steps for _, steps, _, _ in self.phases)
+        return sum(phase.steps for phase in self.phases)
 
     @property
     def trains_unet(self) -> bool:
@@ -197,50 +233,3 @@ class ExtractConfig:
         ignored = {"checkpoint_every", "device", "extra", "compile", "allow_tf32", "report_to"}
         return {k: v for k, v in self.to_dict().items() if k not in ignored}
 
-
-LOW_VRAM_OPTIONS = {
-    "mixed_precision": "bf16",  # fp16 where the GPU has no bf16 (see low_vram_options)
-    "gradient_checkpointing": True,
-    "use_8bit_adam": True,
-    "train_text_encoder": False,
-}
-
-
-def machine_facts(device: str | None) -> tuple[str, bool, bool]:
-    """(device type, bf16 supported, bitsandbytes installed) for ``--device`` (None: the default device)."""
-    import torch
-
-    from . import optional_bnb
-
-    if device:
-        device_type = device.split(":")[0]
-    else:
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16 = device_type != "cuda" or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return device_type, bf16, optional_bnb.installed()
-
-
-def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_available: bool) -> tuple[dict, list[str]]:
-    """What ``--low-vram`` sets, for this machine: (config overrides, one line per choice saying why).
-
-    The budget is a 12 GB GPU with the full (not LoRA) phase 2, the paper's method. What phase 2 holds is
-    UNet weights + gradients in fp32 (2 x 3.46 GB) + optimiser state: 8-bit Adam makes that 1.7 GB instead of
-    6.9 GB. The text encoder (340 M parameters) stays frozen in phase 2, in half precision, which is the usual
-    12 GB recipe (diffusers' and kohya's DreamBooth guides); the paper trains it, so this is a deviation.
-    Gradient checkpointing keeps the activations of a 512 px step around 1 GB.
-    """
-    options, notes = dict(LOW_VRAM_OPTIONS), []
-    if device_type == "cuda" and not bf16_supported:
-        options["mixed_precision"] = "fp16"
-    if device_type == "cpu" and options["mixed_precision"] == "fp16":
-        options["mixed_precision"] = "bf16"
-    notes.append(f"mixed precision {options['mixed_precision']}: frozen weights stored in it, autocast compute")
-    notes.append("gradient checkpointing: activations are recomputed in the backward pass")
-    if device_type == "cuda" and bitsandbytes_available:
-        notes.append("8-bit Adam (bitsandbytes): optimiser state 1.7 GB instead of 6.9 GB")
-    else:
-        options["use_8bit_adam"] = False
-        why = "no CUDA GPU" if device_type != "cuda" else "bitsandbytes is not installed (pip install 'break-a-scene[bnb]')"
-        notes.append(f"fp32 Adam: 8-bit Adam needs CUDA and bitsandbytes ({why}); add --lora-rank 4 to fit 12 GB")
-    notes.append("text encoder frozen in phase 2 (the paper trains it): saves its gradients and optimiser state")
-    return options, notes

@@ -12,8 +12,7 @@ import errno
 import pickle
 import re
 
-from .arguments import EXIT_FAILURE
-from .errors import first_line
+from .errors import RunFailure, first_line
 
 _OS_REASONS = {
     errno.ENOSPC: ("no space left on the device", "free some space and run the same command again"),
@@ -59,9 +58,9 @@ def describe_failure(error: BaseException, resumable: bool = False,
             if resumable and code in (errno.ENOSPC, errno.EDQUOT):
                 advice += " with --resume (a run continues from its last checkpoint, if it had one)"
             target = f"cannot write {where}" if where else "cannot write the output"
-            return f"{target}: {reason}; {advice}", EXIT_FAILURE
+            return f"{target}: {reason}; {advice}", RunFailure.exit_code
         if isinstance(link, pickle.UnpicklingError) or _PICKLE_TEXT.search(str(link)):
             return ("a pickled file was refused (pickles can run code when loaded; break-a-scene loads only "
-                    f".safetensors): {first_line(link)}"), EXIT_FAILURE
+                    f".safetensors): {first_line(link)}"), RunFailure.exit_code
     hint = f" ({traceback_hint})" if traceback_hint else ""
-    return f"{type(error).__name__}: {first_line(error)}{hint}", EXIT_FAILURE
+    return f"{type(error).__name__}: {first_line(error)}{hint}", RunFailure.exit_code

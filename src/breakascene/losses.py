@@ -59,3 +59,23 @@ def diffusion_loss(model_pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     """The plain, unmasked diffusion loss (MSE, float32): DreamBooth's prior-preservation term on class images,
     and the ``--no-masked-loss`` ablation."""
     return F.mse_loss(model_pred.float(), target.float())
+
+
+def reconstruction_loss(
+    model_pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, normalize_by_area: bool = False
+) -> torch.Tensor:
+    """The step's diffusion term: Eq. 1 under ``mask`` (B, h, w), or with ``mask`` None the plain loss (the
+    ``--no-masked-loss`` ablation). ``model_pred``/``target``: (B, C, h, w). Scalar float32."""
+    if mask is None:
+        return diffusion_loss(model_pred, target)
+    return masked_diffusion_loss(model_pred, target, mask, normalize_by_area)
+
+
+def total_loss(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """``terms["rec"]`` plus each other term present, times its weight (Eq. 3: ``rec + lambda * attention``,
+    and ``+ w * prior`` with prior preservation). Added out of place, in the order of ``weights``."""
+    total = terms["rec"]
+    for name, weight in weights.items():
+        if name in terms:
+            total = total + weight * terms[name]
+    return total

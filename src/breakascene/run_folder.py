@@ -238,24 +238,3 @@ def check_pipeline_folder(folder: str | Path, fix: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_scene_json(run: Path) -> dict:
-    """Reads a finished run's ``scene.json``, with an error that says what is wrong with the folder."""
-    run = Path(run)
-    if not run.is_dir():
-        if partial_path(run).is_dir():
-            raise RunError(f"{run} is not finished ({partial_path(run)} exists); resume it with extract --resume")
-        raise RunError(f"run folder {run} does not exist")
-    path = run / SCENE_FILE
-    if not path.is_file():
-        raise RunError(f"{run} is not a break-a-scene run folder (no {SCENE_FILE})")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RunError(f"{path} is damaged ({error.msg}); extract the scene again") from error
-    # A full run holds the fine-tuned pipeline; a LoRA run (extract --lora-rank) only its adapters.
-    weights = run / info["lora"]["weights"] if info.get("lora") else run / "model_index.json"
-    if not weights.is_file():
-        raise RunError(f"{run} is not a break-a-scene run folder: {weights.name} is missing (copied only in part?)")
-    return info

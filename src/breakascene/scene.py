@@ -27,14 +27,13 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from breakascene.errors import ConfigError, SceneError, SceneWarning, first_line
-from breakascene.scene_folder import find_scene_files, write_scene_folder
+from .errors import ConfigError, SceneError, SceneWarning
+from .images import ImageInput, describe_source, mask_coverage, open_image, to_rgb
+from .scene_folder import find_scene_files, write_scene_folder
 
-__all__ = ["Scene", "load_scene", "load_scene_folder", "read_mask"]
-
-ImageInput = Union[str, Path, Image.Image]
+__all__ = ["Scene", "load_scene", "load_scene_folder"]
 
 
 # Fraction of a mask's pixels the centre crop may remove before we warn.
@@ -46,9 +45,6 @@ LARGE_MASK_FRACTION = 0.8
 # A mask whose pixels are more than this fraction neither black nor white (10-90 %) is more likely a photo.
 GREY_MASK_FRACTION = 0.25
 PHOTO_SHADES = 32  # ... in more than this many shades of grey
-
-_ALPHA_MODES = ("RGBA", "LA")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 @dataclass
@@ -142,59 +138,12 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------------------------
-# reading files
-
-
-def _describe(source: ImageInput, fallback: str) -> str:
-    if isinstance(source, (str, Path)):
-        return Path(source).name
-    name = getattr(source, "filename", "") or ""
-    return Path(name).name if name else fallback
-
-
-def open_image(source: ImageInput, what: str) -> Image.Image:
-    """Open (and fully decode) an image, EXIF-transposed; every failure becomes one SceneError."""
-    if isinstance(source, Image.Image):
-        img = source
-    elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise SceneError(f"{what} file not found: {path}; check the path")
-        if not path.is_file():
-            raise SceneError(f"{what} {path} is not a file; give the path of an image file")
-        try:
-            img = Image.open(path)
-            img.load()
-        except Image.DecompressionBombError:
-            raise SceneError(
-                f"{what} {path} has more pixels than Pillow decodes safely (a decompression bomb, or a huge "
-                "image); scale it down below 89 megapixels"
-            ) from None
-        except UnidentifiedImageError:
-            raise SceneError(
-                f"{what} {path} is not an image Pillow can read; save it as PNG or JPEG"
-            ) from None
-        except OSError as exc:
-            raise SceneError(
-                f"{what} {path} could not be read ({first_line(exc)}); re-save it as PNG or JPEG"
-            ) from None
-    else:
-        raise SceneError(
-            f"{what} must be a file path or a PIL image, got {type(source).__name__}"
-        )
-    try:
-        transposed = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the photo unusable
-        transposed = None
-    return transposed if transposed is not None else img
-
-
 def _looks_like_a_photo(cov: np.ndarray) -> bool:
     """Many pixels neither black nor white, in many shades: a photo, not a mask (whose grey is at edges, or in a
     handful of levels)."""
     grey = (cov > 0.1) & (cov < 0.9)
     return float(grey.mean()) > GREY_MASK_FRACTION and len(np.unique(np.round(cov[grey] * 255))) > PHOTO_SHADES
+
 
 
 def _same_file(a: Union[str, Path], b: Union[str, Path]) -> bool:
@@ -205,83 +154,6 @@ def _same_file(a: Union[str, Path], b: Union[str, Path]) -> bool:
     except OSError:
         return False
 
-
-def _int_scale(arr: np.ndarray) -> float:
-    # Mode "I"/"F" has no fixed range in practice: 16-bit PNGs decode to "I" on some Pillow
-    # versions, arrays saved from numpy are often 0/1 or 0/255.  Pick the smallest usual range.
-    peak = float(arr.max()) if arr.size else 0.0
-    for full in (1.0, 255.0, 65535.0):
-        if peak <= full:
-            return full
-    return peak
-
-
-def _luminance(img: Image.Image) -> np.ndarray:
-    rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def mask_coverage(img: Image.Image) -> np.ndarray:
-    """Soft coverage ``(H, W)`` float32 in [0, 1] of an already opened/transposed mask image."""
-    mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
-    elif mode in ("PA", "RGBa", "La"):
-        img = img.convert("RGBA")
-        mode = img.mode
-    if mode == "1":
-        cov = np.asarray(img, dtype=np.float32)
-    elif mode == "L":
-        cov = np.asarray(img, dtype=np.float32) / 255.0
-    elif mode in _SIXTEEN_BIT_MODES:
-        cov = np.asarray(img).astype(np.float32) / 65535.0
-    elif mode in ("I", "F"):
-        arr = np.asarray(img).astype(np.float64)
-        cov = (arr / _int_scale(arr)).astype(np.float32)
-    elif mode in _ALPHA_MODES:
-        alpha = np.asarray(img.getchannel("A"), dtype=np.float32) / 255.0
-        # A non-constant alpha is how paint programs store a cut-out: it is the mask.  A constant
-        # alpha carries no shape, so the mask must be painted in the colour channels.
-        if alpha.size and float(alpha.max()) != float(alpha.min()):
-            cov = alpha
-        else:
-            cov = _luminance(img.convert("RGB") if mode != "LA" else img.convert("L"))
-    else:  # RGB, CMYK, YCbCr, ...
-        cov = _luminance(img)
-    return np.clip(cov, 0.0, 1.0).astype(np.float32, copy=False)
-
-
-def read_mask(path_or_image: ImageInput) -> np.ndarray:
-    """Read a mask as soft coverage.
-
-    Returns ``(H, W)`` float32 in ``[0, 1]`` (after EXIF transpose).  Any Pillow mode works:
-    ``1``/``L``/``P``/``RGB`` use luminance; 16-bit ``I;16*`` is divided by 65535; ``I``/``F``
-    by the smallest of 1, 255, 65535 that holds the maximum; modes with alpha (``RGBA``,
-    ``LA``, ``PA``) use the alpha channel when it is not constant, otherwise luminance.
-    A pixel belongs to the concept when its coverage is >= 0.5.
-
-    Raises:
-        SceneError: the file is missing or not a readable image.
-    """
-    return mask_coverage(open_image(path_or_image, "mask"))
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Photo in any mode -> RGB; transparency is composited on white."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in _ALPHA_MODES or img.mode in ("PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
-        # Pillow's own conversion clips high-bit-depth values at 255 instead of scaling them.
-        arr = np.asarray(img).astype(np.float64)
-        full = 65535.0 if img.mode in _SIXTEEN_BIT_MODES else _int_scale(arr)
-        grey = np.clip(arr / full * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    return img.convert("RGB")
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,21 +194,16 @@ def load_scene(
     """
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or resolution < 8:
         raise ConfigError(f"resolution must be an integer >= 8, got {resolution!r}")
-    resolution = int(resolution)
     if isinstance(masks, (str, Path, Image.Image)):
         masks = [masks]
     masks = list(masks)
     if not masks:
         raise SceneError("no masks given; give one mask image per concept (white = concept)")
 
-    raw = image
     photo = open_image(image, "image")
-    photo_name = _describe(raw, "the image")
     width, height = photo.size
-    raw_size = raw.size if isinstance(raw, Image.Image) else None
     box = _centre_square(width, height)
-    r = resolution
-
+    r = int(resolution)
     rgb = to_rgb(photo).resize((r, r), Image.Resampling.LANCZOS, box=box)
     image_t = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
@@ -345,82 +212,16 @@ def load_scene(
     # Collected and emitted only once every mask is valid, so a fatal error is never preceded
     # by warnings about masks the user has to redo anyway.
     pending: list[str] = []
-    left, top, right, bottom = box
     for i, source in enumerate(masks):
-        name = _describe(source, f"mask{i}")
+        name = describe_source(source, f"mask{i}")
         names.append(name)
         mask_img = open_image(source, "mask")
         if mask_img.size != (width, height):
-            mw, mh = mask_img.size
-            hint = ""
-            if raw_size is None and isinstance(raw, (str, Path)):
-                try:
-                    with Image.open(raw) as unrotated:
-                        raw_size = unrotated.size
-                except OSError:
-                    raw_size = None
-            if raw_size is not None and raw_size != (width, height) and mask_img.size == raw_size:
-                hint = " (the photo is rotated by its EXIF orientation tag; draw the mask on the photo as displayed)"
-            raise SceneError(
-                f"{name} is {mw}x{mh} but the image {photo_name} is {width}x{height}; "
-                f"masks must be drawn on the same photo at the same size{hint}"
-            )
+            raise SceneError(_size_mismatch(name, mask_img.size, image, photo.size))
         cov = mask_coverage(mask_img)
-        inside = cov >= 0.5
-        total = int(inside.sum())
-        if total == 0:
-            peak = float(cov.max()) if cov.size else 0.0
-            if peak > 0.05:  # drawn, but in a dark colour: masks are read by brightness
-                raise SceneError(
-                    f"{name} has no white pixels (its brightest is {peak:.0%} grey; a mask is read by brightness, "
-                    "white = concept, black = not, so a red or blue mask counts as dark); paint the concept white"
-                )
-            raise SceneError(
-                f"{name} is empty (no pixel with coverage >= 0.5); paint the concept white on black"
-            )
-        if isinstance(source, (str, Path)) and isinstance(raw, (str, Path)) and _same_file(source, raw):
-            pending.append(f"{name} is the photo itself, not a mask; give a black-and-white mask of the concept")
-        elif _looks_like_a_photo(cov):
-            pending.append(
-                f"{name} does not look like a mask ({float(((cov > 0.1) & (cov < 0.9)).mean()):.0%} of its pixels "
-                "are neither black nor white: a photo?); a mask is white on the concept and black elsewhere"
-            )
-        kept = int(inside[top:bottom, left:right].sum())
-        if kept == 0:
-            raise SceneError(
-                f"{name} is empty after the centre crop to a square (the concept lies outside "
-                f"the crop box {box}); crop the photo to a square containing the concept yourself"
-            )
-        cut = 1.0 - kept / total
-
-        resized = Image.fromarray(cov, mode="F").resize((r, r), Image.Resampling.BILINEAR, box=box)
-        binary = np.asarray(resized, dtype=np.float32) >= 0.5
-        area = int(binary.sum())
-        if area == 0:
-            raise SceneError(
-                f"{name} is empty after resizing to {r}x{r} (the concept is too thin or small); "
-                "draw a looser mask or use a higher resolution"
-            )
-        if area == r * r:
-            raise SceneError(
-                f"{name} covers the whole image; a concept mask must leave some background"
-            )
-        if cut > CROP_WARN_FRACTION:
-            pending.append(
-                f"the centre crop to a square removes {cut:.0%} of {name}; "
-                "crop the photo to a square yourself so the whole concept stays in"
-            )
-        fraction = area / (r * r)
-        if fraction > LARGE_MASK_FRACTION:
-            pending.append(
-                f"{name} covers {fraction:.0%} of the {r}x{r} image: is it inverted? A mask is white on the concept "
-                "and black elsewhere"
-            )
-        if fraction < TINY_MASK_FRACTION:
-            pending.append(
-                f"{name} covers only {fraction:.2%} of the {r}x{r} image; such a small concept "
-                "is hard to learn, crop the photo closer around it or draw a looser mask"
-            )
+        pending += _mask_mistakes(name, cov, source, image)
+        binary, notes = _square_mask(name, cov, box, r)
+        pending += notes
         tensors.append(torch.from_numpy(binary.astype(np.float32)))
 
     for message in pending:
@@ -433,6 +234,96 @@ def load_scene(
         original_size=(width, height),
         crop_box=box,
     )
+
+
+def _size_mismatch(name: str, mask_size: tuple[int, int], image: ImageInput, photo_size: tuple[int, int]) -> str:
+    """The error for a mask of another size than the photo, with a hint when the photo's EXIF rotation is why."""
+    (mw, mh), (width, height) = mask_size, photo_size
+    raw_size = image.size if isinstance(image, Image.Image) else None
+    if raw_size is None and isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as unrotated:
+                raw_size = unrotated.size
+        except OSError:
+            raw_size = None
+    hint = ""
+    if raw_size is not None and raw_size != photo_size and mask_size == raw_size:
+        hint = " (the photo is rotated by its EXIF orientation tag; draw the mask on the photo as displayed)"
+    return (f"{name} is {mw}x{mh} but the image {describe_source(image, 'the image')} is {width}x{height}; "
+            f"masks must be drawn on the same photo at the same size{hint}")
+
+
+def _mask_mistakes(name: str, cov: np.ndarray, source: ImageInput, image: ImageInput) -> list[str]:
+    """SceneError for a mask with nothing inside; warnings for a mask that is the photo or looks like one.
+
+    Args:
+        cov: (H, W) float32 soft coverage in [0, 1].
+    """
+    if not (cov >= 0.5).any():
+        peak = float(cov.max()) if cov.size else 0.0
+        if peak > 0.05:  # drawn, but in a dark colour: masks are read by brightness
+            raise SceneError(
+                f"{name} has no white pixels (its brightest is {peak:.0%} grey; a mask is read by brightness, "
+                "white = concept, black = not, so a red or blue mask counts as dark); paint the concept white"
+            )
+        raise SceneError(
+            f"{name} is empty (no pixel with coverage >= 0.5); paint the concept white on black"
+        )
+    if isinstance(source, (str, Path)) and isinstance(image, (str, Path)) and _same_file(source, image):
+        return [f"{name} is the photo itself, not a mask; give a black-and-white mask of the concept"]
+    if _looks_like_a_photo(cov):
+        return [
+            f"{name} does not look like a mask ({float(((cov > 0.1) & (cov < 0.9)).mean()):.0%} of its pixels "
+            "are neither black nor white: a photo?); a mask is white on the concept and black elsewhere"
+        ]
+    return []
+
+
+def _square_mask(name: str, cov: np.ndarray, box: tuple[int, int, int, int], r: int) -> tuple[np.ndarray, list[str]]:
+    """The mask cut to the centre square and resized like the photo: ((r, r) bool, warnings).
+
+    Raises SceneError when nothing of the concept survives the crop or the resize, or it covers everything.
+    """
+    left, top, right, bottom = box
+    inside = cov >= 0.5
+    kept = int(inside[top:bottom, left:right].sum())
+    if kept == 0:
+        raise SceneError(
+            f"{name} is empty after the centre crop to a square (the concept lies outside "
+            f"the crop box {box}); crop the photo to a square containing the concept yourself"
+        )
+    cut = 1.0 - kept / int(inside.sum())
+
+    resized = Image.fromarray(cov, mode="F").resize((r, r), Image.Resampling.BILINEAR, box=box)
+    binary = np.asarray(resized, dtype=np.float32) >= 0.5
+    area = int(binary.sum())
+    if area == 0:
+        raise SceneError(
+            f"{name} is empty after resizing to {r}x{r} (the concept is too thin or small); "
+            "draw a looser mask or use a higher resolution"
+        )
+    if area == r * r:
+        raise SceneError(
+            f"{name} covers the whole image; a concept mask must leave some background"
+        )
+    notes = []
+    if cut > CROP_WARN_FRACTION:
+        notes.append(
+            f"the centre crop to a square removes {cut:.0%} of {name}; "
+            "crop the photo to a square yourself so the whole concept stays in"
+        )
+    fraction = area / (r * r)
+    if fraction > LARGE_MASK_FRACTION:
+        notes.append(
+            f"{name} covers {fraction:.0%} of the {r}x{r} image: is it inverted? A mask is white on the concept "
+            "and black elsewhere"
+        )
+    if fraction < TINY_MASK_FRACTION:
+        notes.append(
+            f"{name} covers only {fraction:.2%} of the {r}x{r} image; such a small concept "
+            "is hard to learn, crop the photo closer around it or draw a looser mask"
+        )
+    return binary, notes
 
 
 def load_scene_folder(folder: Union[str, Path], resolution: int) -> Scene:

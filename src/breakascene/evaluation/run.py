@@ -17,9 +17,9 @@ Work items are (scene) for training, then (scene, batch of prompts) for generati
 full item list and takes its share with ``accelerate.PartialState().split_between_processes``; an item that is
 already finished is skipped, so a re-run after an interruption (or on more GPUs) does only what is missing.
 
-The method -> training function dispatch is :data:`METHODS`: one :class:`Method` per ``--method`` value. A method's
-``train`` gets a :class:`TrainRequest` and must leave a finished run folder at ``request.out`` that
-``generation.generate`` can read (``recipe.extract`` does exactly that).
+The method -> training function dispatch is :data:`methods.METHODS`: one :class:`methods.Method` per ``--method``
+value. A method's ``train`` gets a :class:`methods.TrainRequest` and must leave a finished run folder at
+``request.out`` that ``generation.generate`` can read (``recipe.extract`` does exactly that).
 """
 
 from __future__ import annotations
@@ -31,166 +31,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import DEFAULT_MODEL, ExtractConfig
-from ..errors import ConfigError, RunError, SceneError
+from ..config import ExtractConfig
+from ..errors import RunError, SceneError
 from ..run_folder import check_clear_of_inputs
-from .collection import DEFAULT_COLLECTION_SIZE
 from .common import config_hash, files_fingerprint, write_json_atomic
+from .methods import METHODS, Method, TrainRequest, extract_config, get_method, training_loss
 from .prompts import PromptItem, choose_templates, prompt_set
+from .settings import EvalSettings
 
 RESULTS_FORMAT = "break-a-scene eval results"
 CONFIG_FILE = "config.json"
 SCENE_FILE = "scene.json"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# settings
-
-
-@dataclass
-class EvalSettings:
-    """Everything ``eval run`` needs besides the scenes; the learning rates and steps are shared by all methods."""
-
-    method: str = "ours"
-    model: str = DEFAULT_MODEL
-    resolution: int = 512
-    phase1_steps: int = 400
-    phase2_steps: int = 400
-    phase1_lr: float = 5e-4
-    phase2_lr: float = 2e-6
-    seed: int = 0  # training seed of every scene; image i of every prompt uses seed + i
-    templates: int | None = None  # the first N of the 10 templates; None: all
-    images_per_prompt: int = 1
-    steps: int = 50  # sampling steps
-    guidance: float = 7.5
-    scheduler: str = "default"
-    prompts_per_batch: int = 10  # prompts in one generation work item
-    collection_size: int = DEFAULT_COLLECTION_SIZE  # baselines: images in the Fig. 6 collection
-    device: str | None = None  # None: the process's accelerate device
-    mixed_precision: str = "no"
-
-    def validate(self) -> None:
-        for name in ("images_per_prompt", "steps", "prompts_per_batch", "collection_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        choose_templates(self.templates)
-        from ..generation import SCHEDULERS
-
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"unknown --scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the method table: the one place where a method becomes a training function
-
-
-@dataclass
-class TrainRequest:
-    """What a method's training function gets for one scene."""
-
-    scene: object  # breakascene.scene.Scene at config.resolution: image (3, R, R), masks (N, R, R)
-    config: ExtractConfig  # the shared settings plus the method's overrides (same lrs and steps for all)
-    out: Path  # the run folder to write; it must appear only when finished (extract's run_folder does that)
-    settings: EvalSettings  # e.g. collection_size for the baselines
-    components: object | None = None  # a ready base model (tests); None: load config.model
-    progress: bool = True
-
-
-TrainFunction = Callable[[TrainRequest], None]
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    label: str  # the name in tables and on the plot
-    # ExtractConfig fields the method sets; a function of the settings where they depend on them (step counts)
-    overrides: dict | Callable[[EvalSettings], dict]
-    train: TrainFunction
-
-
-def train_with_extract(request: TrainRequest) -> None:
-    """Break-A-Scene and its ablations: ``recipe.extract`` with the method's config switches."""
-    from ..recipe import extract
-
-    extract(request.scene, request.config, request.out, components=request.components, overwrite=True,
-            progress=request.progress)
-
-
-def train_on_collection(request: TrainRequest) -> None:
-    """The masked baselines (paper Fig. 6): the engine trains on a collection made from the one image."""
-    from ..recipe import extract
-    from .collection import build_collection
-
-    collection = build_collection(request.scene.image, request.scene.masks, seed=request.settings.seed,
-                                  size=request.settings.collection_size)
-    extract(request.scene, request.config, request.out, components=request.components, overwrite=True,
-            progress=request.progress, collection=collection)
-
-
-def baseline(trains: str) -> Callable[[EvalSettings], dict]:
-    """A masked baseline's switches: one phase of ``phase1_steps + phase2_steps`` steps (our total) on the
-    collection, with the plain diffusion loss, no cross-attention loss and no <bg> handle.
-
-    The plain loss is the baselines' own (TI, DreamBooth and Custom Diffusion have no mask): the collection pastes
-    the concepts on solid colours precisely so that they can be trained on whole images (paper Sec. 4, Fig. 6).
-
-    ``trains``: "embeddings" (TI-m, at our phase-1 learning rate), "unet" (DB-m: UNet + tokens, at our phase-2
-    rate) or "cross_attention_kv" (CD-m: the cross-attention K/V projections + tokens, at our phase-2 rate).
-    """
-
-    def overrides(settings: EvalSettings) -> dict:
-        steps = settings.phase1_steps + settings.phase2_steps
-        common = {"background": False, "attention_loss": False, "masked_loss": False}
-        if trains == "embeddings":
-            return {**common, "phase1_steps": steps, "phase2_steps": 0}
-        params = "full" if trains == "unet" else trains
-        return {**common, "phase1": False, "phase2_steps": steps, "train_text_encoder": False, "phase2_params": params}
-
-    return overrides
-
-
-METHODS: dict[str, Method] = {
-    "ours": Method("ours", "Ours", {}, train_with_extract),
-    "ti-m": Method("ti-m", "TI-m", baseline("embeddings"), train_on_collection),
-    "db-m": Method("db-m", "DB-m", baseline("unet"), train_on_collection),
-    "cd-m": Method("cd-m", "CD-m", baseline("cross_attention_kv"), train_on_collection),
-    "ours-no-phase1": Method("ours-no-phase1", "Ours w/o phase 1", {"phase1": False}, train_with_extract),
-    "ours-no-masked-loss": Method("ours-no-masked-loss", "Ours w/o masked loss", {"masked_loss": False}, train_with_extract),
-    "ours-no-attention-loss": Method(
-        "ours-no-attention-loss", "Ours w/o attention loss", {"attention_loss": False}, train_with_extract
-    ),
-    "ours-no-union-sampling": Method(  # the paper's ablation: one concept per step (Sec. 4.1, Fig. 7)
-        "ours-no-union-sampling", "Ours w/o union sampling", {"subset_sampling": "single"}, train_with_extract
-    ),
-}
-
-
-def training_loss(config: ExtractConfig) -> str:
-    """The loss a method trained with, in words, for the results' config.json and the report."""
-    rec = "masked diffusion loss" if config.masked_loss else "plain diffusion loss"
-    if config.attention_loss:
-        rec += f" + {config.lambda_attn:g} x cross-attention loss ({config.attention_reduction} over handles)"
-    if config.prior_preservation:
-        rec += f" + {config.prior_loss_weight:g} x prior preservation"
-    return rec
-
-
-def get_method(name: str) -> Method:
-    """The method of ``--method NAME``; ConfigError if unknown."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown --method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def extract_config(settings: EvalSettings, method: Method) -> ExtractConfig:
-    """The ``ExtractConfig`` a method trains with: the shared settings, then the method's switches."""
-    values = dict(
-        model=settings.model, resolution=settings.resolution, phase1_steps=settings.phase1_steps,
-        phase2_steps=settings.phase2_steps, phase1_lr=settings.phase1_lr, phase2_lr=settings.phase2_lr,
-        seed=settings.seed, device=settings.device, mixed_precision=settings.mixed_precision,
-    )
-    values.update(method.overrides(settings) if callable(method.overrides) else method.overrides)
-    return ExtractConfig.from_preset("paper", **values)
 
 
 def settings_hash(settings: EvalSettings, config: ExtractConfig) -> tuple[str, dict]:
@@ -252,9 +103,9 @@ def list_scenes(scenes_dir: str | Path) -> list[SceneEntry]:
 
 def concept_tokens(run: Path) -> list[str]:
     """The concept handles of a finished run, in concept order (``<bg>`` left out)."""
-    from ..run_folder import read_scene_json
+    from ..run_info import RunInfo
 
-    return [h["token"] for h in read_scene_json(run)["handles"] if not h.get("background")]
+    return RunInfo.read(run).concept_tokens
 
 
 def plan_batches(items: list[PromptItem], prompts_per_batch: int) -> list[list[PromptItem]]:
@@ -340,7 +191,7 @@ def train_scene(entry: SceneEntry, scene_folder: Path, method: Method, settings:
 
 def generate_batch(scene_folder: Path, batch: int, items: list[PromptItem], settings: EvalSettings, pipeline) -> None:
     """Generates one batch into a hidden temporary folder, moves the images in place, then writes the record."""
-    from ..generation import generate
+    from ..inference.generation import generate
 
     tmp = scene_folder / f".batch-{batch:04d}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -432,7 +283,7 @@ def run_eval(
                 summary.batches_skipped += 1
                 continue
             if loaded != scene_folder:  # consecutive items mostly share a scene: load its pipeline once
-                from ..generation import load_pipeline
+                from ..inference.pipeline import load_pipeline
 
                 pipeline, loaded = load_pipeline(scene_folder / "run", settings.device)[0], scene_folder
             generate_batch(scene_folder, b, batch, settings, pipeline)

@@ -1,0 +1,1 @@
+"""Using a run: generation, variations, local editing, exports and attention views."""

@@ -1,0 +1,239 @@
+"""Exporting a finished run for other tools: textual-inversion embeddings, or a diffusers folder to share.
+
+``textual-inversion`` writes, into ``out``:
+
+* ``<name>.safetensors`` per handle: a single key, the token (``"<asset0>"``), holding a (1, dim) vector, the
+  layout of diffusers' own textual-inversion training script, so ``pipe.load_textual_inversion(path)`` works;
+* ``handles.safetensors`` (one (N, dim) tensor under ``"embeddings"``, tokens in the metadata) and
+  ``tokens.txt`` (one token per line, in row order);
+* ``README.md`` with loading code that runs as it is: the run's own base model (a Hub id, a folder, a single
+  file, or ``builtin:tiny`` built with :func:`breakascene.models.tiny.build_tiny_components`) and this export's absolute
+  path (:func:`base_pipeline_lines`).
+
+The handles were trained jointly with the run's UNet and text encoder (phase 2), so on a stock base model they
+only look roughly right: load them into the run's own pipeline for faithful results.
+
+``diffusers`` writes a copy of the run's pipeline folder as safetensors (``--fp16``: fp16 weights saved as the
+``fp16`` variant), plus ``handles.safetensors``, ``scene.json`` and a README that loads it from its absolute
+path (or from the Hub repo it is pushed to).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, RunError
+from ..handles import load_handles
+from ..run_folder import HANDLES_FILE, SCENE_FILE, check_clear_of_inputs, written_atomically
+from ..run_info import RunInfo
+
+FORMATS = ("textual-inversion", "diffusers")
+
+NOTE = (
+    "The handles were trained jointly with this run's fine-tuned UNet and text encoder (phase 2 of "
+    "Break-A-Scene), so they need the run's own UNet/text encoder to look right; in a stock base model they "
+    "give only a rough likeness."
+)
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Python string literal in double quotes (JSON's escapes are Python's too)."""
+    return json.dumps(text)
+
+
+def base_pipeline_lines(base_model: str, prediction_type: str | None = None) -> tuple[list[str], list[str]]:
+    """Python that makes ``pipe``, the run's base model as a stock ``StableDiffusionPipeline``: (imports, lines).
+
+    ``builtin:tiny`` is not a Hub id: it is built in code (:func:`breakascene.models.tiny.build_tiny_components`, with
+    the run's prediction type). A ``.safetensors`` file is loaded with ``from_single_file`` and the config
+    breakascene used for it, with the run's prediction type set on the scheduler (the config's may differ); a
+    folder that exists here by its absolute path; anything else as a Hub id.
+
+    Raises nothing for a base model that is gone or damaged: the lines then name it as scene.json does.
+    """
+    from ..models.single_file import inspect_single_file, single_file_config_source
+    from ..models.tiny import TINY_MODEL_ID
+
+    imports = ["from diffusers import StableDiffusionPipeline"]
+    if base_model == TINY_MODEL_ID:
+        kind = _literal(prediction_type or "epsilon")
+        return imports + ["from breakascene.models.tiny import build_tiny_components"], [
+            "# builtin:tiny is built in code with random weights (it is not on the Hub): the same base model again",
+            f"pipe = StableDiffusionPipeline(**build_tiny_components(prediction_type={kind}), safety_checker=None,",
+            "                               feature_extractor=None, requires_safety_checker=False)",
+        ]
+    path = Path(base_model).expanduser()
+    where = _literal(os.path.abspath(path)) if path.exists() else _literal(base_model)
+    if path.suffix == ".safetensors":
+        lines = [f"pipe = StableDiffusionPipeline.from_single_file({where})"]
+        try:
+            info = inspect_single_file(path, prediction_type) if path.is_file() else None
+        except ConfigError:  # moved or damaged since the run: the README still says where the file was
+            info = None
+        if info is not None:
+            config = _literal(single_file_config_source(info.family, info.prediction_type))
+            lines = [f"pipe = StableDiffusionPipeline.from_single_file({where}, config={config})"]
+        if prediction_type:
+            lines.append(f"pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
+                         f"prediction_type={_literal(prediction_type)})")
+        return imports, lines
+    return imports, [f"pipe = StableDiffusionPipeline.from_pretrained({where})"]
+
+
+def _ti_readme(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
+    """The textual-inversion export's README; ``location`` is where the export ends up (absolute)."""
+    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type)
+
+    def head(*more_imports: str) -> str:  # each block runs on its own (a token can be added only once)
+        return "\n".join(["from pathlib import Path", "", *imports, *more_imports, "",
+                          f"export = Path({_literal(str(location))})  # this folder; change it if you move it", "",
+                          *make_pipe])
+
+    one_by_one = "\n".join(f'    str(export / "{f}"),' for f in files)
+    generate = shlex.join(["break-a-scene", "generate", str(run), f"a photo of {tokens[0]}"])
+    return f"""# Break-A-Scene handles as textual-inversion embeddings
+
+Tokens: {", ".join(f"`{t}`" for t in tokens)} (base model: `{info.base_model}`).
+
+{NOTE} For faithful results generate with the run itself, `{generate}`
+(or export it with `--format diffusers`: a folder that any diffusers code loads).
+
+Load every handle from its own file into the base model:
+
+```python
+{head()}
+pipe.load_textual_inversion([
+{one_by_one}
+])
+image = pipe("a photo of {tokens[0]} at the beach").images[0]
+```
+
+(one file: `pipe.load_textual_inversion(str(export / "{files[0]}"))`; the token is the file's only key.)
+
+Or all at once from `handles.safetensors` and `tokens.txt`:
+
+```python
+{head("from safetensors.torch import load_file")}
+
+tokens = (export / "tokens.txt").read_text().split()
+vectors = load_file(str(export / "handles.safetensors"))["embeddings"]  # (N, dim)
+pipe.load_textual_inversion(list(vectors), token=tokens)
+```
+
+Do not give `handles.safetensors` itself to `load_textual_inversion`: it would read one multi-vector concept.
+"""
+
+
+def _diffusers_readme(tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None) -> str:
+    """The diffusers export's README: loads it from ``location`` (absolute), or from ``repo_id`` once pushed."""
+    variant = ', variant="fp16", torch_dtype=torch.float16' if fp16 else ""
+    where = _literal(repo_id or str(location))
+    other = f"\n# or this copy on disk: from_pretrained({_literal(str(location))}{variant})" if repo_id else ""
+    generate = shlex.join(["break-a-scene", "generate", str(location), f"a photo of {tokens[0]}"])
+    return f"""# Break-A-Scene run: a Stable Diffusion pipeline that knows {", ".join(f"`{t}`" for t in tokens)}
+
+```python
+import torch
+from diffusers import StableDiffusionPipeline
+
+pipe = StableDiffusionPipeline.from_pretrained({where}{variant}){other}
+image = pipe("a photo of {tokens[0]} at the beach").images[0]
+```
+
+The handle tokens are already in the tokenizer and text encoder. This folder is also a break-a-scene run
+folder (`scene.json`, `handles.safetensors`): `{generate}`.
+"""
+
+
+def _check_push(repo_id: str | None) -> None:
+    if repo_id is None:
+        return
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise ConfigError(
+            f"--push-to-hub {repo_id} needs a Hugging Face token: run `hf auth login` (or `huggingface-cli login`) "
+            "or set HF_TOKEN, then try again"
+        )
+
+
+def export(
+    run: str | Path,
+    out: str | Path,
+    format: str = "textual-inversion",
+    fp16: bool = False,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+) -> Path:
+    """Exports ``run`` to ``out`` in ``format`` (``textual-inversion`` or ``diffusers``); returns ``out``.
+
+    Everything is written into ``<out>.partial`` and renamed at the end, so ``out`` appears only complete.
+    ``push_to_hub``: also upload ``out`` to that Hub repo (needs a configured token; checked before any work).
+
+    Raises:
+        RunError: ``run`` is not a finished run folder; ``out`` exists without ``overwrite``.
+        ConfigError: unknown format, ``fp16`` with textual-inversion, no Hub token for ``push_to_hub``.
+    """
+    info = RunInfo.read(run)
+    run, out = Path(run), Path(out)
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if fp16 and format != "diffusers":
+        raise ConfigError("--fp16 is for --format diffusers; textual-inversion vectors are kept exactly (fp32)")
+    check_clear_of_inputs(out, [("run folder", run)])  # replacing out must never touch the run
+    if out.exists() and not overwrite:
+        raise RunError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a folder; choose another --out")
+    _check_push(push_to_hub)
+    tokens, vectors = load_handles(run / HANDLES_FILE)
+    if not tokens or len(tokens) != vectors.shape[0]:
+        raise RunError(f"{run / HANDLES_FILE} is damaged (tokens do not match the vectors); extract the scene again")
+
+    location = Path(os.path.abspath(out))  # the READMEs name where the export ends up, not <out>.partial
+    with written_atomically(out) as partial:
+        if format == "textual-inversion":
+            _write_textual_inversion(run, partial, tokens, vectors, info, location)
+        else:
+            _write_diffusers(run, info, partial, tokens, fp16, location, push_to_hub)
+    if push_to_hub is not None:
+        from huggingface_hub import create_repo, upload_folder
+
+        create_repo(push_to_hub, private=private, exist_ok=True)
+        upload_folder(repo_id=push_to_hub, folder_path=str(out), commit_message="Break-A-Scene export")
+    return out
+
+
+def _write_textual_inversion(
+    run: Path, folder: Path, tokens: list[str], vectors: torch.Tensor, info: RunInfo, location: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    files = []
+    for token, vector in zip(tokens, vectors):
+        name = token.strip("<>") + ".safetensors"
+        save_file({token: vector.detach().float().reshape(1, -1).contiguous()}, str(folder / name))
+        files.append(name)
+    shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
+    (folder / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    (folder / "README.md").write_text(_ti_readme(tokens, files, info, location, Path(os.path.abspath(run))))
+
+
+def _write_diffusers(
+    run: Path, info: RunInfo, folder: Path, tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None
+) -> None:
+    from .pipeline import load_pipeline
+
+    dtype = torch.float16 if fp16 else torch.float32
+    pipe = load_pipeline(run, "cpu", dtype, info=info)[0]  # a LoRA run comes out as a full pipeline, adapters fused
+    pipe.save_pretrained(str(folder), safe_serialization=True, variant="fp16" if fp16 else None)
+    shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
+    shutil.copyfile(run / SCENE_FILE, folder / SCENE_FILE)
+    (folder / "README.md").write_text(_diffusers_readme(tokens, fp16, location, repo_id))

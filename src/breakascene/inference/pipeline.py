@@ -1,0 +1,120 @@
+"""A finished run folder as a loaded pipeline: its precision, its sampler, and the LoRA runs' merge."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, RunError, first_line
+from ..models.loading import check_device
+from ..run_folder import check_pipeline_folder
+from ..run_info import RunInfo
+
+SCHEDULERS = ("default", "ddim", "dpm")
+"""``default``: the run's saved scheduler; ``ddim``: DDIM from its config (the research code);
+``dpm``: DPM-Solver++ (multistep) from its config."""
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None) -> torch.dtype:
+    """``fp32``/``fp16``/``bf16`` -> torch dtype; fp16 only on a GPU (CPU half-precision kernels are missing).
+
+    ``device`` goes through :func:`models.check_device`, so a device this machine lacks is a ConfigError here,
+    before any model is loaded.
+    """
+    if isinstance(dtype, torch.dtype):
+        torch_dtype = dtype
+    elif dtype in DTYPES:
+        torch_dtype = DTYPES[dtype]
+    else:
+        raise ConfigError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    kind = check_device(device).type
+    if torch_dtype == torch.float16 and kind == "cpu":
+        raise ConfigError("--dtype fp16 needs a GPU (cuda or mps); on CPU use fp32 (default) or bf16")
+    return torch_dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``fp16`` (the ``--dtype`` name), any other dtype as torch prints it."""
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+
+
+def make_scheduler(name: str, default):
+    """The sampling scheduler for ``--scheduler NAME`` built from the run's own (``default``) scheduler config."""
+    if name not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    if name == "default":
+        return default
+    if name == "ddim":
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(default.config)
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(default.config, algorithm_type="dpmsolver++")
+
+
+@contextlib.contextmanager
+def sampling_scheduler(pipe, name: str):
+    """``pipe`` samples with :func:`make_scheduler`'s ``name`` for a while; its own scheduler is put back after."""
+    saved = pipe.scheduler
+    pipe.scheduler = make_scheduler(name, saved)
+    try:
+        yield pipe
+    finally:
+        pipe.scheduler = saved
+
+
+def load_pipeline(run: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                  info: RunInfo | None = None):
+    """Loads a run folder as a ``StableDiffusionPipeline`` on ``device``; returns (pipeline, its :class:`RunInfo`).
+
+    ``info``: the run's scene.json when the caller has read it already (it is read otherwise).
+
+    The pipeline's own progress bar is off (callers count steps themselves, see :class:`StepProgress`).
+
+    Raises:
+        ConfigError: ``device`` is not on this machine (checked before anything is loaded).
+        RunError: the run folder is missing, unfinished or damaged.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    target = check_device(device)
+    info = info if info is not None else RunInfo.read(run)
+    if info.lora is not None:
+        pipe = load_lora_run(Path(run), info).to(dtype=dtype)
+    else:
+        check_pipeline_folder(run, "extract the scene again")
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(str(run), torch_dtype=dtype, safety_checker=None,
+                                                           use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as error:  # a truncated or damaged weights file, a bad config
+            raise RunError(f"the run folder {run} could not be loaded ({first_line(error)}); extract the scene again") from error
+    pipe = pipe.to(target)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, info
+
+
+def load_lora_run(run: Path, info: RunInfo):
+    """A LoRA run (``extract --lora-rank``): the base model, plus the handles, plus the adapters (fused)."""
+    from diffusers import StableDiffusionPipeline
+
+    from ..handles import load_handles
+    from ..lora import merge_text_encoder_lora
+    from ..models.loading import load_components
+    from ..run_folder import HANDLES_FILE
+
+    components = load_components(info.base_model, prediction_type=info.prediction_type)
+    pipe = StableDiffusionPipeline(
+        **components.pipeline_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    tokens, vectors = load_handles(run / HANDLES_FILE)
+    pipe.load_textual_inversion(vectors, token=tokens)
+    pipe.load_lora_weights(str(run), weight_name=info.lora.weights)
+    pipe.fuse_lora()  # plain weights again: generation runs at the base model's speed
+    pipe.unload_lora_weights()
+    if info.lora.text_encoder:
+        merge_text_encoder_lora(pipe.text_encoder, run / info.lora.text_encoder)
+    return pipe

@@ -1,0 +1,229 @@
+"""Loading the base model's components: Hub id, local diffusers folder, single .safetensors file, or tiny.
+
+Only Stable Diffusion 1.x / 2.x (one CLIP text encoder, a 4-channel UNet) are supported now; what differs
+between model families is in :mod:`.families` (``Components.family``), and how a single file is recognised
+in :mod:`.single_file`, so SDXL is an addition, not a rewrite.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, RunError, first_line
+from ..hub import hub_options, not_downloadable
+from ..run_folder import check_pipeline_folder
+from ..quiet import quiet_libraries
+from .families import ModelFamily
+from .families.sd import STABLE_DIFFUSION
+from .single_file import SD2, check_prediction_type, inspect_single_file, single_file_config_source
+from .tiny import TINY_MODEL_ID, build_tiny_components
+
+quiet_libraries()  # every path that loads, trains or saves a model comes through this module
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Components:
+    """The pieces of a Stable Diffusion pipeline that training touches; passed in explicitly, never global."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: object  # the pipeline's sampling scheduler; training builds a DDPMScheduler from its config
+    prediction_source: str | None = None  # why the scheduler has its prediction type, for telling the user
+    family: ModelFamily = STABLE_DIFFUSION  # how to encode prompts, call the UNet, save the pipeline
+
+    def pipeline_components(self) -> dict:
+        """The five components as ``StableDiffusionPipeline(**...)`` takes them."""
+        return {"tokenizer": self.tokenizer, "text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae,
+                "scheduler": self.scheduler}
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.get("prediction_type", "epsilon")
+
+
+def check_model_reference(model: str) -> None:
+    """Fails fast (before any download) on a reference that can be nothing: a missing path or a .ckpt file."""
+    if model == TINY_MODEL_ID:
+        return
+    path = Path(model).expanduser()
+    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        raise ConfigError(
+            f"--model {model}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors"
+        )
+    if path.exists():
+        if path.is_file() and path.suffix != ".safetensors":
+            raise ConfigError(f"--model {model} is a file but not .safetensors; give a diffusers folder or .safetensors")
+        if path.is_dir() and not (path / "model_index.json").is_file():
+            raise ConfigError(f"--model {model} is a folder without model_index.json; is it a diffusers pipeline folder?")
+        return
+    if path.suffix == ".safetensors" or not _HUB_ID.match(model):
+        raise ConfigError(f"--model {model}: no such file or folder, and not a Hub id like 'owner/name'")
+
+
+def _with_prediction_type(scheduler, prediction_type: str):
+    """A copy of ``scheduler`` that predicts ``prediction_type``; everything else in its config is kept."""
+    return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
+
+
+def load_components(
+    model: str, *, torch_dtype: torch.dtype = torch.float32, prediction_type: str | None = None
+) -> Components:
+    """Loads the base model on the CPU. A Hub id needs network access the first time (then it is cached).
+
+    Args:
+        model: a Hub id, a diffusers folder, a single ``.safetensors`` file (SD 1.x / 2.x), or ``builtin:tiny``.
+        torch_dtype: the weights' dtype.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"`` to override the model's; None to keep the
+            folder's own value, or for a single file to detect it (see :func:`inspect_single_file`).
+
+    Returns:
+        The components; ``prediction_source`` says where the prediction type came from (None for the tiny
+        model when not given). A single file is loaded with the config of :data:`SINGLE_FILE_CONFIGS` (its
+        config files are downloaded from the Hub once) and its scheduler gets the detected prediction type.
+    """
+    check_model_reference(model)
+    requested = check_prediction_type(prediction_type)
+    source = "from --prediction-type" if requested is not None else None
+    if model == TINY_MODEL_ID:
+        return Components(**build_tiny_components(prediction_type=requested or "epsilon"), prediction_source=source)
+
+    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    path = Path(model).expanduser()
+    if path.is_dir():  # before diffusers reads it: a pickle where the weights should be is refused by name
+        try:
+            check_pipeline_folder(path, "give a diffusers folder with .safetensors weights")
+        except RunError as error:
+            raise ConfigError(f"--model {model}: {error}") from None
+    info = inspect_single_file(path, requested) if path.is_file() else None  # its ConfigError stays as it is
+    config = single_file_config_source(info.family, info.prediction_type) if info is not None else None
+    # Break-A-Scene runs no safety checker; None for both keeps diffusers from loading or asking for one.
+    no_safety = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    hub_id = config if info is not None else model  # what comes from the Hub, if anything
+    hub = hub_options(hub_id)
+    try:
+        if info is not None:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), config=config, torch_dtype=torch_dtype, **no_safety, **hub
+            )
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(path) if path.exists() else model, torch_dtype=torch_dtype, use_safetensors=True, **no_safety,
+                **hub
+            )
+    except NotImplementedError as error:
+        if info is None or "meta tensor" not in str(error):
+            raise
+        # diffusers leaves the weights that the file lacks on the meta device and fails when it moves them.
+        raise ConfigError(
+            f"could not load --model {model}: it lacks weights that the {config} config needs "
+            f"(a pruned or non-standard {info.family_name} checkpoint?)"
+        ) from error
+    except (OSError, ValueError, SingleFileComponentError) as error:  # missing repo, no network, bad file
+        if hub.get("local_files_only"):
+            raise not_downloadable(hub_id, "--model", "model" if info is None else "config") from error
+        if info is not None:
+            raise ConfigError(
+                f"could not load --model {model} as an {info.family_name} file with the {config} config: "
+                f"{first_line(error)} (that config is downloaded once and needs network access then)"
+            ) from error
+        raise ConfigError(
+            f"could not load --model {model}: {first_line(error)} (a Hub id is downloaded once and needs network "
+            "access then; or pass a local diffusers folder or a .safetensors file)"
+        ) from error
+    if pipe.unet.config.in_channels != 4:
+        raise ConfigError(f"--model {model} has a {pipe.unet.config.in_channels}-channel UNet; use a text-to-image model")
+    scheduler = pipe.scheduler
+    if info is not None:
+        # Never what the config's scheduler says: that belongs to the config repo, not to this file.
+        scheduler, source = _with_prediction_type(scheduler, info.prediction_type), info.prediction_source
+    elif requested is not None:
+        scheduler = _with_prediction_type(scheduler, requested)
+    else:
+        source = "from the model's scheduler config"
+    return Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, scheduler, prediction_source=source)
+
+
+PAPER_RESOLUTION = 512  # SD 2.1-base, the paper's model
+
+
+def native_resolution(model: str) -> int | None:
+    """The image size ``model`` was trained at, found without loading weights; None when only loading can tell
+    (a Hub id that is not in the local cache).
+
+    builtin:tiny: its :data:`~breakascene.models.tiny.TINY_RESOLUTION`; a diffusers folder (or a cached Hub id): the
+    UNet's ``sample_size`` times the VAE's scale; a single file: 768 for SD 2.x v-prediction, else 512.
+    """
+    import json
+
+    if model == TINY_MODEL_ID:
+        from .tiny import TINY_RESOLUTION
+
+        return TINY_RESOLUTION
+    path = Path(model).expanduser()
+    if path.is_file():
+        info = inspect_single_file(path)
+        return 768 if (info.family, info.prediction_type) == (SD2, "v_prediction") else 512
+    if path.is_dir():
+        unet_config, vae_config = path / "unet" / "config.json", path / "vae" / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(model, f"{part}/config.json") for part in ("unet", "vae")]
+        if not all(isinstance(c, str) for c in cached):
+            return None
+        unet_config, vae_config = (Path(c) for c in cached)
+    try:
+        sample_size = json.loads(unet_config.read_text())["sample_size"]
+        levels = len(json.loads(vae_config.read_text())["block_out_channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # loading the model will say what is wrong with it
+    return int(sample_size if isinstance(sample_size, int) else sample_size[0]) * 2 ** (levels - 1)
+
+
+def default_resolution(model: str) -> int:
+    """``--resolution`` when it is not given: the model's native size where it is known, else the paper's 512."""
+    return native_resolution(model) or PAPER_RESOLUTION
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """``--device`` for every command: None gives the default device; a device this machine lacks is a ConfigError."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"--device {device!r} is not a device; use cuda, cuda:1, mps or cpu") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device} asked for, but PyTorch sees no Apple GPU (MPS) here; use --device cpu")
+    return resolved
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,1 @@
+"""Training: the recipe (two phases), checkpoints, the training log, memory options."""

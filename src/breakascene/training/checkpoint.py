@@ -1,0 +1,179 @@
+"""Resumable checkpoints, in safetensors and JSON only (nothing is unpickled on resume).
+
+A checkpoint folder holds:
+    state.json              phase index, steps done in it, the config fingerprint, optimiser hyper-parameters
+    trainable.safetensors   the handle vectors, and in phase 2 the UNet and text encoder weights
+    optimizer.safetensors   the optimiser's per-parameter tensors (Adam moments and step counts)
+    rng.safetensors         the random generators' states, so a resumed run draws the same numbers
+
+It is written to ``checkpoint.tmp`` and renamed over ``checkpoint``, so a kill while saving leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..config import ExtractConfig
+from ..errors import ConfigError, RunError, RunFailure, SceneError, first_line
+from ..scene import Scene
+
+STATE_FILE = "state.json"
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    flat = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            flat[f"{index}.{key}"] = value.detach().contiguous().cpu()
+    return flat
+
+
+def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in flat.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    # The param groups (lr, betas, ...) come from the config, which --resume has checked is unchanged.
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    state: dict,
+) -> None:
+    """Atomically replaces ``folder`` with a checkpoint of the given tensors and JSON-able ``state``."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+    save_file(_optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
+    save_file({k: g.get_state() for k, g in generators.items()}, str(tmp / "rng.safetensors"))
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _reading(folder: Path, name: str):
+    """Turns any failure to read a checkpoint file into one RunError that names it and says what to do."""
+    try:
+        yield Path(folder) / name
+    except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
+        # (other OSErrors, e.g. permission denied, are the disk's, not the file's, and reported as such)
+        raise RunError(f"the checkpoint file {Path(folder) / name} is damaged or incomplete ({first_line(error)}); "
+                       "start the run over with --overwrite") from error
+
+
+def read_checkpoint_state(folder: Path) -> dict | None:
+    """The checkpoint's ``state.json``, or None when there is no complete checkpoint. RunError if damaged."""
+    with _reading(folder, STATE_FILE) as path:
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        for key in ("phase_index", "step", "fingerprint", "loss_log", "attention_scores"):
+            state[key]  # noqa: B018 - a KeyError here means a damaged file
+        return state
+
+
+def load_checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    with _reading(folder, "trainable.safetensors") as path:
+        return load_file(str(path))
+
+
+def restore_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
+    with _reading(folder, "optimizer.safetensors") as path:
+        _load_optimizer_tensors(optimizer, load_file(str(path)))
+
+
+def restore_rng(folder: Path, generators: dict[str, torch.Generator]) -> None:
+    with _reading(folder, "rng.safetensors") as path:
+        for name, value in load_file(str(path)).items():
+            generators[name].set_state(value)
+
+
+def training_inputs(scene: Scene, collection: list | None = None) -> dict:
+    """What a run trains on, as content hashes: the scene as used, and a collection's images and masks."""
+    from ..scene import tensor_digest
+
+    inputs = scene.fingerprint()
+    if collection:
+        inputs["collection"] = [[tensor_digest(item.image), tensor_digest(item.masks)] for item in collection]
+    return inputs
+
+
+def check_resume(state: dict, config: ExtractConfig, inputs: dict, folder: Path) -> None:
+    """Refuses ``--resume`` when the checkpoint was made with other settings, another photo or other masks.
+
+    Raises:
+        ConfigError: the settings differ (named). SceneError: the photo, a mask, the number of masks or the
+            collection differs (named), or the checkpoint records no inputs (written by an older version).
+    """
+    if state["fingerprint"] != config.training_fingerprint():
+        changed = sorted(k for k, v in config.training_fingerprint().items() if state["fingerprint"].get(k) != v)
+        raise ConfigError(f"--resume with different settings ({', '.join(changed)}); use the interrupted run's options")
+    held = state.get("inputs")
+    if held is None:
+        raise SceneError(f"the checkpoint in {folder} does not record the photo and masks it was trained on (an "
+                         "older break-a-scene wrote it); start over with --overwrite")
+    if held["image"] != inputs["image"]:
+        raise SceneError("--resume with another photo than the checkpoint was trained on (compared as resized and "
+                         "cropped); give the same photo and masks, or start over with --overwrite")
+    if len(held["masks"]) != len(inputs["masks"]):
+        raise SceneError(f"--resume with {len(inputs['masks'])} masks, but the checkpoint was trained on "
+                         f"{len(held['masks'])}; give the same masks, or start over with --overwrite")
+    for i, (old, new) in enumerate(zip(held["masks"], inputs["masks"])):
+        if old != new:
+            raise SceneError(f"--resume with another mask {i} ({inputs['mask_names'][i]}) than the checkpoint was "
+                             "trained on; give the same masks in the same order, or start over with --overwrite")
+    if held.get("collection") != inputs.get("collection"):
+        raise SceneError("--resume with another training collection than the checkpoint's; start over with --overwrite")
+
+
+def stop_if_not_finite(records: list[dict], steps: int, folder: Path, phase_names: list[str]) -> None:
+    """Raises RunFailure if a loss of these training-log ``records`` was NaN or infinite, before anything of
+    them is saved, saying which checkpoint in ``folder`` is kept (``phase_names``: the config's phases)."""
+    bad = next((r for r in records if not math.isfinite(r["total"])), None)
+    if bad is None:
+        return
+    state = read_checkpoint_state(folder)
+    if state is None:
+        kept = "no checkpoint was written before it (use --checkpoint-every N to keep one)"
+    else:
+        kept = (f"the last good checkpoint ({phase_names[state['phase_index']]} step {state['step']}) "
+                f"is kept in {folder.parent}")
+    raise RunFailure(
+        f"the loss became non-finite at {bad['phase']} step {bad['step']} of {steps}; {kept}. The same settings "
+        "fail the same way: lower the learning rate or --lambda-attn and start over (--overwrite)"
+    )
+
+
+def load_trained_weights(tensors: dict[str, torch.Tensor], embedding, components, *, whole_unet: bool) -> None:
+    """Puts a checkpoint's trained tensors back in place: the handle vectors into ``embedding``, and the UNet's
+    and text encoder's (all of the UNet when ``whole_unet``, after a full phase 2; else only what trained)."""
+    with torch.no_grad():
+        embedding.handle_vectors.copy_(tensors["handles"])
+        unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
+        text = {k[len("text_encoder."):]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
+    if unet:
+        unexpected = components.unet.load_state_dict(unet, strict=whole_unet).unexpected_keys
+        if unexpected:
+            raise RunError(f"the checkpoint does not fit this model (e.g. {unexpected[0]}); start the run again")
+    if text:
+        components.text_encoder.load_state_dict(text, strict=False)

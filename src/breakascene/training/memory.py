@@ -1,0 +1,113 @@
+"""Memory and speed options of a training run: mixed precision, TF32, 8-bit Adam, and what ``--low-vram`` picks.
+
+``docs/performance.md`` has the numbers behind every choice. bitsandbytes itself stays hidden until 8-bit Adam
+is asked for (:mod:`.optional_bnb`, which must stay importable before any library).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..errors import ConfigError
+from . import optional_bnb
+
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+LOW_VRAM_OPTIONS = {
+    "mixed_precision": "bf16",  # fp16 where the GPU has no bf16 (see low_vram_options)
+    "gradient_checkpointing": True,
+    "use_8bit_adam": True,
+    "train_text_encoder": False,
+}
+
+
+def autocast(device: torch.device, mixed_precision: str):
+    """``torch.autocast`` in bf16/fp16 for ``mixed_precision``, or nothing for ``"no"``."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_tf32(device: torch.device, allow: bool) -> None:
+    """TF32 matmuls on Ampere+ GPUs ("high"), or strict fp32 ("highest"). Process-wide, as in PyTorch."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if allow else "highest")
+
+
+def load_bitsandbytes(device: torch.device):
+    """bitsandbytes for 8-bit Adam, or a ConfigError that says what to do instead."""
+    if device.type != "cuda":
+        raise ConfigError(
+            f"--use-8bit-adam needs a CUDA GPU (bitsandbytes), not {device.type}; drop it, or use --lora-rank N "
+            "to make the optimiser state small"
+        )
+    if not optional_bnb.installed():
+        raise ConfigError("--use-8bit-adam needs bitsandbytes: pip install 'break-a-scene[bnb]'")
+    return optional_bnb.load()
+
+
+def store_frozen_weights_in_half(models: list[torch.nn.Module], mixed_precision: str) -> None:
+    """Stores ``models`` (weights that never train in this run) in bf16/fp16; their LoRA adapters stay float32.
+
+    What trains keeps float32 master weights: the handle vectors, LoRA adapters, and in a full phase 2 the
+    whole UNet (and text encoder). Autocast does the compute in half precision either way.
+    """
+    dtype = HALF_DTYPES.get(mixed_precision)
+    if dtype is None:
+        return
+    for model in models:
+        model.to(dtype)
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.data = p.data.float()
+
+
+def machine_facts(device: str | None) -> tuple[str, bool, bool]:
+    """(device type, bf16 supported, bitsandbytes installed) for ``--device`` (None: the default device)."""
+    if device:
+        device_type = device.split(":")[0]
+    else:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = device_type != "cuda" or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return device_type, bf16, optional_bnb.installed()
+
+
+def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_available: bool) -> tuple[dict, list[str]]:
+    """What ``--low-vram`` sets, for this machine: (config overrides, one line per choice saying why).
+
+    The budget is a 12 GB GPU with the full (not LoRA) phase 2, the paper's method. What phase 2 holds is
+    UNet weights + gradients in fp32 (2 x 3.46 GB) + optimiser state: 8-bit Adam makes that 1.7 GB instead of
+    6.9 GB. The text encoder (340 M parameters) stays frozen in phase 2, in half precision, which is the usual
+    12 GB recipe (diffusers' and kohya's DreamBooth guides); the paper trains it, so this is a deviation.
+    Gradient checkpointing keeps the activations of a 512 px step around 1 GB.
+    """
+    options, notes = dict(LOW_VRAM_OPTIONS), []
+    if device_type == "cuda" and not bf16_supported:
+        options["mixed_precision"] = "fp16"
+    if device_type == "cpu" and options["mixed_precision"] == "fp16":
+        options["mixed_precision"] = "bf16"
+    notes.append(f"mixed precision {options['mixed_precision']}: frozen weights stored in it, autocast compute")
+    notes.append("gradient checkpointing: activations are recomputed in the backward pass")
+    if device_type == "cuda" and bitsandbytes_available:
+        notes.append("8-bit Adam (bitsandbytes): optimiser state 1.7 GB instead of 6.9 GB")
+    else:
+        options["use_8bit_adam"] = False
+        why = "no CUDA GPU" if device_type != "cuda" else "bitsandbytes is not installed (pip install 'break-a-scene[bnb]')"
+        notes.append(f"fp32 Adam: 8-bit Adam needs CUDA and bitsandbytes ({why}); add --lora-rank 4 to fit 12 GB")
+    notes.append("text encoder frozen in phase 2 (the paper trains it): saves its gradients and optimiser state")
+    return options, notes
+
+
+def with_low_vram(overrides: dict) -> dict:
+    """``ExtractConfig.from_preset`` overrides with ``--low-vram``'s choices for this machine put in under them.
+
+    When ``overrides["low_vram"]`` is set, the result is this machine's :func:`low_vram_options`, then every
+    given (not None) override: the order preset < ``--low-vram`` < the user's own flags. Otherwise ``overrides``.
+    """
+    if not overrides.get("low_vram"):
+        return overrides
+    chosen = low_vram_options(*machine_facts(overrides.get("device")))[0]
+    return {**chosen, **{k: v for k, v in overrides.items() if v is not None}}

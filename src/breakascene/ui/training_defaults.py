@@ -1,0 +1,59 @@
+"""The Extract tab's resolution and steps, which follow the model: its defaults, kept where the user changed them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+PAPER_STEPS = 400  # each phase, the paper's (ExtractConfig's defaults)
+DEMO_STEPS = 30  # each phase, `make demo`'s for builtin:tiny: enough to see the pieces work, seconds on a CPU
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """What the Extract tab proposes for a model: its resolution and the steps of the two phases."""
+
+    resolution: int
+    phase1_steps: int
+    phase2_steps: int
+
+
+def training_defaults(model: str) -> TrainingDefaults:
+    """builtin:tiny: the demo's 30 + 30 steps at its native 128 px; any other model: the paper's 400 + 400 steps
+    at the model's native size where it is known without loading weights (``models.default_resolution``), else
+    512.
+
+    Never raises: while the user types, the model box holds half a name (``sd2-``), which is no valid Hub id; it
+    gets 512 here, and *Start* says what is wrong with it.
+    """
+    from ..models.loading import PAPER_RESOLUTION, default_resolution
+    from ..models.tiny import TINY_MODEL_ID, TINY_RESOLUTION
+
+    model = (model or "").strip()
+    if model == TINY_MODEL_ID:
+        return TrainingDefaults(TINY_RESOLUTION, DEMO_STEPS, DEMO_STEPS)
+    try:
+        resolution = default_resolution(model) if model else PAPER_RESOLUTION
+    except (ValueError, OSError):  # a half-typed Hub id (HFValidationError), a file that is no checkpoint, ...
+        resolution = PAPER_RESOLUTION
+    return TrainingDefaults(resolution, PAPER_STEPS, PAPER_STEPS)
+
+
+def follow_model(previous: TrainingDefaults, new: TrainingDefaults, resolution, phase1_steps,
+                 phase2_steps) -> tuple:
+    """The Extract tab's ``(resolution, phase 1 steps, phase 2 steps)`` after the model changed.
+
+    A field still holding the previous model's default takes the new model's; a field the user has changed keeps
+    its value, so typing a model name never throws away settings chosen on purpose.
+    """
+    fields = zip((resolution, phase1_steps, phase2_steps), dataclasses.astuple(previous), dataclasses.astuple(new))
+    return tuple(new_default if _same_number(value, old_default) else value
+                 for value, old_default, new_default in fields)
+
+
+def _same_number(value, default: int) -> bool:
+    """True if a number box's ``value`` (int, float, or None when cleared) equals ``default``."""
+    try:
+        return value is not None and float(value) == default
+    except (TypeError, ValueError):
+        return False
