@@ -110,6 +110,9 @@ def sam_folder(tmp_path_factory):
     return folder
 
 
+# About 50 s (a whole session in Chromium: mask, train, generate, download): opt-in with the other slow tests, which
+# CI runs (`make test-slow`); the quick browser test below stays in the default suite.
+@pytest.mark.slow
 def test_mark_train_generate_download(page, server, artifacts, sam_folder):
     url, runs = server
     shot = lambda name: page.screenshot(path=str(artifacts / f"ui-{name}.png"), full_page=True)  # noqa: E731
