@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make demo` (offline, tiny built-in model) and `make test`.
+# Two commands on a fresh machine:  `make demo` (offline, the built-in shapes-world model) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel this project is developed with; use e.g. `make TORCH=torch demo` to let pip pick a build for your machine.
@@ -17,11 +17,12 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/break-a-scene extract examples/shapes --model builtin:tiny --phase1-steps 30 --phase2-steps 30 \
-		--out runs/demo --overwrite
-	$(BIN)/break-a-scene generate runs/demo "a photo of <asset0> and <asset1> at the beach" \
-		"a photo of a car at <bg>" --num-images 2 --steps 10 --overwrite
-	@echo "demo done: attention maps in runs/demo/attention/, images in runs/demo/samples/"
+	$(BIN)/break-a-scene world scenes --out runs/demo-scenes --num 1 --seed 0 --overwrite
+	$(BIN)/break-a-scene extract runs/demo-scenes/scene-000 --model builtin:shapes --out runs/demo --overwrite
+	$(BIN)/break-a-scene generate runs/demo "a photo of <asset0> on a checkered background" \
+		"a photo of <asset1> on a striped background" "a photo of <asset0> and <asset1> on a plain background" \
+		--num-images 4 --steps 25 --guidance 4 --overwrite
+	@echo "demo done: the scene in runs/demo-scenes/scene-000/, attention maps in runs/demo/attention/, images in runs/demo/samples/"
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider

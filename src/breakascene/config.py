@@ -63,7 +63,9 @@ class ExtractConfig:
     # single-file checkpoint, detected from the file: see models.single_file.inspect_single_file)
     prediction_type: str | None = None
     names: list[str] | None = None  # handle names, one per mask; default asset0, asset1, ...
-    init_words: list[str] | None = None  # a word per mask to start each handle from; default: the name or "object"
+    init_words: list[str] | None = None  # a word per mask to start each handle from; default: the name if given,
+    # else default_init_word, else a rare word of the vocabulary per handle (handles.rare_words)
+    default_init_word: str | None = None  # the init word of every unnamed handle without one (builtin:shapes: "object")
     background: bool = True  # learn <bg> from the complement of the union of the masks (the paper does)
 
     # --- the two phases (paper: handles only at 5e-4, then handles + UNet + text encoder at 2e-6)

@@ -113,11 +113,14 @@ def rare_words(tokenizer, count: int, avoid: set[str] = frozenset()) -> list[str
     raise ConfigError(f"the tokenizer has fewer than {count} usable rare words; give --init-words for every mask")
 
 
-def resolve_init_words(tokenizer, handles: list[Handle]) -> list[Handle]:
-    """The handles with every missing init word replaced by its own rare word (:func:`rare_words`)."""
+def resolve_init_words(tokenizer, handles: list[Handle], default: str | None = None) -> list[Handle]:
+    """The handles with every missing init word replaced by ``default``, or without one by its own rare word
+    (:func:`rare_words`)."""
     missing = [h for h in handles if h.init_word is None]
     if not missing:
         return list(handles)
+    if default is not None:
+        return [dataclasses.replace(h, init_word=default) if h.init_word is None else h for h in handles]
     given = {h.init_word for h in handles if h.init_word is not None}
     words = iter(rare_words(tokenizer, len(missing), avoid=given))
     return [dataclasses.replace(h, init_word=next(words)) if h.init_word is None else h for h in handles]

@@ -39,12 +39,14 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to write; it appears only when the run has finished "
                    "(masks made by --text-masks/--points/--boxes are saved in its masks/ folder)")
     p.add_argument("--names", nargs="+", help="handle names, one per mask: --names dog shirt gives <dog> <shirt>")
-    p.add_argument("--init-words", nargs="+", help="a word per mask to start each handle from (default: its name, or 'object')")
+    p.add_argument("--init-words", nargs="+", help="a word per mask to start each handle from (default: its name, else a "
+                   "rare word of the vocabulary; builtin:shapes: 'object')")
     p.add_argument("--no-background", dest="background", action="store_false", default=None, help="do not learn the <bg> handle")
-    p.add_argument("--model", help=f"Hub id, diffusers folder, .safetensors file, or builtin:tiny (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", help="Hub id, diffusers folder, .safetensors file, builtin:shapes (a small model that knows the "
+                   f"shapes world; its scaled settings become the defaults) or builtin:tiny (random) (default: {DEFAULT_MODEL})")
     p.add_argument("--resolution", type=int, help="square size the photo is resized and centre-cropped to (default: the "
-                   "model's native size where known without loading it: 512 for SD 2.1-base, 768 for SD 2.1, 128 for "
-                   "builtin:tiny; else 512)")
+                   "model's native size where known without loading it: 512 for SD 2.1-base, 768 for SD 2.1, 64 for "
+                   "builtin:shapes, 128 for builtin:tiny; else 512)")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="what the UNet predicts; by default "
                    "the model's scheduler says, and for a single .safetensors file it is detected from the file "
                    "(SD 2.x-base: epsilon, SD 2.x 768: v_prediction)")
@@ -94,6 +96,16 @@ def _print_low_vram_choices(args) -> None:
         print("  (your own " + ", ".join("--" + n.replace("_", "-") for n in overridden) + " replaced its choice)", file=sys.stderr)
 
 
+def _shapes_settings(overrides: dict) -> dict:
+    """builtin:shapes' scaled settings for every one the user did not give, printed."""
+    from ..models.shapes import SCALED_SETTINGS
+
+    taken = {k: v for k, v in SCALED_SETTINGS.items() if overrides.get(k) is None}
+    if taken:
+        print("builtin:shapes' scaled settings: " + ", ".join(f"{k}={v}" for k, v in taken.items()), file=sys.stderr)
+    return {**overrides, **taken}
+
+
 def run_extract(args) -> int:
     from ..training.recipe import extract
     from ..scene import load_scene, load_scene_folder
@@ -111,7 +123,12 @@ def run_extract(args) -> int:
         args.resolution = default_resolution(args.model or DEFAULT_MODEL)
     from ..training.memory import with_low_vram
 
-    config = ExtractConfig.from_preset(args.preset, **with_low_vram({name: getattr(args, name) for name in fields}))
+    from ..models.shapes import SHAPES_MODEL_ID
+
+    overrides = {name: getattr(args, name) for name in fields}
+    if (args.model or DEFAULT_MODEL) == SHAPES_MODEL_ID:
+        overrides = _shapes_settings(overrides)
+    config = ExtractConfig.from_preset(args.preset, **with_low_vram(overrides))
     if args.low_vram:
         _print_low_vram_choices(args)
     source = Path(args.input)

@@ -2,7 +2,7 @@
 
 Each command is a small module of this package over the library's functions (:mod:`.extract`, :mod:`.masks`,
 :mod:`.generate` with ``variations``, :mod:`.export`, :mod:`.edit`, :mod:`.env`, :mod:`.ui`, :mod:`.evaluate`,
-:mod:`.bench`; the flags several share are in :mod:`.shared`). Bad input ends with one line on stderr and exit
+:mod:`.bench`, :mod:`.world`; the flags several share are in :mod:`.shared`). Bad input ends with one line on stderr and exit
 status 2; an unexpected failure with one line and status 1 (``--debug`` shows the traceback); Ctrl-C with
 status 130 and a hint to ``--resume``.
 """
@@ -30,6 +30,7 @@ from .extract import add_extract_parser  # noqa: E402
 from .generate import add_generate_parser, add_variations_parser  # noqa: E402
 from .masks import add_masks_parser  # noqa: E402
 from .ui import add_ui_parser  # noqa: E402
+from .world import add_world_parser  # noqa: E402
 
 EXIT_INTERRUPTED = 130
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(subparsers)
     add_bench_parser(subparsers)
+    add_world_parser(subparsers)
     return parser
 
 

@@ -88,7 +88,8 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, *, xlabel: str = "prompt similarity (CLIP ViT-L/14 cosine)",
+         ylabel: str = "identity similarity (DINO ViT-B/16 cosine)") -> None:
     """The Fig. 5 scatter: a point per method with CI bars, the Pareto front dashed. Uses no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -106,8 +107,8 @@ def plot(rows: list[dict], path: Path) -> None:
         )
         ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", linewidth=1, label="Pareto front")
-    ax.set_xlabel("prompt similarity (CLIP ViT-L/14 cosine)")
-    ax.set_ylabel("identity similarity (DINO ViT-B/16 cosine)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     figure.tight_layout()

@@ -51,12 +51,13 @@ def base_pipeline_lines(base_model: str, prediction_type: str | None = None) -> 
     """Python that makes ``pipe``, the run's base model as a stock ``StableDiffusionPipeline``: (imports, lines).
 
     ``builtin:tiny`` is not a Hub id: it is built in code (:func:`breakascene.models.tiny.build_tiny_components`, with
-    the run's prediction type). A ``.safetensors`` file is loaded with ``from_single_file`` and the config
+    the run's prediction type); ``builtin:shapes`` is the package's own folder. A ``.safetensors`` file is loaded with ``from_single_file`` and the config
     breakascene used for it, with the run's prediction type set on the scheduler (the config's may differ); a
     folder that exists here by its absolute path; anything else as a Hub id.
 
     Raises nothing for a base model that is gone or damaged: the lines then name it as scene.json does.
     """
+    from ..models.shapes import SHAPES_MODEL_ID
     from ..models.single_file import inspect_single_file, single_file_config_source
     from ..models.tiny import TINY_MODEL_ID
 
@@ -67,6 +68,11 @@ def base_pipeline_lines(base_model: str, prediction_type: str | None = None) -> 
             "# builtin:tiny is built in code with random weights (it is not on the Hub): the same base model again",
             f"pipe = StableDiffusionPipeline(**build_tiny_components(prediction_type={kind}), safety_checker=None,",
             "                               feature_extractor=None, requires_safety_checker=False)",
+        ]
+    if base_model == SHAPES_MODEL_ID:
+        return imports + ["from breakascene.models.shapes import SHAPES_FOLDER"], [
+            "# builtin:shapes ships inside the breakascene package as a diffusers folder",
+            "pipe = StableDiffusionPipeline.from_pretrained(SHAPES_FOLDER)",
         ]
     path = Path(base_model).expanduser()
     where = _literal(os.path.abspath(path)) if path.exists() else _literal(base_model)

@@ -20,6 +20,7 @@ from ..quiet import quiet_libraries
 from .families import ModelFamily
 from .families.sd import STABLE_DIFFUSION
 from .single_file import SD2, check_prediction_type, inspect_single_file, single_file_config_source
+from .shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
 from .tiny import TINY_MODEL_ID, build_tiny_components
 
 quiet_libraries()  # every path that loads, trains or saves a model comes through this module
@@ -61,6 +62,9 @@ def check_model_reference(model: str) -> None:
     """Fails fast (before any download) on a reference that can be nothing: a missing path or a .ckpt file."""
     if model == TINY_MODEL_ID:
         return
+    if model == SHAPES_MODEL_ID:
+        shapes_folder()
+        return
     path = Path(model).expanduser()
     if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
         raise ConfigError(
@@ -76,6 +80,16 @@ def check_model_reference(model: str) -> None:
         raise ConfigError(f"--model {model}: no such file or folder, and not a Hub id like 'owner/name'")
 
 
+def shapes_folder() -> Path:
+    """The shipped ``builtin:shapes`` pipeline folder; ConfigError if this installation lacks it."""
+    if not (SHAPES_FOLDER / "model_index.json").is_file():
+        raise ConfigError(
+            f"builtin:shapes is not in this installation ({SHAPES_FOLDER} is missing); train it with "
+            f"`break-a-scene world train --out DIR` and pass --model DIR/pipeline"
+        )
+    return SHAPES_FOLDER
+
+
 def _with_prediction_type(scheduler, prediction_type: str):
     """A copy of ``scheduler`` that predicts ``prediction_type``; everything else in its config is kept."""
     return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
@@ -87,7 +101,8 @@ def load_components(
     """Loads the base model on the CPU. A Hub id needs network access the first time (then it is cached).
 
     Args:
-        model: a Hub id, a diffusers folder, a single ``.safetensors`` file (SD 1.x / 2.x), or ``builtin:tiny``.
+        model: a Hub id, a diffusers folder, a single ``.safetensors`` file (SD 1.x / 2.x), ``builtin:tiny`` or
+            ``builtin:shapes`` (the shipped folder, :mod:`.shapes`).
         torch_dtype: the weights' dtype.
         prediction_type: ``"epsilon"`` or ``"v_prediction"`` to override the model's; None to keep the
             folder's own value, or for a single file to detect it (see :func:`inspect_single_file`).
@@ -106,7 +121,7 @@ def load_components(
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-    path = Path(model).expanduser()
+    path = shapes_folder() if model == SHAPES_MODEL_ID else Path(model).expanduser()
     if path.is_dir():  # before diffusers reads it: a pickle where the weights should be is refused by name
         try:
             check_pipeline_folder(path, "give a diffusers folder with .safetensors weights")
@@ -177,6 +192,10 @@ def native_resolution(model: str) -> int | None:
         from .tiny import TINY_RESOLUTION
 
         return TINY_RESOLUTION
+    if model == SHAPES_MODEL_ID:
+        from .shapes import SHAPES_RESOLUTION
+
+        return SHAPES_RESOLUTION
     path = Path(model).expanduser()
     if path.is_file():
         info = inspect_single_file(path)

@@ -36,8 +36,9 @@ _WORDS = (
 ).split()
 
 
-def tiny_vocabulary() -> tuple[dict[str, int], list[str]]:
-    """Returns ``(vocab, merges)`` for a byte-level BPE tokenizer in CLIP's format (``</w>`` ends a word)."""
+def tiny_vocabulary(words: tuple[str, ...] | list[str] = _WORDS) -> tuple[dict[str, int], list[str]]:
+    """Returns ``(vocab, merges)`` for a byte-level BPE tokenizer in CLIP's format (``</w>`` ends a word): every
+    ASCII letter, digit and punctuation mark, and a whole-word token for each of ``words``."""
     vocab: dict[str, int] = {}
     merges: list[str] = []
 
@@ -49,7 +50,7 @@ def tiny_vocabulary() -> tuple[dict[str, int], list[str]]:
     for ch in symbols:
         add(ch)
         add(ch + "</w>")
-    for word in _WORDS:
+    for word in words:
         # Merge left to right: "p"+"h" -> "ph", "ph"+"o" -> "pho", ..., "phot"+"o</w>" -> "photo</w>".
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         merged = pieces[0]
@@ -66,7 +67,11 @@ def tiny_vocabulary() -> tuple[dict[str, int], list[str]]:
 
 
 def build_tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
-    vocab, merges = tiny_vocabulary()
+    return tokenizer_from_vocabulary(*tiny_vocabulary(), model_max_length=model_max_length)
+
+
+def tokenizer_from_vocabulary(vocab: dict[str, int], merges: list[str], model_max_length: int = 77) -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` with this vocabulary and these BPE merges (in priority order)."""
     # Going through files is the one constructor that every transformers version (4.x and 5.x) shares.
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "vocab.json").write_text(json.dumps(vocab))

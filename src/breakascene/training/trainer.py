@@ -116,7 +116,7 @@ class Trainer:
         c, cfg = self.components, self.config
         for model in (c.vae, c.unet, *self.family.text_encoders(c)):
             model.requires_grad_(False)
-        self.handles = resolve_init_words(c.tokenizer, self.handles)
+        self.handles = resolve_init_words(c.tokenizer, self.handles, default=cfg.default_init_word)
         self.embedding: HandleEmbedding = attach_handles(c.tokenizer, c.text_encoder, self.handles)
         self.handle_ids = self.embedding.handle_ids.tolist()
         if cfg.lora_rank:

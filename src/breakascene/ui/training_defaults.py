@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 PAPER_STEPS = 400  # each phase, the paper's (ExtractConfig's defaults)
-DEMO_STEPS = 30  # each phase, `make demo`'s for builtin:tiny: enough to see the pieces work, seconds on a CPU
+DEMO_STEPS = 30  # each phase, for builtin:tiny (random weights): enough to see the pieces work, seconds on a CPU
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class TrainingDefaults:
 
 
 def training_defaults(model: str) -> TrainingDefaults:
-    """builtin:tiny: the demo's 30 + 30 steps at its native 128 px; any other model: the paper's 400 + 400 steps
+    """builtin:tiny: the demo's 30 + 30 steps at its native 128 px; builtin:shapes: its scaled steps at 64 px
+    (:data:`~breakascene.models.shapes.SCALED_SETTINGS`); any other model: the paper's 400 + 400 steps
     at the model's native size where it is known without loading weights (``models.default_resolution``), else
     512.
 
@@ -27,11 +28,14 @@ def training_defaults(model: str) -> TrainingDefaults:
     gets 512 here, and *Start* says what is wrong with it.
     """
     from ..models.loading import PAPER_RESOLUTION, default_resolution
+    from ..models.shapes import SCALED_SETTINGS, SHAPES_MODEL_ID, SHAPES_RESOLUTION
     from ..models.tiny import TINY_MODEL_ID, TINY_RESOLUTION
 
     model = (model or "").strip()
     if model == TINY_MODEL_ID:
         return TrainingDefaults(TINY_RESOLUTION, DEMO_STEPS, DEMO_STEPS)
+    if model == SHAPES_MODEL_ID:
+        return TrainingDefaults(SHAPES_RESOLUTION, SCALED_SETTINGS["phase1_steps"], SCALED_SETTINGS["phase2_steps"])
     try:
         resolution = default_resolution(model) if model else PAPER_RESOLUTION
     except (ValueError, OSError):  # a half-typed Hub id (HFValidationError), a file that is no checkpoint, ...
@@ -57,3 +61,13 @@ def _same_number(value, default: int) -> bool:
         return value is not None and float(value) == default
     except (TypeError, ValueError):
         return False
+
+
+def scaled_settings(model: str) -> dict:
+    """The settings besides the steps that a model brings as its defaults: builtin:shapes' learning rates, loss
+    weight and init word; nothing for any other model (the paper's)."""
+    from ..models.shapes import SCALED_SETTINGS, SHAPES_MODEL_ID
+
+    if model != SHAPES_MODEL_ID:
+        return {}
+    return {k: v for k, v in SCALED_SETTINGS.items() if k not in ("phase1_steps", "phase2_steps")}

@@ -17,7 +17,7 @@ from ..mask_inputs import mask_image
 from ..messages import markdown_code
 from ..names import parse_word_list, sanitize_run_name
 from ..runs import RunList, attention_files, job_dir, list_runs, load_job, save_job
-from ..training_defaults import TrainingDefaults, follow_model, training_defaults
+from ..training_defaults import TrainingDefaults, follow_model, scaled_settings, training_defaults
 from ..training_status import TrainingStatus, progress_line
 from .scene import scene_photo
 from .toasts import guarded, show_warning
@@ -100,8 +100,9 @@ class ExtractHandlers:
         if not masks:
             raise SceneError("make the masks first (Scene tab): paint layers, click, type phrases or upload files")
         name = sanitize_run_name(run_name)
+        model = self._model(model)
         config = ExtractConfig.from_preset(
-            preset, model=self._model(model), resolution=int(resolution),
+            preset, **scaled_settings(model), model=model, resolution=int(resolution),
             names=parse_word_list(names, len(masks), "names"),
             init_words=parse_word_list(init_words, len(masks), "init words", commas_only=True),
             phase1_steps=int(phase1_steps), phase2_steps=int(phase2_steps),
@@ -174,7 +175,7 @@ def build_extract_tab(app, scene_state: gr.State, names: gr.Textbox, init_words:
         # tab, since a child of gr.Tabs that is not a tab breaks the tabs after it.
         defaults_state = gr.State(defaults)
         with gr.Row():
-            model = gr.Textbox(app.model, label="Base model (Hub id, diffusers folder, .safetensors, builtin:tiny)",
+            model = gr.Textbox(app.model, label="Base model (Hub id, diffusers folder, .safetensors, builtin:shapes, builtin:tiny)",
                                elem_id="model", scale=3)
             preset = gr.Dropdown(list(PRESETS), value="paper", label="Preset", scale=1, elem_id="preset")
             resolution = gr.Number(defaults.resolution, label="Resolution", precision=0, minimum=64, step=64,

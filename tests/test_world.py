@@ -1,0 +1,187 @@
+"""The shapes world: the generator's contract, the judge, benchmark scenes and scoring (no model needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from breakascene.models.shapes import build_shapes_tokenizer
+from breakascene.scene import load_scene_folder
+from breakascene.shapes_world import (
+    BACKGROUNDS, COLOURS, GROUND_TRUTH_FILE, SHAPES, SOLID, TEXTURES, WORDS, WorldScene, caption, random_scene,
+    read_ground_truth, render,
+)
+from breakascene.world import judge
+from breakascene.world.bench import bench_prompts, score_picture
+from breakascene.world.check import judge_accuracy
+from breakascene.world.train import HELD_OUT, training_caption
+
+from helpers.cli import assert_nothing_written, assert_one_error, run_cli
+
+
+def test_scenes_are_deterministic_by_seed_and_captioned_in_plain_english():
+    a = random_scene(np.random.default_rng(3), num_objects=2)
+    b = random_scene(np.random.default_rng(3), num_objects=2)
+    assert a == b
+    assert np.array_equal(np.asarray(render(a)[0]), np.asarray(render(b)[0]))
+    assert a != random_scene(np.random.default_rng(4), num_objects=2)
+    first, second = a.objects
+    assert a.caption() == (f"a photo of a {first.colour} {first.shape} and a {second.colour} {second.shape} "
+                           f"on a {a.background} background")
+    assert caption(["<asset0>", "<asset1>"], "striped") == "a photo of <asset0> and <asset1> on a striped background"
+
+
+def test_the_vocabulary_is_the_issues_and_each_word_is_one_token():
+    assert {"red", "green", "blue", "yellow"} <= set(COLOURS)
+    assert {"circle", "square", "triangle"} <= set(SHAPES)
+    assert {"striped", "checkered", "dotted", "plain"} <= set(BACKGROUNDS)
+    tokenizer = build_shapes_tokenizer()
+    for word in WORDS:
+        assert len(tokenizer.tokenize(word)) == 1, word
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # every caption the model trains on uses only the world's words
+        text = training_caption(random_scene(rng), rng)
+        assert set(text.split()) <= set(WORDS), text
+
+
+def test_scenes_hold_one_to_three_separate_objects_of_distinct_colours():
+    rng = np.random.default_rng(0)
+    counts = set()
+    for _ in range(60):
+        scene = random_scene(rng, textured=True, distinct_shapes=True)
+        counts.add(len(scene.objects))
+        assert len({o.colour for o in scene.objects}) == len(scene.objects)
+        assert len({o.shape for o in scene.objects}) == len(scene.objects)
+        assert all(o.texture in TEXTURES for o in scene.objects)
+        image, coverages = render(scene)
+        assert image.size == (64, 64)
+        inside = [c >= 0.5 for c in coverages]
+        for i in range(len(inside)):
+            for j in range(i + 1, len(inside)):
+                assert not (inside[i] & inside[j]).any()
+    assert counts == {1, 2, 3}
+    assert all(o.texture == SOLID for o in random_scene(rng, num_objects=3).objects)
+
+
+def test_the_judge_reads_drawn_scenes():
+    accuracy = judge_accuracy(num=120, seed=5)
+    assert accuracy.background >= 0.97, accuracy
+    assert accuracy.count >= 0.95, accuracy
+    assert min(accuracy.colour, accuracy.shape) >= 0.97, accuracy
+    assert accuracy.texture >= 0.93, accuracy
+
+
+def test_the_judge_sees_no_object_in_an_empty_picture_and_tells_backgrounds_apart():
+    rng = np.random.default_rng(1)
+    for background in BACKGROUNDS:
+        scene = dataclasses.replace(random_scene(rng, background=background), objects=())
+        reading = judge.read(render(scene)[0])
+        assert reading.objects == ()
+        assert reading.background == background
+    noise = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    assert judge.read(noise).objects == ()  # scattered saturated pixels are not objects
+
+
+def _scene_with(objects, background="plain") -> WorldScene:
+    return WorldScene(background, ((200, 200, 200), (70, 70, 70)), (0, 0), tuple(objects))
+
+
+def test_a_picture_is_scored_for_identity_prompt_and_leakage():
+    truth = random_scene(np.random.default_rng(2), num_objects=2, textured=True, distinct_shapes=True)
+    a, b = truth.objects
+    asked_a = {"prompt": "", "concepts": [0], "background": "dotted"}
+    exact = score_picture(render(_scene_with([a], "dotted"))[0], asked_a, truth.objects)
+    assert exact["identity"] == {"0": 1.0} and exact["prompt"] == 1.0 and exact["leak"] is False
+    solid = score_picture(render(_scene_with([dataclasses.replace(a, texture=SOLID)], "dotted"))[0], asked_a,
+                          truth.objects)
+    assert solid["identity"]["0"] == pytest.approx(2 / 3)  # colour and shape, not the texture
+    leaked = score_picture(render(_scene_with([a, b], "plain"))[0], asked_a, truth.objects)
+    assert leaked["leak"] is True and leaked["prompt"] == 0.0  # wrong background, two objects for one
+    both = score_picture(render(_scene_with([a, b], "striped"))[0],
+                         {"prompt": "", "concepts": [0, 1], "background": "striped"}, truth.objects)
+    assert both["all_concepts"] is True and both["identity"] == {"0": 1.0, "1": 1.0} and both["leak"] is None
+
+
+def test_bench_prompts_are_every_subset_on_every_other_background():
+    prompts = bench_prompts(["<asset0>", "<asset1>"], "striped")
+    assert len(prompts) == 3 * 3
+    assert {tuple(p["concepts"]) for p in prompts} == {(0,), (1,), (0, 1)}
+    assert "striped" not in {p["background"] for p in prompts}
+    assert prompts[-1]["prompt"] == "a photo of <asset0> and <asset1> on a plain background"
+
+
+def test_held_out_prompts_never_appear_in_training_scenes():
+    from breakascene.world.train import WorldTrainConfig, batch_rng, draw_training_scene
+
+    for step in range(30):
+        rng, _ = batch_rng(WorldTrainConfig(), 2, step)
+        scene = draw_training_scene(rng, textured=False)
+        assert not any((o.colour, o.shape, scene.background) in HELD_OUT for o in scene.objects)
+
+
+def test_world_scenes_writes_scene_folders_that_extract_reads(tmp_path):
+    out = tmp_path / "scenes"
+    code, stdout, err = run_cli(["world", "scenes", "--out", str(out), "--num", "2", "--seed", "1"])
+    assert code == 0, err
+    folders = sorted(out.iterdir())
+    assert [f.name for f in folders] == ["scene-000", "scene-001"]
+    data = json.loads((folders[0] / GROUND_TRUTH_FILE).read_text())
+    assert data["background"] in BACKGROUNDS
+    assert [o["mask"] for o in data["objects"]] == ["mask0.png", "mask1.png"]
+    assert {"colour", "shape", "texture"} <= set(data["objects"][0])
+    assert read_ground_truth(folders[0]).caption() in stdout
+    scene = load_scene_folder(folders[0], 64)
+    assert scene.masks.shape == (2, 64, 64)
+    # Again: the same scenes; without --overwrite, one error line and nothing touched.
+    before = (folders[0] / "img.png").read_bytes()
+    code, _, err = run_cli(["world", "scenes", "--out", str(out), "--num", "2", "--seed", "1"])
+    assert_one_error(code, err, "already exists", "--overwrite")
+    assert (folders[0] / "img.png").read_bytes() == before
+    code, _, err = run_cli(["world", "scenes", "--out", str(tmp_path / "none"), "--num", "0"])
+    assert_one_error(code, err, "--num")
+    assert_nothing_written(tmp_path / "none")
+
+
+def test_world_train_resumes_exactly_where_it_stopped(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from breakascene.world import train
+
+    config = train.WorldTrainConfig(vae_steps=2, steps=4, batch=2, warmup=1, checkpoint_every=2, sample_grids=False)
+    straight = train.train_world_model(tmp_path / "straight", config, log=lambda *_: None)
+
+    real_step = train.train_denoiser
+
+    def stopping(components, config, start, optimizer, ema, on_step):
+        def on_step_then_stop(step, values):
+            on_step(step, values)
+            if step == 1:  # the checkpoint at 2 steps is written: now the machine goes down
+                raise KeyboardInterrupt
+
+        real_step(components, config, start, optimizer, ema, on_step_then_stop)
+
+    monkeypatch.setattr(train, "train_denoiser", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_world_model(tmp_path / "resumed", config, log=lambda *_: None)
+    monkeypatch.setattr(train, "train_denoiser", real_step)
+    assert json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())["step"] == 2
+    resumed = train.train_world_model(tmp_path / "resumed", config, log=lambda *_: None)
+    for part in ("unet/diffusion_pytorch_model", "text_encoder/model", "vae/diffusion_pytorch_model"):
+        a, b = load_file(straight / f"{part}.safetensors"), load_file(resumed / f"{part}.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_world_train_refuses_an_existing_folder_without_resume(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, _, err = run_cli(["world", "train", "--out", str(out)])
+    assert_one_error(code, err, "already exists", "--resume")
+    code, _, err = run_cli(["world", "train", "--out", str(out), "--resume"])
+    assert_one_error(code, err, "no checkpoint")
+    assert (out / "notes.txt").read_text() == "mine"
