@@ -31,4 +31,5 @@ def test_a_two_plus_two_step_run_has_the_pinned_losses(tmp_path):
     got = {(row["phase"], row["step"]): (row["attention"], row["rec"], row["total"]) for row in logged}
     assert got.keys() == PINNED.keys()
     for key, expected in PINNED.items():
-        assert got[key] == pytest.approx(expected, rel=1e-5), key
+        # 1e-4: machines with other CPUs round the same computation differently by ~1e-5 (measured 2026-12-02)
+        assert got[key] == pytest.approx(expected, rel=1e-4), key
