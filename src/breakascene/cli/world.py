@@ -1,7 +1,7 @@
 """``break-a-scene world``: the shapes world, where the method can be measured offline (docs/evaluation.md).
 
     break-a-scene world scenes --out scenes --num 8 --seed 0     benchmark scenes (img + masks + world.json)
-    break-a-scene world train --out shapes-model                 train builtin:shapes from scratch (about an hour on 2 CPU cores)
+    break-a-scene world train --out shapes-model                 train builtin:shapes from scratch (77 min on 2 CPU cores)
     break-a-scene world check                                    does the model know its world? (the judge's figures)
     break-a-scene world bench --out bench                        every method on the scenes, scored by the judge (Fig. 5)
 """
