@@ -216,29 +216,27 @@ def load_checkpoint(folder: Path, components: dict, optimizers: dict, ema) -> di
     return json.loads((folder / "progress.json").read_text())
 
 
-def save_pipeline(components: dict, ema, folder: Path) -> None:
-    """The EMA weights as a stock ``StableDiffusionPipeline`` folder in fp16 safetensors (about 6 MB)."""
+def _ema_pipeline(components: dict, ema):
+    """A ``StableDiffusionPipeline`` of copies of the models, the trained ones holding the EMA weights."""
     import copy
 
     from diffusers import StableDiffusionPipeline
 
     parts = {k: copy.deepcopy(v) if k in ("text_encoder", "unet", "vae") else v for k, v in components.items()}
-    trained = [p for m in (parts["text_encoder"], parts["unet"]) for p in m.parameters()]
-    ema.copy_to(trained)
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    ema.copy_to([p for m in (parts["text_encoder"], parts["unet"]) for p in m.parameters()])
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def save_pipeline(components: dict, ema, folder: Path) -> None:
+    """The EMA weights as a stock ``StableDiffusionPipeline`` folder in fp16 safetensors (about 6 MB)."""
+    _ema_pipeline(components, ema).to(torch.float16).save_pretrained(folder, safe_serialization=True)
 
 
 def sample_grid(components: dict, ema, path: Path, seed: int = 0) -> None:
     """A grid of the held-out prompts (rows) by 4 seeds: what a checkpoint can draw."""
-    import copy
-
-    from diffusers import StableDiffusionPipeline
     from PIL import Image
 
-    parts = {k: copy.deepcopy(v) if k in ("text_encoder", "unet") else v for k, v in components.items()}
-    ema.copy_to([p for m in (parts["text_encoder"], parts["unet"]) for p in m.parameters()])
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = _ema_pipeline(components, ema)
     pipe.set_progress_bar_config(disable=True)
     prompts = [caption([f"{c} {s}"], b) for c, s, b in HELD_OUT]
     rows = []
