@@ -9,7 +9,11 @@
 #
 # Packages the machine lacks are installed from $WHEELS (default .whl/) into a private folder; nothing is
 # fetched. BENCH_ARGS adds flags to every bench call (the CPU test of this script uses a tiny model);
-# GROUPS picks which of the three measurement groups run (default: all, in this order).
+# GPU_GROUPS picks which of the three measurement groups run (default: all, in this order; not GROUPS, which
+# bash keeps for itself: `GROUPS=x gpu.sh` from a bash prompt passes nothing). GPU_GROUPS=world instead
+# trains builtin:shapes on the GPU (8x the samples of the CPU recipe; docs/evaluation.md says why) and checks
+# it: the pipeline folder, its sample grids and check.txt come back in $OUT/world. WORLD_ARGS adds flags to
+# `world train`, WORLD_CHECK_ARGS to `world check` (the CPU test of this script makes both tiny).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -26,7 +30,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error DIFFUSERS_VERBOSITY=error
 
 read -r -a extra <<< "${BENCH_ARGS:-}"
-GROUPS=" ${GROUPS:-modes explicit compile} "
+groups=" ${GPU_GROUPS:-modes explicit compile} "
 bench() { "$PY" -m breakascene.cli bench --mixed-precision bf16 "${extra[@]}" "$@"; }
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -34,9 +38,18 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 # 1. The targets: speed of the default, and the memory of the three modes (each JSON is written as soon as
 #    its group finishes, so a later group running out of time loses only itself).
-[[ $GROUPS == *" modes "* ]] && bench --compare default low-vram lora --steps 5 --warmup 2 --json "$OUT/modes.json"
+[[ $groups == *" modes "* ]] && bench --compare default low-vram lora --steps 5 --warmup 2 --json "$OUT/modes.json"
 # 2. The research code's attention handling against ours, same precision.
-[[ $GROUPS == *" explicit "* ]] && bench --compare explicit-everywhere default --steps 3 --warmup 1 --json "$OUT/explicit.json"
+[[ $groups == *" explicit "* ]] && bench --compare explicit-everywhere default --steps 3 --warmup 1 --json "$OUT/explicit.json"
 # 3. torch.compile: the first steps compile (minutes), so more warm-up.
-[[ $GROUPS == *" compile "* ]] && bench --compare default compile --steps 5 --warmup 3 --json "$OUT/compile.json"
+[[ $groups == *" compile "* ]] && bench --compare default compile --steps 5 --warmup 3 --json "$OUT/compile.json"
+# 4. (GPU_GROUPS=world only) builtin:shapes, trained on the GPU with scene-drawing processes, then checked.
+if [[ $groups == *" world "* ]]; then
+    read -r -a world_extra <<< "${WORLD_ARGS:-}"
+    read -r -a check_extra <<< "${WORLD_CHECK_ARGS:-}"
+    "$PY" -m breakascene.cli world train --out "$OUT/world" --device cuda --batch 64 --steps 8000 --workers 12 \
+        --overwrite "${world_extra[@]}"
+    rm -rf "$OUT/world/checkpoint"  # optimiser state: large, and only for --resume on this machine
+    "$PY" -m breakascene.cli world check --model "$OUT/world/pipeline" "${check_extra[@]}" | tee "$OUT/world/check.txt"
+fi
 echo "gpu.sh: reports in $OUT/"

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_script_writes_its_reports(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(Path(os.sys.executable)),
                BENCH_ARGS="--model builtin:tiny --resolution 64 --device cpu --steps 1 --warmup 0",
-               GROUPS="modes explicit")  # the compile group needs a GPU to be worth its build time
+               GPU_GROUPS="modes explicit")  # the compile group needs a GPU to be worth its build time
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -28,3 +28,19 @@ def test_gpu_script_writes_its_reports(tmp_path):
     assert explicit["reference"] == "explicit-everywhere"
     assert (tmp_path / "out" / "env.txt").read_text().strip()
     assert not (tmp_path / "out" / "compile.json").exists()
+
+
+@pytest.mark.slow  # trains and checks a 2-step world model (about 2 min): `make test-slow`
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_script_trains_and_checks_the_world_model(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(Path(os.sys.executable)), GPU_GROUPS="world",
+               WORLD_ARGS="--device cpu --steps 2 --vae-steps 2 --batch 2 --workers 2 --no-sample-grids",
+               WORLD_CHECK_ARGS="--images-per-prompt 1 --steps 2 --judge-scenes 8")
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    world = tmp_path / "out" / "world"
+    assert (world / "pipeline" / "model_index.json").is_file()
+    assert not (world / "checkpoint").exists()
+    assert "model on held-out prompts" in (world / "check.txt").read_text()
+    assert not (tmp_path / "out" / "modes.json").exists()

@@ -325,6 +325,9 @@ def test_estimate_from_measured_step_times():
     sd = CPU_STEP_TIMES["sd"]
     assert estimate_seconds(sd, 512, 400, 400) / 3600 == pytest.approx(4.6, abs=0.1)  # docs/performance.md
     assert step_times("builtin:tiny", "cpu") is tiny and step_times("runwayml/sd", "cpu") is sd
+    shapes = step_times("builtin:shapes", "cpu")
+    assert shapes is CPU_STEP_TIMES["shapes"]
+    assert 30 < estimate_seconds(shapes, 64, 200, 200) < 120  # its scaled settings: about a minute, not hours
     assert step_times("builtin:tiny", "cuda") is None and step_times("x", "mps") is None
     assert [rough_duration(s) for s in (0.2, 42, 700, 16560)] == ["1 s", "42 s", "12 min", "4.6 hours"]
 

@@ -86,6 +86,26 @@ def test_the_judge_sees_no_object_in_an_empty_picture_and_tells_backgrounds_apar
     assert judge.read(noise).objects == ()  # scattered saturated pixels are not objects
 
 
+def _drifting(pattern: str, period: float, wobble: float) -> np.ndarray:
+    """(64, 64, 3) uint8: a two-tone background, no objects, whose period is ``period`` instead of the world's 8
+    and whose phase wobbles by up to ``2 * wobble`` pixels across the picture, as a generated picture's does."""
+    y, x = np.mgrid[0:64, 0:64] + 0.5
+    shift = wobble * (np.sin(2 * np.pi * x / 64) + np.sin(2 * np.pi * y / 64))
+    if pattern == "striped":
+        dark = ((x + y + shift) % period) < period / 2
+    else:
+        dark = (np.floor((x + shift) / period) + np.floor((y + shift) / period)) % 2 == 1
+    return np.where(dark[..., None], [70, 70, 70], [200, 200, 200]).astype(np.uint8)
+
+
+def test_the_judge_reads_a_pattern_that_drifts_but_not_a_smooth_shading():
+    for pattern, period, wobble in (("striped", 8.7, 0), ("striped", 7.3, 0), ("striped", 8, 3), ("checkered", 8, 3)):
+        assert judge.read(_drifting(pattern, period, wobble)).background == pattern, (pattern, period, wobble)
+    y, x = np.mgrid[0:64, 0:64]
+    shading = np.repeat((80 + (x + y))[..., None], 3, axis=-1).astype(np.uint8)  # varies a lot, but no pattern
+    assert judge.read(shading).background == "plain"
+
+
 def _scene_with(objects, background="plain") -> WorldScene:
     return WorldScene(background, ((200, 200, 200), (70, 70, 70)), (0, 0), tuple(objects))
 
@@ -185,3 +205,19 @@ def test_world_train_refuses_an_existing_folder_without_resume(tmp_path):
     code, _, err = run_cli(["world", "train", "--out", str(out), "--resume"])
     assert_one_error(code, err, "no checkpoint")
     assert (out / "notes.txt").read_text() == "mine"
+    code, _, err = run_cli(["world", "train", "--out", str(out), "--batch", "0", "--overwrite"])
+    assert_one_error(code, err, "--batch")
+    assert (out / "notes.txt").read_text() == "mine"  # a bad flag is refused before --overwrite clears anything
+
+
+def test_drawing_processes_give_every_step_the_batch_it_draws_alone():
+    from breakascene.world.train import WorldTrainConfig, stage_batches, training_batch
+
+    config = WorldTrainConfig(batch=3, workers=2)
+    for stage in (1, 2):
+        drawn = list(stage_batches(config, stage, 5, 9))
+        assert len(drawn) == 4
+        for step, (images, captions) in enumerate(drawn, 5):
+            alone, alone_captions = training_batch(config, stage, step)
+            assert images.shape == (3, 3, 64, 64) and torch.equal(images, alone)
+            assert captions == alone_captions and (captions is None) == (stage == 1)

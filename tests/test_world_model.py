@@ -78,3 +78,14 @@ def test_world_bench_trains_generates_scores_and_reports(tmp_path):
     code, _, err = run_cli(argv)
     assert code == 0, err
     assert (out / "report" / "summary.md").read_text() == table
+    # --rescore judges the saved pictures again: a record made wrong is put right, and nothing is generated.
+    scores = out / "ours" / "scene-000" / "scores.json"
+    data = json.loads(scores.read_text())
+    data["images"][0]["prompt"] = 1 - data["images"][0]["prompt"]
+    scores.write_text(json.dumps(data))
+    images = sorted(p.stat().st_mtime_ns for p in (out / "ours" / "scene-000" / "images").iterdir())
+    code, _, err = run_cli(argv + ["--rescore"])
+    assert code == 0, err
+    assert (out / "report" / "summary.md").read_text() == table
+    assert json.loads(scores.read_text())["images"][0]["prompt"] == records[0]["prompt"]
+    assert sorted(p.stat().st_mtime_ns for p in (out / "ours" / "scene-000" / "images").iterdir()) == images

@@ -42,8 +42,14 @@ def add_world_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="(default: 0, the shipped model's)")
     t.add_argument("--steps", type=int, help="UNet + text-encoder steps (default: 4000)")
     t.add_argument("--vae-steps", type=int, help="VAE steps (default: 1500)")
+    t.add_argument("--batch", type=int, help="scenes per step (default: 16)")
+    t.add_argument("--lr", type=finite_float, help="UNet + text-encoder peak learning rate (default: 1e-3)")
     t.add_argument("--threads", type=int, help="CPU threads (default: 2)")
+    t.add_argument("--workers", type=int, help="processes that draw the scenes (default: 0, the training process; "
+                   "on a GPU use several, as one drawer cannot keep up)")
     t.add_argument("--device", help="cpu (default: what made the shipped weights) or cuda: a few minutes on a GPU")
+    t.add_argument("--no-sample-grids", dest="sample_grids", action="store_false", default=None,
+                   help="skip the grid of held-out prompts drawn at every checkpoint (about 2 %% of a CPU run)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start over in an existing OUT")
     t.set_defaults(func=run_train)
@@ -56,6 +62,7 @@ def add_world_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, default=25, help="sampling steps (default: 25)")
     c.add_argument("--guidance", type=finite_float, default=4.0, help="(default: 4)")
     c.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    c.add_argument("--judge-scenes", type=int, default=400, help="fresh scenes the judge is measured on (default: 400)")
     c.set_defaults(func=run_check)
 
     b = sub.add_parser("bench", parents=[common_options()], help="every method on the scenes, scored by the judge (Fig. 5)",
@@ -78,6 +85,9 @@ def add_world_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="training seed; image i of a prompt uses seed+i (default: 0)")
     b.add_argument("--device", help="default: cuda if available, else cpu")
     b.add_argument("--overwrite", action="store_true", help="train and score everything again")
+    b.add_argument("--rescore", action="store_true",
+                   help="judge the saved pictures of finished runs again (after a change of the judge); "
+                        "nothing finished is trained or generated again")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=run_bench)
     return p
@@ -97,9 +107,21 @@ def run_scenes(args) -> int:
 def run_train(args) -> int:
     import dataclasses
 
-    from ..errors import RunError
+    from ..errors import ConfigError, RunError
+    from ..models.loading import check_device
     from ..world.train import WorldTrainConfig, train_world_model
 
+    chosen = {"seed": args.seed, "steps": args.steps, "vae_steps": args.vae_steps, "batch": args.batch, "lr": args.lr,
+              "threads": args.threads, "workers": args.workers, "sample_grids": args.sample_grids}
+    for name in ("steps", "vae_steps", "batch", "threads"):
+        if chosen[name] is not None and chosen[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {chosen[name]}")
+    if chosen["workers"] is not None and chosen["workers"] < 0:
+        raise ConfigError(f"--workers must be >= 0, got {chosen['workers']}")
+    if chosen["lr"] is not None and chosen["lr"] <= 0:
+        raise ConfigError(f"--lr must be > 0, got {chosen['lr']}")
+    chosen["device"] = str(check_device(args.device)) if args.device else None
+    config = dataclasses.replace(WorldTrainConfig(), **{k: v for k, v in chosen.items() if v is not None})
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (args.resume or args.overwrite):
         raise RunError(f"{out} already exists; pass --resume to continue it, --overwrite to start over, or choose another --out")
@@ -109,12 +131,6 @@ def run_train(args) -> int:
         import shutil
 
         shutil.rmtree(out)
-    from ..models.loading import check_device
-
-    device = str(check_device(args.device)) if args.device else None
-    chosen = {"seed": args.seed, "steps": args.steps, "vae_steps": args.vae_steps, "threads": args.threads,
-              "device": device}
-    config = dataclasses.replace(WorldTrainConfig(), **{k: v for k, v in chosen.items() if v is not None})
     pipeline = train_world_model(out, config)
     print(f"use it: break-a-scene extract SCENE --model {pipeline} --out runs/x  (or copy it over builtin:shapes: docs/evaluation.md)")
     return 0
@@ -131,8 +147,12 @@ def run_check(args) -> int:
     pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
                                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    print("judge on drawn scenes: " + judge_accuracy().lines()[0])
-    print("judge through the VAE: " + judge_accuracy(vae=pipe.vae).lines()[0])
+    if args.judge_scenes < 1 or args.images_per_prompt < 1 or args.steps < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError("--judge-scenes, --images-per-prompt and --steps must be >= 1")
+    print("judge on drawn scenes: " + judge_accuracy(args.judge_scenes).lines()[0])
+    print("judge through the VAE: " + judge_accuracy(args.judge_scenes, vae=pipe.vae).lines()[0])
     result = knowledge_check(pipe, images_per_prompt=args.images_per_prompt, steps=args.steps,
                              guidance=args.guidance, seed=args.seed)
     print("model on held-out prompts: " + result.lines()[0])
@@ -147,7 +167,8 @@ def run_bench(args) -> int:
     settings = WorldBenchSettings(images_per_prompt=args.images_per_prompt, steps=args.steps, guidance=args.guidance,
                                   seed=args.seed, device=args.device, **{k: v for k, v in chosen.items() if v is not None})
     rows = run_world_bench(Path(args.out), settings, scenes=Path(args.scenes) if args.scenes else None, num=args.num,
-                           scene_seed=args.scene_seed, overwrite=args.overwrite, progress=not args.quiet)
+                           scene_seed=args.scene_seed, overwrite=args.overwrite, rescore_done=args.rescore,
+                           progress=not args.quiet)
     report = Path(args.out) / "report"
     sys.stdout.write((report / "summary.md").read_text())
     print(f"written: {report / 'summary.md'}, {report / 'summary.csv'}, {report / 'fig5.png'} ({len(rows)} methods)")

@@ -30,24 +30,30 @@ class StepTimes:
 # At 256 px the steps took 0.070 s / 0.098 s (1 thread), less than the 4x area scaling says: the estimate errs
 # long for this model above 128 px.
 #
+# builtin:shapes at 64 px: measured 2026-12-02 the same way (its scaled settings, 30 + 30 steps, a world scene),
+# two runs, machine quiet: phase 1 0.101 s, 0.100 s; phase 2 0.182 s, 0.150 s; the rest 0.63-0.76 s.
+#
 # SD 2.1-base architecture (865 M UNet; SD 1.x is the same size) at 512 px, fp32: docs/performance.md, measured
 # 2026-11-26 on the same kind of 2-core machine with `break-a-scene bench --threads 2`: phase 1 14.26 s, phase 2
 # 26.78 s (with gradient checkpointing and before the fused-Adam change; the app's phase 2 runs without
 # checkpointing and with fused Adam, so this errs long too). Loading and saving 5 GB of weights: not measured.
 CPU_STEP_TIMES = {
     "tiny": StepTimes(128, phase1=0.036, phase2=0.055, fixed=0.5, measured="builtin:tiny on a 2-core CPU"),
+    "shapes": StepTimes(64, phase1=0.10, phase2=0.17, fixed=0.7, measured="builtin:shapes on a 2-core CPU"),
     "sd": StepTimes(512, phase1=14.3, phase2=26.8, fixed=None, measured="SD 2.1-base (fp32) on a 2-core CPU"),
 }
 
 
 def step_times(model: str, device: str) -> StepTimes | None:
     """The measured step times that fit ``model`` on ``device`` (``cpu``, ``cuda``, ``mps``); None where nothing
-    was measured. Every model but builtin:tiny is a full-size SD 1.x/2.x UNet, so it gets SD 2.1-base's."""
+    was measured. Every model but the built-in ones is a full-size SD 1.x/2.x UNet, so it gets SD 2.1-base's."""
+    from ..models.shapes import SHAPES_MODEL_ID
     from ..models.tiny import TINY_MODEL_ID
 
     if str(device).split(":")[0] != "cpu":
         return None
-    return CPU_STEP_TIMES["tiny" if (model or "").strip() == TINY_MODEL_ID else "sd"]
+    builtin = {TINY_MODEL_ID: "tiny", SHAPES_MODEL_ID: "shapes"}
+    return CPU_STEP_TIMES[builtin.get((model or "").strip(), "sd")]
 
 
 def estimate_seconds(times: StepTimes, resolution: int, phase1_steps: int, phase2_steps: int) -> float:

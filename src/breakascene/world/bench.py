@@ -14,7 +14,7 @@ background but the scene's own. The judge reads every picture:
 - **all concepts**: of the pictures that ask for several handles, the share where every asked concept's colour is
   an object.
 
-Layout (a re-run skips what is done)::
+Layout (a re-run skips what is done; ``--rescore`` judges the saved pictures again)::
 
     OUT/scenes/scene-000/ ...          the scenes, when --scenes is not given
     OUT/<method>/<scene>/run/          the trained run
@@ -112,14 +112,34 @@ def _config(settings: WorldBenchSettings, method_name: str):
     return method, eval_settings, config
 
 
-def bench_scene(scene_dir: Path, folder: Path, method_name: str, settings: WorldBenchSettings, progress: bool) -> list:
-    """Trains one method on one scene and scores its pictures; returns the records (kept in ``scores.json``)."""
+def rescore(folder: Path, scene_dir: Path) -> list:
+    """Judges the pictures of a finished ``folder`` again (after a change of the judge) and rewrites its
+    ``scores.json``; nothing is trained or generated. Returns the new records."""
+    from PIL import Image
+
+    scores = json.loads((folder / SCORES_FILE).read_text())
+    truth = read_ground_truth(scene_dir)
+    records = []
+    for old in scores["images"]:
+        asked = {k: old[k] for k in ("prompt", "concepts", "background")}
+        with Image.open(folder / old["file"]) as image:
+            records.append({"file": old["file"], **score_picture(image.convert("RGB"), asked, truth.objects)})
+    write_json_atomic(folder / SCORES_FILE, {**scores, "images": records})
+    return records
+
+
+def bench_scene(scene_dir: Path, folder: Path, method_name: str, settings: WorldBenchSettings, progress: bool,
+                *, rescore_done: bool = False) -> list:
+    """Trains one method on one scene and scores its pictures; returns the records (kept in ``scores.json``).
+    A finished folder is read back as it is, or judged again with ``rescore_done``."""
     from ..inference.generation import generate
     from ..inference.pipeline import load_pipeline
     from ..run_info import RunInfo
     from ..scene import load_scene_folder
 
     if (folder / SCORES_FILE).is_file():
+        if rescore_done:
+            return rescore(folder, scene_dir)
         return json.loads((folder / SCORES_FILE).read_text())["images"]
     method, eval_settings, config = _config(settings, method_name)
     run = folder / "run"
@@ -208,9 +228,10 @@ def list_world_scenes(scenes: Path) -> list[Path]:
 
 
 def run_world_bench(out: Path, settings: WorldBenchSettings, *, scenes: Path | None = None, num: int = 4,
-                    scene_seed: int = 0, overwrite: bool = False, progress: bool = True) -> list[dict]:
+                    scene_seed: int = 0, overwrite: bool = False, rescore_done: bool = False,
+                    progress: bool = True) -> list[dict]:
     """Runs every method on every scene (module docstring); returns the table's rows, also written to
-    ``out/report``."""
+    ``out/report``. With ``rescore_done``, the pictures of finished folders are judged again."""
     settings.validate()
     out = Path(out)
     if scenes is None:
@@ -228,7 +249,8 @@ def run_world_bench(out: Path, settings: WorldBenchSettings, *, scenes: Path | N
             folder.mkdir(parents=True, exist_ok=True)
             if progress:
                 print(f"{method_name}: {scene_dir.name}", file=sys.stderr)
-            records += [{**r, "scene": scene_dir.name} for r in bench_scene(scene_dir, folder, method_name, settings, progress)]
+            scored = bench_scene(scene_dir, folder, method_name, settings, progress, rescore_done=rescore_done)
+            records += [{**r, "scene": scene_dir.name} for r in scored]
         rows.append(method_row(method_name, records))
     report = out / "report"
     if report.exists():

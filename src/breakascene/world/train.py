@@ -52,6 +52,7 @@ class WorldTrainConfig:
     checkpoint_every: int = 500
     sample_grids: bool = True  # a grid of the held-out prompts at every checkpoint (samples-NNNNN.png)
     threads: int = 2
+    workers: int = 0  # processes that draw the scenes (0: the training process); a GPU outruns one drawer
     device: str = "cpu"  # "cuda": a few minutes on a GPU (random draws stay on the CPU, so a step draws the same)
 
 
@@ -93,11 +94,41 @@ def _lr(config: WorldTrainConfig, step: int, total: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def training_batch(config: WorldTrainConfig, stage: int, step: int) -> tuple[torch.Tensor, list[str] | None]:
+    """The pictures (B, 3, 64, 64) in [-1, 1] of one step of one stage, and for the denoiser (stage 2) their
+    captions ("" for the empty ones). The VAE's scenes carry textures half of the time; the denoiser's never."""
+    rng, _ = batch_rng(config, stage, step)
+    if stage == 1:
+        return _images([draw_training_scene(rng, textured=rng.random() < 0.5) for _ in range(config.batch)]), None
+    scenes = [draw_training_scene(rng, textured=False) for _ in range(config.batch)]
+    captions = ["" if rng.random() < config.empty_caption else training_caption(s, rng) for s in scenes]
+    return _images(scenes), captions
+
+
+class _StageBatches(torch.utils.data.Dataset):
+    """Item ``i``: :func:`training_batch` of step ``start + i``, so that ``config.workers`` processes can draw
+    ahead of the training step and every step still draws what it would draw alone."""
+
+    def __init__(self, config: WorldTrainConfig, stage: int, start: int, total: int):
+        self.config, self.stage, self.start, self.total = config, stage, start, total
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __getitem__(self, i: int):
+        return training_batch(self.config, self.stage, self.start + i)
+
+
+def stage_batches(config: WorldTrainConfig, stage: int, start: int, total: int):
+    """The batches of steps ``start .. total - 1`` of a stage, in order (drawn by ``config.workers`` processes)."""
+    return torch.utils.data.DataLoader(_StageBatches(config, stage, start, total), batch_size=None,
+                                       num_workers=config.workers, persistent_workers=False)
+
+
 def train_vae(vae, config: WorldTrainConfig, start: int, optimizer, on_step) -> None:
     vae.train()
-    for step in range(start, config.vae_steps):
-        rng, gen = batch_rng(config, 1, step)
-        images = _images([draw_training_scene(rng, textured=rng.random() < 0.5) for _ in range(config.batch)])
+    for step, (images, _) in enumerate(stage_batches(config, 1, start, config.vae_steps), start):
+        _, gen = batch_rng(config, 1, step)
         images = images.to(config.device)
         posterior = vae.encode(images).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(config.device)
@@ -131,12 +162,10 @@ def train_denoiser(components: dict, config: WorldTrainConfig, start: int, optim
     scale = vae.config.scaling_factor
     params = [p for m in (text_encoder, unet) for p in m.parameters()]
     text_encoder.train(), unet.train()
-    for step in range(start, config.steps):
-        rng, gen = batch_rng(config, 2, step)
-        scenes = [draw_training_scene(rng, textured=False) for _ in range(config.batch)]
-        captions = ["" if rng.random() < config.empty_caption else training_caption(s, rng) for s in scenes]
+    for step, (images, captions) in enumerate(stage_batches(config, 2, start, config.steps), start):
+        _, gen = batch_rng(config, 2, step)
         with torch.no_grad():
-            posterior = vae.encode(_images(scenes).to(config.device)).latent_dist
+            posterior = vae.encode(images.to(config.device)).latent_dist
             draw = torch.randn(posterior.mean.shape, generator=gen).to(config.device)
             latents = (posterior.mean + posterior.std * draw) * scale
         noise = torch.randn(latents.shape, generator=gen).to(config.device)
