@@ -27,7 +27,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# The slow tests (the attention mechanism over seeds, the GPU script on the CPU, torch.compile, the whole browser
+# The slow tests (the attention mechanism over seeds, the GPU script on the CPU, torch.compile, real-process
+# fault and Hub tests, the whole browser
 # session): opt-in, run by CI.
 test-slow: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow

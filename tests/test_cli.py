@@ -469,6 +469,7 @@ def test_real_process_prints_one_line(tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.slow  # real processes (about 15 s): `make test-slow`
 def test_bitsandbytes_is_never_imported_unless_8bit_adam_is_asked_for(tmp_path):
     # A stand-in bitsandbytes, installed (a dist-info, as pip leaves) and loud on import like the real one on a CPU
     # machine: diffusers, transformers and peft import it at start-up whenever it is installed.

@@ -98,6 +98,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 # kills, interrupts, concurrent runs
 
 
+@pytest.mark.slow  # a real process killed and resumed (about 40 s): `make test-slow`
 def test_sigkill_mid_phase_then_resume_is_bit_identical_and_a_second_run_is_refused(scene_dir, tmp_path):
     out = tmp_path / "killed"
     process = _extract_process(scene_dir, out)

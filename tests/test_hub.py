@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from breakascene.hub import hub_options, hub_reachable
 
 from helpers.cli import lines
@@ -28,6 +30,7 @@ def test_hub_reachability():
     assert hub_options() == {"local_files_only": True}  # HF_HUB_OFFLINE is set for the tests (conftest)
 
 
+@pytest.mark.slow  # a real process (about 20 s): `make test-slow`
 def test_a_model_not_in_the_cache_fails_at_once_in_one_line(scene_dir, tmp_path):
     for argv, flag in ((["masks", str(scene_dir / "img.png"), "--text", "ball", "--out", str(tmp_path / "m")],
                         "--sam-model"),

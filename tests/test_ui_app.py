@@ -116,6 +116,7 @@ def test_extract_defaults_and_estimate_follow_the_model(tmp_path):
                                                                         app.device_type())
 
 
+@pytest.mark.slow  # a fresh Python process (about 15 s): `make test-slow`
 def test_the_page_builds_in_a_fresh_process(tmp_path):
     # `break-a-scene ui` builds the page (whose defaults need breakascene.models.loading) while the warm-up thread imports
     # the training code; importing diffusers from both threads at once failed ("cannot import name ..."). Here

@@ -221,3 +221,8 @@ def test_drawing_processes_give_every_step_the_batch_it_draws_alone():
             alone, alone_captions = training_batch(config, stage, step)
             assert images.shape == (3, 3, 64, 64) and torch.equal(images, alone)
             assert captions == alone_captions and (captions is None) == (stage == 1)
+
+
+def test_world_check_refuses_a_count_below_one():
+    code, _, err = run_cli(["world", "check", "--judge-scenes", "0"])
+    assert_one_error(code, err, "--judge-scenes")

@@ -143,14 +143,14 @@ def run_check(args) -> int:
     from ..models.loading import shapes_folder
     from ..world.check import judge_accuracy, knowledge_check
 
-    folder = Path(args.model) if args.model else shapes_folder()
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
     if args.judge_scenes < 1 or args.images_per_prompt < 1 or args.steps < 1:
         from ..errors import ConfigError
 
         raise ConfigError("--judge-scenes, --images-per-prompt and --steps must be >= 1")
+    folder = Path(args.model) if args.model else shapes_folder()
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
     print("judge on drawn scenes: " + judge_accuracy(args.judge_scenes).lines()[0])
     print("judge through the VAE: " + judge_accuracy(args.judge_scenes, vae=pipe.vae).lines()[0])
     result = knowledge_check(pipe, images_per_prompt=args.images_per_prompt, steps=args.steps,
