@@ -226,3 +226,27 @@ def test_drawing_processes_give_every_step_the_batch_it_draws_alone():
 def test_world_check_refuses_a_count_below_one():
     code, _, err = run_cli(["world", "check", "--judge-scenes", "0"])
     assert_one_error(code, err, "--judge-scenes")
+
+
+def test_world_train_weights_the_noisiest_steps_like_a_clean_latent_loss():
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from breakascene.models.shapes import SCHEDULE
+    from breakascene.world.train import snr_weights
+
+    scheduler = DDPMScheduler(**SCHEDULE)
+    timesteps = torch.tensor([10, 300, 600, 900, 990])
+    latents, noise = torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    alpha = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    velocity = scheduler.get_velocity(latents, noise, timesteps)
+    # a prediction whose clean latent (sqrt(a) x_t - sqrt(1 - a) v) is off by exactly 1 everywhere
+    predicted = velocity - 1 / (1 - alpha).sqrt()
+    assert torch.allclose(alpha.sqrt() * noisy - (1 - alpha).sqrt() * predicted, latents + 1, atol=1e-4)
+    snr = compute_snr(scheduler, timesteps)
+    loss = ((predicted - velocity) ** 2).mean(dim=(1, 2, 3)) * snr_weights(snr, 5.0)
+    # min(snr, 5) + 1 on the clean latent: the noisiest steps weigh 1 (min-SNR alone: 0.03 at t = 900, 0.0002 at 990)
+    assert torch.allclose(loss, torch.clamp(snr, max=5.0) + 1, rtol=1e-4)
+    assert loss[-2:].min() >= 1 and loss.max() <= 6
+

@@ -29,8 +29,10 @@ SHAPES_RESOLUTION = SIZE
 SHAPES_FOLDER = Path(__file__).resolve().parent / "shapes_model"
 """Where the shipped weights are: a diffusers pipeline folder inside the package."""
 
-# The noise schedule: cosine (better than SD's scaled-linear for a small model at a small size).
-SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon")
+# The noise schedule: cosine (better than SD's scaled-linear for a small model at a small size). The UNet predicts
+# v (as SD 2.1 at 768 px does), so that training can weight the noisiest steps, where the text decides what is
+# drawn, without dividing by their near-zero SNR (``world.train``).
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
 
 
 def build_shapes_tokenizer():

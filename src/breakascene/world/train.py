@@ -3,8 +3,8 @@
 Two stages, one process, deterministic for a seed:
 1. the VAE (64 px <-> 32x32x4), on scenes where half the objects carry a texture, so that it can also draw the
    benchmark's novel objects (the text-to-image model never sees one);
-2. the text encoder and the UNet together, on solid objects only, epsilon prediction with the cosine schedule,
-   min-SNR-5 loss weights, 10 % empty captions (classifier-free guidance) and an EMA of the weights, which is
+2. the text encoder and the UNet together, on solid objects only, v prediction with the cosine schedule,
+   min-SNR-5 + 1 loss weights (:func:`snr_weights`), 10 % empty captions (classifier-free guidance) and an EMA of the weights, which is
    what is saved.
 
 Every draw of a step comes from ``(seed, stage, step)``, so a run resumed from a checkpoint continues exactly
@@ -174,9 +174,9 @@ def train_denoiser(components: dict, config: WorldTrainConfig, start: int, optim
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(config.device)
         prediction = unet(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, text_encoder(ids)[0]).sample
-        snr = compute_snr(noise_scheduler, timesteps)
-        weights = torch.clamp(snr, max=config.snr_gamma) / snr
-        loss = (F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        loss = (F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+                * snr_weights(compute_snr(noise_scheduler, timesteps), config.snr_gamma)).mean()
         for group in optimizer.param_groups:
             group["lr"] = _lr(config, step, config.steps, config.lr)
         optimizer.zero_grad(set_to_none=True)
@@ -185,6 +185,18 @@ def train_denoiser(components: dict, config: WorldTrainConfig, start: int, optim
         optimizer.step()
         ema.step(params)
         on_step(step, {"loss": loss.item()})
+
+
+def snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Weights (B,) of the v-MSE that weight the error of the clean latent by ``min(snr, gamma) + 1``.
+
+    Min-SNR-gamma alone weights it by ``min(snr, gamma)``: about 0.03 at t = 900 of the cosine schedule, so the
+    noisiest steps, the only ones where the caption decides which background, colour and shape appear (later
+    the noisy latent shows them), hardly trained, and the model learned to denoise patterns without reading
+    their words. The ``+ 1`` gives those steps the weight of a plain x0 loss; v-MSE is ``(snr + 1)`` times the
+    x0 error, hence the division.
+    """
+    return (torch.clamp(snr, max=gamma) + 1) / (snr + 1)
 
 
 def _optimizer(params, lr: float) -> torch.optim.Optimizer:
