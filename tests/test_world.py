@@ -208,6 +208,9 @@ def test_world_train_refuses_an_existing_folder_without_resume(tmp_path):
     code, _, err = run_cli(["world", "train", "--out", str(out), "--batch", "0", "--overwrite"])
     assert_one_error(code, err, "--batch")
     assert (out / "notes.txt").read_text() == "mine"  # a bad flag is refused before --overwrite clears anything
+    code, _, err = run_cli(["world", "train", "--out", str(out), "--object-weight", "0", "--overwrite"])
+    assert_one_error(code, err, "--object-weight")
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_drawing_processes_give_every_step_the_batch_it_draws_alone():
@@ -217,10 +220,11 @@ def test_drawing_processes_give_every_step_the_batch_it_draws_alone():
     for stage in (1, 2):
         drawn = list(stage_batches(config, stage, 5, 9))
         assert len(drawn) == 4
-        for step, (images, captions) in enumerate(drawn, 5):
-            alone, alone_captions = training_batch(config, stage, step)
+        for step, (images, captions, boxes) in enumerate(drawn, 5):
+            alone, alone_captions, alone_boxes = training_batch(config, stage, step)
             assert images.shape == (3, 3, 64, 64) and torch.equal(images, alone)
             assert captions == alone_captions and (captions is None) == (stage == 1)
+            assert (boxes is None) == (stage == 1) or torch.equal(boxes, alone_boxes)
 
 
 def test_world_check_refuses_a_count_below_one():
@@ -250,3 +254,21 @@ def test_world_train_weights_the_noisiest_steps_like_a_clean_latent_loss():
     assert torch.allclose(loss, torch.clamp(snr, max=5.0) + 1, rtol=1e-4)
     assert loss[-2:].min() >= 1 and loss.max() <= 6
 
+
+
+def test_object_weights_cover_every_object_pixel_and_average_one():
+    from breakascene.world.train import WorldTrainConfig, batch_rng, draw_training_scene, object_boxes, object_pixel_weights
+
+    rng, _ = batch_rng(WorldTrainConfig(), 2, 0)
+    scenes = [draw_training_scene(rng, textured=False) for _ in range(8)]
+    boxes = object_boxes(scenes)
+    for scene, box in zip(scenes, boxes[:, 0]):
+        for coverage in render(scene)[1]:
+            assert (torch.from_numpy(coverage)[box == 0] == 0).all()  # every pixel of every shape is in a box
+    assert 0.05 < boxes.mean() < 0.5  # ... and the boxes are not the whole picture
+    weights = object_pixel_weights(boxes, 5.0)
+    assert weights.shape == (8, 1, 32, 32)
+    assert torch.allclose(weights.mean(dim=(1, 2, 3)), torch.ones(8))
+    pooled = torch.nn.functional.avg_pool2d(boxes, 2)  # the latent grid
+    ratios = [weights[i][pooled[i] == 1].min() / weights[i][pooled[i] == 0].max() for i in range(8)]
+    assert torch.allclose(torch.stack(ratios), torch.tensor(5.0))

@@ -44,6 +44,9 @@ def add_world_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--vae-steps", type=int, help="VAE steps (default: 1500)")
     t.add_argument("--batch", type=int, help="scenes per step (default: 16)")
     t.add_argument("--lr", type=finite_float, help="UNet + text-encoder peak learning rate (default: 1e-3)")
+    t.add_argument("--object-weight", type=finite_float, help="loss weight of the pixels in and around the objects, "
+                   "against 1 for the background (default: 1, the shipped model's; 5 draws better shapes and more "
+                   "stray objects: docs/evaluation.md)")
     t.add_argument("--threads", type=int, help="CPU threads (default: 2)")
     t.add_argument("--workers", type=int, help="processes that draw the scenes (default: 0, the training process; "
                    "on a GPU use several, as one drawer cannot keep up)")
@@ -112,14 +115,16 @@ def run_train(args) -> int:
     from ..world.train import WorldTrainConfig, train_world_model
 
     chosen = {"seed": args.seed, "steps": args.steps, "vae_steps": args.vae_steps, "batch": args.batch, "lr": args.lr,
-              "threads": args.threads, "workers": args.workers, "sample_grids": args.sample_grids}
+              "threads": args.threads, "workers": args.workers, "sample_grids": args.sample_grids,
+              "object_weight": args.object_weight}
     for name in ("steps", "vae_steps", "batch", "threads"):
         if chosen[name] is not None and chosen[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {chosen[name]}")
     if chosen["workers"] is not None and chosen["workers"] < 0:
         raise ConfigError(f"--workers must be >= 0, got {chosen['workers']}")
-    if chosen["lr"] is not None and chosen["lr"] <= 0:
-        raise ConfigError(f"--lr must be > 0, got {chosen['lr']}")
+    for name in ("lr", "object_weight"):
+        if chosen[name] is not None and chosen[name] <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {chosen[name]}")
     chosen["device"] = str(check_device(args.device)) if args.device else None
     config = dataclasses.replace(WorldTrainConfig(), **{k: v for k, v in chosen.items() if v is not None})
     out = Path(args.out)
