@@ -5,8 +5,8 @@ Two stages, one process, deterministic for a seed:
    benchmark's novel objects (the text-to-image model never sees one);
 2. the text encoder and the UNet together, on solid objects only, v prediction with the cosine schedule,
    min-SNR-5 + 1 loss weights (:func:`snr_weights`), optionally more weight on the objects' pixels
-   (:func:`object_pixel_weights`; not for the shipped weights), 10 % empty captions (classifier-free guidance) and an EMA
-   of the weights, which is what is saved.
+   (:func:`object_pixel_weights`; not for the shipped weights), 10 % empty captions (classifier-free guidance)
+   and an EMA of the weights, which is what is saved.
 
 Every draw of a step comes from ``(seed, stage, step)``, so a run resumed from a checkpoint continues exactly
 as if it had never stopped. Checkpoints are safetensors + JSON (nothing is unpickled), every
