@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from breakascene.config import ExtractConfig
+from breakascene.training.checkpoint import save_checkpoint
 from breakascene.training.recipe import extract
 from breakascene.run_folder import lock_path, partial_path
 from breakascene.scene import load_scene_folder
@@ -115,16 +116,40 @@ def test_sigkill_mid_phase_then_resume_is_bit_identical_and_a_second_run_is_refu
         process.wait()
     assert lock_path(out).exists()  # left behind by the killed run: stale, since no process holds it now
 
-    code, _, err = run_cli(["extract", str(scene_dir), *TINY64, *STEPS, "--out", str(out), "--resume"])
-    assert code == 0, err
+    resumed_from = json.loads((partial_path(out) / "checkpoint" / "state.json").read_text())["step"]
+
+    # The resumed half and the uninterrupted reference run in processes started like the killed one, so that
+    # all three compute in the same environment (threads, libraries initialised alike) and bits can be compared.
+    resume = _extract_process(scene_dir, out, [*STEPS, "--resume"])
+    _, err = resume.communicate(timeout=300)
+    assert resume.returncode == 0, err
     assert not lock_path(out).exists() and not partial_path(out).exists()
 
     reference = tmp_path / "uninterrupted"
-    code, _, err = run_cli(["extract", str(scene_dir), *TINY64, *STEPS[:4], "--out", str(reference)])
-    assert code == 0, err
+    straight_run = _extract_process(scene_dir, reference, STEPS[:4])
+    _, err = straight_run.communicate(timeout=300)
+    assert straight_run.returncode == 0, err
     resumed, straight = _weights(out), _weights(reference)
     assert resumed.keys() == straight.keys()
-    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    differ = [k for k in straight if not torch.equal(resumed[k], straight[k])]
+    assert not differ, f"resumed at phase-2 step {resumed_from}: {len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def test_a_checkpoint_save_replaces_a_half_deleted_previous_one(tmp_path):
+    # A run killed while deleting the previous checkpoint (checkpoint.old) leaves it half there; the next save
+    # must still go through instead of failing to rename over a non-empty folder.
+    folder, stale = tmp_path / "checkpoint", tmp_path / "checkpoint.old"
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([param])
+    for step in (2, 4):
+        save_checkpoint(folder, trainable={"p": param}, optimizer=optimizer,
+                        generators={"host": torch.Generator()}, state={"step": step})
+        stale.mkdir()  # what the kill left: the previous checkpoint, half deleted
+        (stale / "optimizer.safetensors").write_bytes(b"half")
+    save_checkpoint(folder, trainable={"p": param}, optimizer=optimizer, generators={"host": torch.Generator()},
+                    state={"step": 6})
+    assert json.loads((folder / "state.json").read_text()) == {"step": 6}
+    assert not stale.exists() and not (tmp_path / "checkpoint.tmp").exists()
 
 
 def test_sigint_exits_130_and_keeps_the_checkpoint(scene_dir, tmp_path):
