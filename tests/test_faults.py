@@ -55,7 +55,7 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 
 def _extract_process(scene: Path, out: Path, steps: list[str] = STEPS) -> subprocess.Popen:
-    """``break-a-scene extract`` in its own process, checkpointing every 2 steps."""
+    """``break-a-scene extract`` in its own process, with ``steps`` (by default checkpointing every 2 steps)."""
     # Ctrl-C raises KeyboardInterrupt even where this process was started with SIGINT ignored (a shell's background
     # job: Python then installs no handler of its own); otherwise this is `break-a-scene extract`.
     main = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
@@ -64,6 +64,11 @@ def _extract_process(scene: Path, out: Path, steps: list[str] = STEPS) -> subpro
     # (as many threads as this process uses, so that the killed and the resumed halves compute alike)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _run_to_end(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
 
 
 def _freeze_at_checkpoint(process: subprocess.Popen, out: Path, phase_index: int, timeout: float = 120) -> dict:
@@ -120,15 +125,11 @@ def test_sigkill_mid_phase_then_resume_is_bit_identical_and_a_second_run_is_refu
 
     # The resumed half and the uninterrupted reference run in processes started like the killed one, so that
     # all three compute in the same environment (threads, libraries initialised alike) and bits can be compared.
-    resume = _extract_process(scene_dir, out, [*STEPS, "--resume"])
-    _, err = resume.communicate(timeout=300)
-    assert resume.returncode == 0, err
+    _run_to_end(_extract_process(scene_dir, out, [*STEPS, "--resume"]))
     assert not lock_path(out).exists() and not partial_path(out).exists()
 
     reference = tmp_path / "uninterrupted"
-    straight_run = _extract_process(scene_dir, reference, STEPS[:4])
-    _, err = straight_run.communicate(timeout=300)
-    assert straight_run.returncode == 0, err
+    _run_to_end(_extract_process(scene_dir, reference, STEPS[:4]))
     resumed, straight = _weights(out), _weights(reference)
     assert resumed.keys() == straight.keys()
     differ = [k for k in straight if not torch.equal(resumed[k], straight[k])]
@@ -142,13 +143,12 @@ def test_a_checkpoint_save_replaces_a_half_deleted_previous_one(tmp_path):
     param = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([param])
     for step in (2, 4):
+        if step == 4:
+            stale.mkdir()  # what the kill left: the previous checkpoint, half deleted
+            (stale / "optimizer.safetensors").write_bytes(b"half")
         save_checkpoint(folder, trainable={"p": param}, optimizer=optimizer,
                         generators={"host": torch.Generator()}, state={"step": step})
-        stale.mkdir()  # what the kill left: the previous checkpoint, half deleted
-        (stale / "optimizer.safetensors").write_bytes(b"half")
-    save_checkpoint(folder, trainable={"p": param}, optimizer=optimizer, generators={"host": torch.Generator()},
-                    state={"step": 6})
-    assert json.loads((folder / "state.json").read_text()) == {"step": 6}
+    assert json.loads((folder / "state.json").read_text()) == {"step": 4}
     assert not stale.exists() and not (tmp_path / "checkpoint.tmp").exists()
 
 

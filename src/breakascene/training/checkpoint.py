@@ -64,7 +64,7 @@ def save_checkpoint(
     save_file({k: g.get_state() for k, g in generators.items()}, str(tmp / "rng.safetensors"))
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)  # left half-deleted by a run killed in the line after the rename
+    shutil.rmtree(old, ignore_errors=True)  # half there if a run was killed in the rmtree below
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
