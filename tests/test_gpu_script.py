@@ -34,7 +34,7 @@ def test_gpu_script_writes_its_reports(tmp_path):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_script_trains_and_checks_the_world_model(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(Path(os.sys.executable)), GPU_GROUPS="world",
-               WORLD_ARGS="--device cpu --steps 2 --vae-steps 2 --batch 2 --workers 2 --no-sample-grids",
+               WORLD_ARGS="--device cpu --steps 2 --vae-steps 2 --one-object-steps 2 --batch 2 --workers 2 --no-sample-grids",
                WORLD_CHECK_ARGS="--images-per-prompt 1 --steps 2 --judge-scenes 8")
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)

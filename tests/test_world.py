@@ -166,34 +166,64 @@ def test_world_scenes_writes_scene_folders_that_extract_reads(tmp_path):
     assert_nothing_written(tmp_path / "none")
 
 
-def test_world_train_resumes_exactly_where_it_stopped(tmp_path, monkeypatch):
+TINY_TRAINING = dict(vae_steps=2, steps=4, one_object_steps=4, batch=2, warmup=1, one_object_warmup=1,
+                     checkpoint_every=2, sample_grids=False)
+
+
+def assert_same_pipeline_weights(a_folder, b_folder):
     from safetensors.torch import load_file
 
+    for part in ("unet/diffusion_pytorch_model", "text_encoder/model", "vae/diffusion_pytorch_model"):
+        a, b = load_file(a_folder / f"{part}.safetensors"), load_file(b_folder / f"{part}.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+@pytest.fixture(scope="module")
+def straight_training(tmp_path_factory):
+    """All three stages of a tiny ``world train`` run without a stop: its pipeline folder."""
     from breakascene.world import train
 
-    config = train.WorldTrainConfig(vae_steps=2, steps=4, batch=2, warmup=1, checkpoint_every=2, sample_grids=False)
-    straight = train.train_world_model(tmp_path / "straight", config, log=lambda *_: None)
+    out = tmp_path_factory.mktemp("straight")
+    return train.train_world_model(out, train.WorldTrainConfig(**TINY_TRAINING), log=lambda *_: None)
 
+
+@pytest.mark.parametrize("stop_stage", [2, 3])
+def test_world_train_resumes_exactly_where_it_stopped(straight_training, tmp_path, monkeypatch, stop_stage):
+    from breakascene.world import train
+
+    config = train.WorldTrainConfig(**TINY_TRAINING)
     real_step = train.train_denoiser
 
-    def stopping(components, config, start, optimizer, ema, on_step):
+    def stopping(components, config, stage, start, optimizer, ema, on_step):
         def on_step_then_stop(step, values):
             on_step(step, values)
-            if step == 1:  # the checkpoint at 2 steps is written: now the machine goes down
+            if stage == stop_stage and step == 1:  # the checkpoint at 2 steps is written: now the machine goes down
                 raise KeyboardInterrupt
 
-        real_step(components, config, start, optimizer, ema, on_step_then_stop)
+        real_step(components, config, stage, start, optimizer, ema, on_step_then_stop)
 
     monkeypatch.setattr(train, "train_denoiser", stopping)
     with pytest.raises(KeyboardInterrupt):
         train.train_world_model(tmp_path / "resumed", config, log=lambda *_: None)
     monkeypatch.setattr(train, "train_denoiser", real_step)
-    assert json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())["step"] == 2
+    progress = json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())
+    assert (progress["stage"], progress["step"]) == ({2: "denoiser", 3: "one_object"}[stop_stage], 2)
     resumed = train.train_world_model(tmp_path / "resumed", config, log=lambda *_: None)
-    for part in ("unet/diffusion_pytorch_model", "text_encoder/model", "vae/diffusion_pytorch_model"):
-        a, b = load_file(straight / f"{part}.safetensors"), load_file(resumed / f"{part}.safetensors")
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert_same_pipeline_weights(straight_training, resumed)
+
+
+def test_world_train_from_a_stage_two_pipeline_gives_the_weights_of_a_run_from_scratch(straight_training, tmp_path):
+    """The shipped weights were made this way: stage 3 from the stage-2 pipeline folder (``--init``)."""
+    from breakascene.world import train
+
+    stage_two = train.train_world_model(
+        tmp_path / "two", train.WorldTrainConfig(**{**TINY_TRAINING, "one_object_steps": 0}), log=lambda *_: None)
+    with pytest.raises(AssertionError):
+        assert_same_pipeline_weights(straight_training, stage_two)  # stage 3 changes the weights
+    from_init = train.train_world_model(tmp_path / "three", train.WorldTrainConfig(**TINY_TRAINING), init=stage_two,
+                                        log=lambda *_: None)
+    assert_same_pipeline_weights(straight_training, from_init)
 
 
 def test_world_train_refuses_an_existing_folder_without_resume(tmp_path):
@@ -210,14 +240,26 @@ def test_world_train_refuses_an_existing_folder_without_resume(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"  # a bad flag is refused before --overwrite clears anything
     code, _, err = run_cli(["world", "train", "--out", str(out), "--object-weight", "0", "--overwrite"])
     assert_one_error(code, err, "--object-weight")
+    code, _, err = run_cli(["world", "train", "--out", str(out), "--one-object-steps", "-1", "--overwrite"])
+    assert_one_error(code, err, "--one-object-steps")
+    code, _, err = run_cli(["world", "train", "--out", str(tmp_path / "new"), "--init", "builtin:shapes"])
+    assert_one_error(code, err, "--init", "--one-object-steps")
+    steps = ["--one-object-steps", "2"]
+    code, _, err = run_cli(["world", "train", "--out", str(out), "--init", str(tmp_path / "none"), "--overwrite", *steps])
+    assert_one_error(code, err, "--init", "no such folder")
+    code, _, err = run_cli(["world", "train", "--out", str(out), "--init", str(out), "--overwrite", *steps])
+    assert_one_error(code, err, "--init", "inside --out")
+    code, _, err = run_cli(["world", "train", "--out", str(tmp_path / "new"), "--init", str(out), *steps])
+    assert_one_error(code, err, "--init", "model_index.json")
     assert (out / "notes.txt").read_text() == "mine"
+    assert_nothing_written(tmp_path / "new")
 
 
 def test_drawing_processes_give_every_step_the_batch_it_draws_alone():
     from breakascene.world.train import WorldTrainConfig, stage_batches, training_batch
 
     config = WorldTrainConfig(batch=3, workers=2)
-    for stage in (1, 2):
+    for stage in (1, 2, 3):
         drawn = list(stage_batches(config, stage, 5, 9))
         assert len(drawn) == 4
         for step, (images, captions, boxes) in enumerate(drawn, 5):

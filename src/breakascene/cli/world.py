@@ -34,28 +34,7 @@ def add_world_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     s.set_defaults(func=run_scenes)
 
-    t = sub.add_parser("train", parents=[common_options()], help="train builtin:shapes from scratch on the generator",
-                       description="Trains the VAE, then the text encoder and UNet, on generated scenes and writes a "
-                       "stock diffusers StableDiffusionPipeline folder to OUT/pipeline. The defaults made the shipped "
-                       "weights. Checkpoints (OUT/checkpoint) every 500 steps; --resume continues from the last one.")
-    t.add_argument("--out", required=True, metavar="DIR", help="training folder (OUT/pipeline is the model)")
-    t.add_argument("--seed", type=int, default=0, help="(default: 0, the shipped model's)")
-    t.add_argument("--steps", type=int, help="UNet + text-encoder steps (default: 4000)")
-    t.add_argument("--vae-steps", type=int, help="VAE steps (default: 1500)")
-    t.add_argument("--batch", type=int, help="scenes per step (default: 16)")
-    t.add_argument("--lr", type=finite_float, help="UNet + text-encoder peak learning rate (default: 1e-3)")
-    t.add_argument("--object-weight", type=finite_float, help="loss weight of the pixels in and around the objects, "
-                   "against 1 for the background (default: 1, the shipped model's; 5 draws better shapes and more "
-                   "stray objects: docs/evaluation.md)")
-    t.add_argument("--threads", type=int, help="CPU threads (default: 2)")
-    t.add_argument("--workers", type=int, help="processes that draw the scenes (default: 0, the training process; "
-                   "on a GPU use several, as one drawer cannot keep up)")
-    t.add_argument("--device", help="cpu (default: what made the shipped weights) or cuda: a few minutes on a GPU")
-    t.add_argument("--no-sample-grids", dest="sample_grids", action="store_false", default=None,
-                   help="skip the grid of held-out prompts drawn at every checkpoint (about 2 %% of a CPU run)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="start over in an existing OUT")
-    t.set_defaults(func=run_train)
+    add_train_parser(sub)
 
     c = sub.add_parser("check", parents=[common_options()], help="does the model know its world? the judge's figures",
                        description="Judges the judge on fresh scenes (drawn, and through the model's VAE), then "
@@ -96,6 +75,34 @@ def add_world_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def add_train_parser(sub) -> None:
+    t = sub.add_parser("train", parents=[common_options()], help="train builtin:shapes from scratch on the generator",
+                       description="Trains the VAE, then the text encoder and UNet (then, with --one-object-steps, both on one-object scenes), "
+                       "and writes a stock diffusers StableDiffusionPipeline folder to OUT/pipeline. The defaults made the shipped "
+                       "weights. Checkpoints (OUT/checkpoint) every 500 steps; --resume continues from the last one.")
+    t.add_argument("--out", required=True, metavar="DIR", help="training folder (OUT/pipeline is the model)")
+    t.add_argument("--seed", type=int, default=0, help="(default: 0, the shipped model's)")
+    t.add_argument("--steps", type=int, help="UNet + text-encoder steps (default: 4000)")
+    t.add_argument("--vae-steps", type=int, help="VAE steps (default: 1500)")
+    t.add_argument("--batch", type=int, help="scenes per step (default: 16)")
+    t.add_argument("--lr", type=finite_float, help="UNet + text-encoder peak learning rate (default: 1e-3)")
+    t.add_argument("--one-object-steps", type=int, help="steps of an extra stage on one-object scenes (default: 0, as the shipped model: docs/evaluation.md)")
+    t.add_argument("--one-object-lr", type=finite_float, help="its peak learning rate (default: 3e-4)")
+    t.add_argument("--init", metavar="PIPELINE", help="run only the one-object stage, from this pipeline folder (OUT/pipeline or builtin:shapes)")
+    t.add_argument("--object-weight", type=finite_float, help="loss weight of the pixels in and around the objects, "
+                   "against 1 for the background (default: 1, the shipped model's; 5 draws better shapes and more "
+                   "stray objects: docs/evaluation.md)")
+    t.add_argument("--threads", type=int, help="CPU threads (default: 2)")
+    t.add_argument("--workers", type=int, help="processes that draw the scenes (default: 0, the training process; "
+                   "on a GPU use several, as one drawer cannot keep up)")
+    t.add_argument("--device", help="cpu (default: what made the shipped weights) or cuda: a few minutes on a GPU")
+    t.add_argument("--no-sample-grids", dest="sample_grids", action="store_false", default=None,
+                   help="skip the grid of held-out prompts drawn at every checkpoint (about 2 %% of a CPU run)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="start over in an existing OUT")
+    t.set_defaults(func=run_train)
+
+
 def run_scenes(args) -> int:
     from ..shapes_world import read_ground_truth
     from ..world.scenes import write_world_scenes
@@ -111,23 +118,37 @@ def run_train(args) -> int:
     import dataclasses
 
     from ..errors import ConfigError, RunError
-    from ..models.loading import check_device
+    from ..models.loading import check_device, shapes_folder
+    from ..models.shapes import SHAPES_MODEL_ID
     from ..world.train import WorldTrainConfig, train_world_model
 
     chosen = {"seed": args.seed, "steps": args.steps, "vae_steps": args.vae_steps, "batch": args.batch, "lr": args.lr,
               "threads": args.threads, "workers": args.workers, "sample_grids": args.sample_grids,
-              "object_weight": args.object_weight}
+              "object_weight": args.object_weight, "one_object_steps": args.one_object_steps,
+              "one_object_lr": args.one_object_lr}
     for name in ("steps", "vae_steps", "batch", "threads"):
         if chosen[name] is not None and chosen[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {chosen[name]}")
-    if chosen["workers"] is not None and chosen["workers"] < 0:
-        raise ConfigError(f"--workers must be >= 0, got {chosen['workers']}")
-    for name in ("lr", "object_weight"):
+    for name in ("workers", "one_object_steps"):
+        if chosen[name] is not None and chosen[name] < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {chosen[name]}")
+    for name in ("lr", "object_weight", "one_object_lr"):
         if chosen[name] is not None and chosen[name] <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {chosen[name]}")
     chosen["device"] = str(check_device(args.device)) if args.device else None
     config = dataclasses.replace(WorldTrainConfig(), **{k: v for k, v in chosen.items() if v is not None})
     out = Path(args.out)
+    init = None
+    if args.init is not None:
+        if args.resume:
+            raise ConfigError("--resume continues from the checkpoint's own weights; drop --init")
+        if not args.one_object_steps:
+            raise ConfigError("--init runs only the one-object stage: give it steps, e.g. --one-object-steps 500")
+        init = shapes_folder() if args.init == SHAPES_MODEL_ID else Path(args.init)
+        if not init.is_dir():
+            raise ConfigError(f"--init {args.init}: no such folder; pass a world train OUT/pipeline or {SHAPES_MODEL_ID}")
+        if out.resolve() in (init.resolve(), *init.resolve().parents):
+            raise ConfigError(f"--init {args.init} is inside --out {out}; choose another --out")
     if out.exists() and any(out.iterdir()) and not (args.resume or args.overwrite):
         raise RunError(f"{out} already exists; pass --resume to continue it, --overwrite to start over, or choose another --out")
     if args.resume and not (out / "checkpoint").is_dir():
@@ -136,7 +157,7 @@ def run_train(args) -> int:
         import shutil
 
         shutil.rmtree(out)
-    pipeline = train_world_model(out, config)
+    pipeline = train_world_model(out, config, init=init)
     print(f"use it: break-a-scene extract SCENE --model {pipeline} --out runs/x  (or copy it over builtin:shapes: docs/evaluation.md)")
     return 0
 
