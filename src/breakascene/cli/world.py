@@ -77,18 +77,21 @@ def add_world_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_train_parser(sub) -> None:
     t = sub.add_parser("train", parents=[common_options()], help="train builtin:shapes from scratch on the generator",
-                       description="Trains the VAE, then the text encoder and UNet (then, with --one-object-steps, both on one-object scenes), "
-                       "and writes a stock diffusers StableDiffusionPipeline folder to OUT/pipeline. The defaults made the shipped "
-                       "weights. Checkpoints (OUT/checkpoint) every 500 steps; --resume continues from the last one.")
+                       description="Trains the VAE, then the text encoder and UNet (then, with --one-object-steps, "
+                       "both on one-object scenes), and writes a stock diffusers StableDiffusionPipeline folder to "
+                       "OUT/pipeline. The defaults made the shipped weights. Checkpoints (OUT/checkpoint) every 500 "
+                       "steps; --resume continues from the last one.")
     t.add_argument("--out", required=True, metavar="DIR", help="training folder (OUT/pipeline is the model)")
     t.add_argument("--seed", type=int, default=0, help="(default: 0, the shipped model's)")
     t.add_argument("--steps", type=int, help="UNet + text-encoder steps (default: 4000)")
     t.add_argument("--vae-steps", type=int, help="VAE steps (default: 1500)")
     t.add_argument("--batch", type=int, help="scenes per step (default: 16)")
     t.add_argument("--lr", type=finite_float, help="UNet + text-encoder peak learning rate (default: 1e-3)")
-    t.add_argument("--one-object-steps", type=int, help="steps of an extra stage on one-object scenes (default: 0, as the shipped model: docs/evaluation.md)")
+    t.add_argument("--one-object-steps", type=int, help="steps of an extra stage on one-object scenes (default: 0, "
+                   "as the shipped model: docs/evaluation.md)")
     t.add_argument("--one-object-lr", type=finite_float, help="its peak learning rate (default: 3e-4)")
-    t.add_argument("--init", metavar="PIPELINE", help="run only the one-object stage, from this pipeline folder (OUT/pipeline or builtin:shapes)")
+    t.add_argument("--init", metavar="PIPELINE", help="run only the one-object stage, from this pipeline folder "
+                   "(OUT/pipeline or builtin:shapes)")
     t.add_argument("--object-weight", type=finite_float, help="loss weight of the pixels in and around the objects, "
                    "against 1 for the background (default: 1, the shipped model's; 5 draws better shapes and more "
                    "stray objects: docs/evaluation.md)")
@@ -146,7 +149,8 @@ def run_train(args) -> int:
             raise ConfigError("--init runs only the one-object stage: give it steps, e.g. --one-object-steps 500")
         init = shapes_folder() if args.init == SHAPES_MODEL_ID else Path(args.init)
         if not init.is_dir():
-            raise ConfigError(f"--init {args.init}: no such folder; pass a world train OUT/pipeline or {SHAPES_MODEL_ID}")
+            raise ConfigError(f"--init {args.init}: no such folder; pass a world train OUT/pipeline or "
+                              f"{SHAPES_MODEL_ID}")
         if out.resolve() in (init.resolve(), *init.resolve().parents):
             raise ConfigError(f"--init {args.init} is inside --out {out}; choose another --out")
     if out.exists() and any(out.iterdir()) and not (args.resume or args.overwrite):
