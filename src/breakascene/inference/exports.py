@@ -8,7 +8,7 @@
   ``tokens.txt`` (one token per line, in row order);
 * ``README.md`` with loading code that runs as it is: the run's own base model (a Hub id, a folder, a single
   file, or ``builtin:tiny`` built with :func:`breakascene.models.tiny.build_tiny_components`) and this export's absolute
-  path (:func:`base_pipeline_lines`).
+  path (:func:`.loading_code.base_pipeline_lines`).
 
 The handles were trained jointly with the run's UNet and text encoder (phase 2), so on a stock base model they
 only look roughly right: load them into the run's own pipeline for faithful results.
@@ -16,11 +16,13 @@ only look roughly right: load them into the run's own pipeline for faithful resu
 ``diffusers`` writes a copy of the run's pipeline folder as safetensors (``--fp16``: fp16 weights saved as the
 ``fp16`` variant), plus ``handles.safetensors``, ``scene.json`` and a README that loads it from its absolute
 path (or from the Hub repo it is pushed to).
+
+``comfyui``, ``a1111`` and ``kohya`` write what those tools load (a single-file checkpoint or a WebUI LoRA, and
+one embedding per handle): :mod:`.webui`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -32,8 +34,11 @@ from ..errors import ConfigError, RunError
 from ..handles import load_handles
 from ..run_folder import HANDLES_FILE, SCENE_FILE, check_clear_of_inputs, written_atomically
 from ..run_info import RunInfo
+from .loading_code import base_pipeline_lines, python_literal
+from .webui import WEBUI_FORMATS, export_name, write_webui
 
-FORMATS = ("textual-inversion", "diffusers")
+FORMATS = ("textual-inversion", "diffusers", "comfyui", "a1111", "kohya")
+WEIGHT_FORMATS = ("diffusers", "comfyui", "a1111", "kohya")  # the ones --fp16 applies to
 
 NOTE = (
     "The handles were trained jointly with this run's fine-tuned UNet and text encoder (phase 2 of "
@@ -42,63 +47,13 @@ NOTE = (
 )
 
 
-def _literal(text: str) -> str:
-    """``text`` as a Python string literal in double quotes (JSON's escapes are Python's too)."""
-    return json.dumps(text)
-
-
-def base_pipeline_lines(base_model: str, prediction_type: str | None = None) -> tuple[list[str], list[str]]:
-    """Python that makes ``pipe``, the run's base model as a stock ``StableDiffusionPipeline``: (imports, lines).
-
-    ``builtin:tiny`` is not a Hub id: it is built in code (:func:`breakascene.models.tiny.build_tiny_components`, with
-    the run's prediction type); ``builtin:shapes`` is the package's own folder. A ``.safetensors`` file is loaded with ``from_single_file`` and the config
-    breakascene used for it, with the run's prediction type set on the scheduler (the config's may differ); a
-    folder that exists here by its absolute path; anything else as a Hub id.
-
-    Raises nothing for a base model that is gone or damaged: the lines then name it as scene.json does.
-    """
-    from ..models.shapes import SHAPES_MODEL_ID
-    from ..models.single_file import inspect_single_file, single_file_config_source
-    from ..models.tiny import TINY_MODEL_ID
-
-    imports = ["from diffusers import StableDiffusionPipeline"]
-    if base_model == TINY_MODEL_ID:
-        kind = _literal(prediction_type or "epsilon")
-        return imports + ["from breakascene.models.tiny import build_tiny_components"], [
-            "# builtin:tiny is built in code with random weights (it is not on the Hub): the same base model again",
-            f"pipe = StableDiffusionPipeline(**build_tiny_components(prediction_type={kind}), safety_checker=None,",
-            "                               feature_extractor=None, requires_safety_checker=False)",
-        ]
-    if base_model == SHAPES_MODEL_ID:
-        return imports + ["from breakascene.models.shapes import SHAPES_FOLDER"], [
-            "# builtin:shapes ships inside the breakascene package as a diffusers folder",
-            "pipe = StableDiffusionPipeline.from_pretrained(SHAPES_FOLDER)",
-        ]
-    path = Path(base_model).expanduser()
-    where = _literal(os.path.abspath(path)) if path.exists() else _literal(base_model)
-    if path.suffix == ".safetensors":
-        lines = [f"pipe = StableDiffusionPipeline.from_single_file({where})"]
-        try:
-            info = inspect_single_file(path, prediction_type) if path.is_file() else None
-        except ConfigError:  # moved or damaged since the run: the README still says where the file was
-            info = None
-        if info is not None:
-            config = _literal(single_file_config_source(info.family, info.prediction_type))
-            lines = [f"pipe = StableDiffusionPipeline.from_single_file({where}, config={config})"]
-        if prediction_type:
-            lines.append(f"pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
-                         f"prediction_type={_literal(prediction_type)})")
-        return imports, lines
-    return imports, [f"pipe = StableDiffusionPipeline.from_pretrained({where})"]
-
-
 def _ti_readme(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
     """The textual-inversion export's README; ``location`` is where the export ends up (absolute)."""
     imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type)
 
     def head(*more_imports: str) -> str:  # each block runs on its own (a token can be added only once)
         return "\n".join(["from pathlib import Path", "", *imports, *more_imports, "",
-                          f"export = Path({_literal(str(location))})  # this folder; change it if you move it", "",
+                          f"export = Path({python_literal(str(location))})  # this folder; change it if you move it", "",
                           *make_pipe])
 
     one_by_one = "\n".join(f'    str(export / "{f}"),' for f in files)
@@ -139,8 +94,8 @@ Do not give `handles.safetensors` itself to `load_textual_inversion`: it would r
 def _diffusers_readme(tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None) -> str:
     """The diffusers export's README: loads it from ``location`` (absolute), or from ``repo_id`` once pushed."""
     variant = ', variant="fp16", torch_dtype=torch.float16' if fp16 else ""
-    where = _literal(repo_id or str(location))
-    other = f"\n# or this copy on disk: from_pretrained({_literal(str(location))}{variant})" if repo_id else ""
+    where = python_literal(repo_id or str(location))
+    other = f"\n# or this copy on disk: from_pretrained({python_literal(str(location))}{variant})" if repo_id else ""
     generate = shlex.join(["break-a-scene", "generate", str(location), f"a photo of {tokens[0]}"])
     return f"""# Break-A-Scene run: a Stable Diffusion pipeline that knows {", ".join(f"`{t}`" for t in tokens)}
 
@@ -177,22 +132,32 @@ def export(
     overwrite: bool = False,
     push_to_hub: str | None = None,
     private: bool = False,
+    name: str | None = None,
 ) -> Path:
-    """Exports ``run`` to ``out`` in ``format`` (``textual-inversion`` or ``diffusers``); returns ``out``.
+    """Exports ``run`` to ``out`` in ``format`` (one of :data:`FORMATS`); returns ``out``.
+
+    ``comfyui``, ``a1111`` and ``kohya`` are written by :func:`breakascene.inference.webui.write_webui`; ``name``
+    is their file stem and trigger-word prefix (default: the run folder's name).
 
     Everything is written into ``<out>.partial`` and renamed at the end, so ``out`` appears only complete.
     ``push_to_hub``: also upload ``out`` to that Hub repo (needs a configured token; checked before any work).
 
     Raises:
         RunError: ``run`` is not a finished run folder; ``out`` exists without ``overwrite``.
-        ConfigError: unknown format, ``fp16`` with textual-inversion, no Hub token for ``push_to_hub``.
+        ConfigError: unknown format, ``fp16`` with textual-inversion, ``name`` not for a WebUI format or not a
+            valid file stem, no Hub token for ``push_to_hub``.
     """
     info = RunInfo.read(run)
     run, out = Path(run), Path(out)
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if fp16 and format != "diffusers":
-        raise ConfigError("--fp16 is for --format diffusers; textual-inversion vectors are kept exactly (fp32)")
+    if fp16 and format not in WEIGHT_FORMATS:
+        raise ConfigError(f"--fp16 is for --format {', '.join(WEIGHT_FORMATS)}; textual-inversion vectors are kept "
+                          "exactly (fp32)")
+    if name is not None:
+        if format not in WEBUI_FORMATS:
+            raise ConfigError(f"--name is for --format {', '.join(WEBUI_FORMATS)} (their file names and trigger words)")
+        export_name(run, name)  # a bad name fails before any work
     check_clear_of_inputs(out, [("run folder", run)])  # replacing out must never touch the run
     if out.exists() and not overwrite:
         raise RunError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
@@ -207,6 +172,8 @@ def export(
     with written_atomically(out) as partial:
         if format == "textual-inversion":
             _write_textual_inversion(run, partial, tokens, vectors, info, location)
+        elif format in WEBUI_FORMATS:
+            write_webui(run, info, partial, tokens, vectors, format, fp16, location, name)
         else:
             _write_diffusers(run, info, partial, tokens, fp16, location, push_to_hub)
     if push_to_hub is not None:

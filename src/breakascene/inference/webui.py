@@ -1,0 +1,242 @@
+"""Exports for the WebUI tools: ``comfyui``, ``a1111`` (also Forge) and ``kohya``, for SD 1.x / 2.x runs.
+
+All three write the same files, in the folder tree of the tool they are named after (so that the export's
+contents can be copied into that tool's folder as they are; ``kohya`` is flat, like sd-scripts' output):
+
+* the weights, ``<name>.safetensors``: for a LoRA run (``extract --lora-rank``), a LoRA with the WebUI
+  (kohya) keys ``lora_unet_*`` and ``lora_te_*``, each with its ``.alpha``; for a full fine-tune, a single-file
+  checkpoint in the original LDM layout (:mod:`breakascene.models.ldm_layout`), with the base model's token
+  table (the handles are not in a stock tokenizer, so their rows travel as embeddings instead) and SAI
+  modelspec metadata that says its prediction type;
+* one embedding per handle, ``<name>_<handle>.safetensors`` holding ``emb_params`` (1, dim) float32, the
+  textual-inversion file of kohya's scripts that A1111, Forge and ComfyUI read. A WebUI's trigger word is the
+  file's name, so the run's name keeps two runs' ``asset0`` apart in one embeddings folder;
+* ``README.md``: which file goes where in ComfyUI and in A1111/Forge, the trigger words, and diffusers code.
+
+diffusers loads all of it back to the run's own weights (tests/test_webui_export.py): the checkpoint with
+``from_single_file`` (the base model's config), the LoRA with ``load_lora_weights``, and an embedding with
+``load_textual_inversion(file, token=...)``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, RunError
+from ..run_info import RunInfo
+from .loading_code import base_pipeline_lines, python_literal
+
+WEBUI_FORMATS = ("comfyui", "a1111", "kohya")
+
+# Where each kind of file goes, relative to the tool's own folder.
+FOLDERS = {
+    "comfyui": {"checkpoint": "models/checkpoints", "lora": "models/loras", "embedding": "models/embeddings"},
+    "a1111": {"checkpoint": "models/Stable-diffusion", "lora": "models/Lora", "embedding": "embeddings"},
+    "kohya": {"checkpoint": ".", "lora": ".", "embedding": "."},
+}
+EMBEDDING_KEY = "emb_params"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def export_name(run: Path, name: str | None) -> str:
+    """The files' stem: ``name`` (checked), or the run folder's name with anything but letters, digits, ``-``
+    and ``_`` replaced by ``-``."""
+    if name is not None:
+        if not _NAME.match(name):
+            raise ConfigError(f"--name {name!r}: use letters, digits, '-' and '_' (it becomes file names and "
+                              "trigger words), starting with a letter or digit")
+        return name
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", run.resolve().name).strip("-_")
+    return stem or "break-a-scene"
+
+
+def trigger_words(info: RunInfo, name: str) -> dict[str, str]:
+    """Handle token (``<asset0>``) -> the WebUI trigger word (``<name>_asset0``), in handle order."""
+    return {h.token: f"{name}_{h.name}" for h in info.handles}
+
+
+def webui_lora_state_dict(run: Path, info: RunInfo, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A LoRA run's adapters under the WebUI (kohya) keys that A1111, Forge and ComfyUI read.
+
+    A module's diffusers path with ``.`` as ``_`` after ``lora_unet_`` (UNet) or ``lora_te_text_model_`` (the
+    text encoder, its transformers path); ``lora_down`` is peft's A, ``lora_up`` its B, and ``.alpha`` the
+    run's alpha. (diffusers' ``convert_state_dict_to_kohya`` writes alpha = rank, which a run with another
+    ``--lora-alpha`` would not survive, and ``lora_te1_``, the SDXL name.)
+    """
+    from safetensors.torch import load_file
+
+    lora = info.lora
+    out: dict[str, torch.Tensor] = {}
+
+    def add(module: str, up: bool, value: torch.Tensor) -> None:
+        out[f"{module}.lora_{'up' if up else 'down'}.weight"] = value.to(dtype).contiguous()
+        out[f"{module}.alpha"] = torch.tensor(float(lora.alpha))  # one tensor each: safetensors refuses shared ones
+
+    for key, value in load_file(str(run / lora.weights)).items():  # unet.<module>.lora.{down,up}.weight
+        module, kind = key.removeprefix("unet.").rsplit(".lora.", 1)
+        add("lora_unet_" + module.replace(".", "_"), kind.startswith("up"), value)
+    if lora.text_encoder:  # peft's keys: [text_model.]<module>.lora_{A,B}.default.weight
+        for key, value in load_file(str(run / lora.text_encoder)).items():
+            module, kind = key.removeprefix("text_model.").split(".lora_", 1)
+            add("lora_te_text_model_" + module.replace(".", "_"), kind.startswith("B"), value)
+    return out
+
+
+def checkpoint_state_dict(pipe, tokens: list[str], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A full run's pipeline as one LDM-layout checkpoint, its token table cut back to the base vocabulary.
+
+    The handles are the tokenizer's last ``len(tokens)`` ids (they were added after the base vocabulary);
+    phase 2 never trains the table's other rows, so what is cut is exactly the handles.
+    """
+    from ..models.ldm_layout import single_file_state_dict
+
+    ids = pipe.tokenizer.convert_tokens_to_ids(tokens)
+    base_size = len(pipe.tokenizer) - len(tokens)
+    if sorted(ids) != list(range(base_size, len(pipe.tokenizer))):
+        raise RunError("the run's handle tokens are not the last ids of its tokenizer; extract the scene again")
+    state = single_file_state_dict(pipe.unet, pipe.vae, pipe.text_encoder)
+    table = next(key for key in state if key.endswith("token_embedding.weight"))
+    state[table] = state[table][:base_size].contiguous()
+    return {key: value.to(dtype) for key, value in state.items()}
+
+
+def modelspec(info: RunInfo, name: str, layout: str) -> dict[str, str]:
+    """SAI ModelSpec metadata (Stability-AI/ModelSpec) for a checkpoint: its architecture and prediction type,
+    which WebUI tools and :func:`breakascene.models.single_file.inspect_single_file` read."""
+    v = info.prediction_type == "v_prediction"
+    architecture = "stable-diffusion-v1" if layout == "clip" else (
+        "stable-diffusion-v2-768-v" if v else "stable-diffusion-v2-512")
+    return {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": architecture,
+            "modelspec.implementation": "diffusers", "modelspec.title": name,
+            "modelspec.prediction_type": "v" if v else "epsilon",
+            "modelspec.resolution": f"{info.resolution}x{info.resolution}"}
+
+
+def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vectors: torch.Tensor, format: str,
+                fp16: bool, location: Path, name: str | None = None) -> None:
+    """Writes a ``comfyui``, ``a1111`` or ``kohya`` export of ``run`` into ``folder`` (see the module docstring).
+
+    ``location``: where the export ends up (absolute), for the README.
+    """
+    from safetensors.torch import save_file
+
+    from ..models.ldm_layout import text_layout
+    from .pipeline import load_pipeline
+
+    name = export_name(run, name)
+    dtype = torch.float16 if fp16 else torch.float32
+    places = {kind: folder / sub for kind, sub in FOLDERS[format].items()}
+    for place in places.values():
+        place.mkdir(parents=True, exist_ok=True)
+    if info.lora is not None:
+        weights, kind = webui_lora_state_dict(run, info, dtype), "lora"
+        metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(info.lora.rank),
+                    "ss_network_alpha": str(info.lora.alpha)}
+    else:
+        pipe = load_pipeline(run, "cpu", info=info)[0]
+        weights, kind = checkpoint_state_dict(pipe, tokens, dtype), "checkpoint"
+        metadata = modelspec(info, name, text_layout(pipe.text_encoder))
+        if info.prediction_type == "v_prediction":
+            weights["v_pred"] = torch.tensor([])  # ComfyUI's own marker of a v-prediction checkpoint
+    save_file(weights, str(places[kind] / f"{name}.safetensors"), metadata=metadata)
+    triggers = trigger_words(info, name)
+    for token, vector in zip(tokens, vectors):
+        embedding = {EMBEDDING_KEY: vector.detach().float().reshape(1, -1).contiguous()}
+        save_file(embedding, str(places["embedding"] / f"{triggers[token]}.safetensors"))
+    (folder / "README.md").write_text(_readme(info, format, kind, name, triggers, location))
+
+
+def _readme(info: RunInfo, format: str, kind: str, name: str, triggers: dict[str, str], location: Path) -> str:
+    """The README of a WebUI export: where each file goes, in ComfyUI and in A1111/Forge, and diffusers code."""
+    lora = kind == "lora"
+    here = {k: ("" if sub == "." else f"{sub}/") for k, sub in FOLDERS[format].items()}
+    weights, first = f"{here[kind]}{name}.safetensors", next(iter(triggers.values()))
+    table = "\n".join(f"| `{token}` | `{word}` | `{here['embedding']}{word}.safetensors` |"
+                      for token, word in triggers.items())
+    comfy_weights = "models/loras" if lora else "models/checkpoints"
+    a1111_weights = "models/Lora" if lora else "models/Stable-diffusion"
+    base = f"`{info.base_model}`, the base model this run was trained on"
+    comfy_use = (f"Load {base}, with **Load Checkpoint**; then add **LoraLoader** with `{name}.safetensors` at "
+                 "strength 1.0 for both model and clip" if lora else f"**Load Checkpoint** `{name}.safetensors`")
+    a1111_use = (f"Select {base}, as the checkpoint and add `<lora:{name}:1>` to the prompt" if lora
+                 else f"Select `{name}.safetensors` as the checkpoint")
+    prompt = f"a photo of {first} at the beach"
+    return f"""# Break-A-Scene run `{name}` for ComfyUI, A1111 and Forge
+
+This folder is laid out like {"a kohya sd-scripts output (flat)" if format == "kohya" else
+f"the {'ComfyUI' if format == 'comfyui' else 'A1111/Forge'} folder: copy its contents into that folder"}.
+
+- `{weights}`: {"a LoRA (WebUI keys `lora_unet_*`, `lora_te_*`)" if lora else
+"the fine-tuned model as a single-file checkpoint"}. Put it in `{comfy_weights}/` (ComfyUI) or
+  `{a1111_weights}/` (A1111, Forge).
+- One textual-inversion embedding per handle. Put them in `models/embeddings/` (ComfyUI) or `embeddings/`
+  (A1111, Forge). The trigger word is the file's name:
+
+| handle | trigger word | file |
+|---|---|---|
+{table}
+
+**The handles only work with the weights they were trained with:** {"this LoRA on " + base if lora else
+"this checkpoint"}. Phase 2 of Break-A-Scene trains them together with the {"LoRA" if lora else "model"}; with
+other weights they give at best a rough likeness.
+
+## ComfyUI
+
+{comfy_use}. In the prompt, write the handles as `embedding:{first}`, e.g. `a photo of embedding:{first}`.
+
+## A1111 / Forge
+
+{a1111_use}, and write the trigger words in the prompt as they are, e.g. `{prompt}`.
+
+## diffusers
+
+```python
+{_diffusers_code(info, lora, here, name, triggers, location, prompt)}
+```
+"""
+
+
+def _diffusers_code(info: RunInfo, lora: bool, here: dict[str, str], name: str, triggers: dict[str, str],
+                    location: Path, prompt: str) -> str:
+    """Python that loads this export into a stock ``StableDiffusionPipeline`` and prompts with a handle."""
+    weights = f"{here['lora' if lora else 'checkpoint']}{name}.safetensors"
+    export = f"export = Path({python_literal(str(location))})  # this folder; change it if you move it"
+    if lora:
+        imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type)
+        make_pipe = [*make_pipe, f"pipe.load_lora_weights(str(export / {python_literal(weights)}))"]
+    else:
+        imports = ["from diffusers import StableDiffusionPipeline"]
+        make_pipe = ["# the base model's configs (its diffusers folder or Hub id): the checkpoint holds only weights",
+                     f"config = {single_file_config(info.base_model, info.prediction_type)}",
+                     f"pipe = StableDiffusionPipeline.from_single_file(str(export / {python_literal(weights)}), "
+                     "config=config)",
+                     "pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
+                     f"prediction_type={python_literal(info.prediction_type or 'epsilon')})"]
+    embeddings = [f"pipe.load_textual_inversion(str(export / {python_literal(here['embedding'] + word + '.safetensors')}),"
+                  f" token={python_literal(word)})" for word in triggers.values()]
+    return "\n".join(["from pathlib import Path", "", *imports, "", export, "", *make_pipe, *embeddings,
+                      f"image = pipe({python_literal(prompt)}).images[0]"])
+
+
+def single_file_config(base_model: str, prediction_type: str | None = None) -> str:
+    """A Python expression for ``from_single_file``'s ``config``: the base model's diffusers folder or Hub id
+    (for a single-file base model, the config breakascene loaded it with)."""
+    from ..models.shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
+    from ..models.single_file import inspect_single_file, single_file_config_source
+    from ..models.tiny import TINY_MODEL_ID
+
+    if base_model == TINY_MODEL_ID:
+        return '"DIFFUSERS_FOLDER"  # builtin:tiny is built in code: save_pretrained() it and name that folder'
+    if base_model == SHAPES_MODEL_ID:
+        return python_literal(str(SHAPES_FOLDER))
+    path = Path(base_model).expanduser()
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            info = inspect_single_file(path, prediction_type)
+            return python_literal(single_file_config_source(info.family, info.prediction_type))
+        except ConfigError:
+            pass
+    return python_literal(str(path.resolve()) if path.exists() else base_model)
