@@ -206,6 +206,10 @@ def test_downloads(app):
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
     assert {"shapes-textual-inversion/asset0.safetensors", "shapes-textual-inversion/README.md"} <= names
+    with zipfile.ZipFile(app.on_export("shapes", "comfyui")) as archive:
+        names = set(archive.namelist())
+    assert {"shapes-comfyui/models/checkpoints/shapes.safetensors", "shapes-comfyui/README.md",
+            "shapes-comfyui/models/embeddings/shapes_asset0.safetensors"} <= names
 
 
 def test_scene_masks_from_files_and_clicks(app, tmp_path):

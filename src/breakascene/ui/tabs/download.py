@@ -1,4 +1,5 @@
-"""The Download tab: the chosen run's folder as a zip, or its textual-inversion export as a zip."""
+"""The Download tab: the chosen run's folder as a zip, or an export of it (textual inversion, ComfyUI, A1111/Forge,
+kohya) as a zip."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ from ..runs import finished_run, zip_folder
 from .toasts import guarded
 
 DOWNLOAD_KEEP_SECONDS = 3600
+EXPORT_CHOICES = {  # label -> --format; the folder's README says where each file goes
+    "diffusers (textual-inversion embeddings)": "textual-inversion",
+    "ComfyUI": "comfyui",
+    "A1111 / Forge": "a1111",
+    "kohya (flat)": "kohya",
+}
 
 
 class DownloadHandlers:
@@ -34,12 +41,12 @@ class DownloadHandlers:
         return str(zip_folder(run, folder / f"{run.name}.zip"))
 
     @guarded
-    def on_export(self, name):
+    def on_export(self, name, format: str = "textual-inversion"):
         from ...inference.exports import export
 
         run = finished_run(self.runs_dir, name)
         folder = self._download_folder()
-        out = export(run, folder / f"{run.name}-textual-inversion", format="textual-inversion")
+        out = export(run, folder / f"{run.name}-{format}", format=format)
         return str(zip_folder(out, folder / f"{out.name}.zip"))
 
 
@@ -48,8 +55,10 @@ def build_download_tab(app, run_choice: gr.Dropdown) -> None:
     with gr.Tab("Download", id="download"):
         with gr.Row():
             zip_button = gr.Button("Run folder as .zip", elem_id="zip")
-            export_button = gr.Button("Textual-inversion export as .zip", elem_id="export")
+            export_format = gr.Dropdown(list(EXPORT_CHOICES.items()), value="textual-inversion", label="Export for",
+                                        elem_id="export-format")
+            export_button = gr.Button("Export as .zip", elem_id="export")
         download = gr.File(label="Download", interactive=False, elem_id="download")
 
     zip_button.click(app.on_zip, run_choice, download)
-    export_button.click(app.on_export, run_choice, download)
+    export_button.click(app.on_export, [run_choice, export_format], download)
