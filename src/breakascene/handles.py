@@ -228,8 +228,15 @@ def merge_handles(text_encoder) -> torch.Tensor:
     return vectors
 
 
-def save_handles(path: str | Path, handles: list[Handle], vectors: torch.Tensor) -> None:
-    """Writes ``handles.safetensors``: one (K, dim) tensor under the single key ``"embeddings"``.
+def handle_table_names(count: int) -> list[str]:
+    """The names of the handle vectors of ``count`` text encoders in checkpoints: "handles", "handles_2", ..."""
+    return ["handles"] + [f"handles_{k + 1}" for k in range(1, count)]
+
+
+def save_handles(path: str | Path, handles: list[Handle], vectors: torch.Tensor,
+                 second: torch.Tensor | None = None) -> None:
+    """Writes ``handles.safetensors``: one (K, dim) tensor under the key ``"embeddings"`` (for SDXL also the
+    second text encoder's (K, dim_2) under ``"embeddings_2"``).
 
     The token list, in row order, is in the file's metadata under ``"tokens"``. Stock diffusers takes the
     tensor with its tokens: ``pipe.load_textual_inversion(load_file(path)["embeddings"], token=tokens)`` (given
@@ -240,7 +247,10 @@ def save_handles(path: str | Path, handles: list[Handle], vectors: torch.Tensor)
         "init_words": ",".join(h.init_word for h in handles),
         "background": BACKGROUND_NAME if any(h.is_background for h in handles) else "",
     }
-    save_file({"embeddings": vectors.detach().float().contiguous().cpu()}, str(path), metadata=metadata)
+    tables = {"embeddings": vectors}
+    if second is not None:
+        tables["embeddings_2"] = second
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in tables.items()}, str(path), metadata=metadata)
 
 
 def load_handles(path: str | Path) -> tuple[list[str], torch.Tensor]:
@@ -253,6 +263,11 @@ def load_handles(path: str | Path) -> tuple[list[str], torch.Tensor]:
     with safe_open(str(path), framework="pt") as f:
         tokens = (f.metadata() or {}).get("tokens", "")
     return [t for t in tokens.split(",") if t], load_file(str(path))["embeddings"]
+
+
+def load_second_handles(path: str | Path) -> torch.Tensor | None:
+    """The second text encoder's (K, dim_2) handle vectors in ``handles.safetensors`` (SDXL), or None."""
+    return load_file(str(path)).get("embeddings_2")
 
 
 def handles_meant(prompt: str, tokens: list[str]) -> list[str]:

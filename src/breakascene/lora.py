@@ -16,6 +16,7 @@ LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention proj
 LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name: pipe.load_lora_weights(run) finds it
 TEXT_LORA_FILE = "text_encoder_lora.safetensors"  # peft's own keys; see save_lora for why not diffusers' file
+TEXT_2_LORA_FILE = "text_encoder_2_lora.safetensors"  # SDXL's second text encoder, the same way
 
 
 def add_text_encoder_lora(text_encoder, rank: int, alpha: float) -> None:
@@ -31,8 +32,8 @@ def add_text_encoder_lora(text_encoder, rank: int, alpha: float) -> None:
     inject_adapter_in_model(config, text_encoder)
 
 
-def add_lora(unet, text_encoder, rank: int, alpha: float, *, on_text_encoder: bool) -> None:
-    """LoRA adapters (peft) on the UNet's attention projections, and optionally the text encoder's; all frozen.
+def add_lora(unet, text_encoders: list, rank: int, alpha: float, *, on_text_encoder: bool) -> None:
+    """LoRA adapters (peft) on the UNet's attention projections, and optionally every text encoder's; all frozen.
 
     The adapters' B matrices start at zero, so the model is unchanged until phase 2 trains them; phase 1
     runs with them in place (frozen).
@@ -40,9 +41,9 @@ def add_lora(unet, text_encoder, rank: int, alpha: float, *, on_text_encoder: bo
     from peft import LoraConfig
 
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_UNET_TARGETS))
-    if on_text_encoder:
+    for text_encoder in text_encoders if on_text_encoder else []:
         add_text_encoder_lora(text_encoder, rank, alpha)
-    for model in (unet, text_encoder):
+    for model in (unet, *text_encoders):
         model.requires_grad_(False)
 
 
@@ -51,10 +52,11 @@ def lora_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if "lora_" in name}
 
 
-def save_lora(folder: Path, pipeline_class, unet, text_encoder, rank: int, alpha: float) -> None:
+def save_lora(folder: Path, pipeline_class, unet, text_encoders: list, rank: int, alpha: float) -> list[str]:
     """Writes the UNet's adapters as ``pytorch_lora_weights.safetensors`` (float32), the format
-    ``pipeline_class.load_lora_weights`` reads, and with ``text_encoder`` (None: not trained) its adapters as
-    :data:`TEXT_LORA_FILE`, which :func:`merge_text_encoder_lora` loads back."""
+    ``pipeline_class.load_lora_weights`` reads, and each of ``text_encoders`` (empty: not trained) its adapters
+    as :data:`TEXT_LORA_FILE` (:data:`TEXT_2_LORA_FILE` for a second), which :func:`merge_text_encoder_lora`
+    loads back. Returns the text encoders' file names."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -69,11 +71,13 @@ def save_lora(folder: Path, pipeline_class, unet, text_encoder, rank: int, alpha
         weight_name=LORA_WEIGHTS_FILE,
         safe_serialization=True,
     )
-    if text_encoder is not None:  # see add_text_encoder_lora
-        from safetensors.torch import save_file
+    from safetensors.torch import save_file
 
+    names = [TEXT_LORA_FILE, TEXT_2_LORA_FILE][: len(text_encoders)]
+    for name, text_encoder in zip(names, text_encoders):  # see add_text_encoder_lora
         tensors = {k: v.float().contiguous() for k, v in text_encoder.state_dict().items() if "lora_" in k}
-        save_file(tensors, str(Path(folder) / TEXT_LORA_FILE), metadata={"rank": str(rank), "alpha": str(alpha)})
+        save_file(tensors, str(Path(folder) / name), metadata={"rank": str(rank), "alpha": str(alpha)})
+    return names
 
 
 def merge_text_encoder_lora(text_encoder, path: Path) -> None:

@@ -37,6 +37,7 @@ class LoraInfo:
     alpha: float
     weights: str  # the UNet's adapters, diffusers' LoRA file inside the run folder
     text_encoder: str | None = None  # the text encoder's adapters (peft keys), when trained
+    text_encoder_2: str | None = None  # SDXL's second text encoder's, the same way
 
 
 @dataclass
@@ -75,6 +76,8 @@ class RunInfo:
         if self.lora is not None:
             lora = {"rank": self.lora.rank, "alpha": self.lora.alpha, "weights": self.lora.weights,
                     "text_encoder": self.lora.text_encoder}
+            if self.lora.text_encoder_2:  # only then: SD runs' scene.json stays as it was
+                lora["text_encoder_2"] = self.lora.text_encoder_2
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -110,7 +113,8 @@ class RunInfo:
                 handles=[HandleInfo(h["name"], h["token"], h.get("init_word", ""), bool(h.get("background")))
                          for h in data["handles"]],
                 prediction_type=data.get("prediction_type"),
-                lora=LoraInfo(lora["rank"], lora["alpha"], lora["weights"], lora.get("text_encoder")) if lora else None,
+                lora=LoraInfo(lora["rank"], lora["alpha"], lora["weights"], lora.get("text_encoder"),
+                              lora.get("text_encoder_2")) if lora else None,
                 masks=list(data.get("masks", [])),
                 seed=data.get("seed", 0),
                 steps=dict(data.get("steps", {})),

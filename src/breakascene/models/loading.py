@@ -1,8 +1,8 @@
 """Loading the base model's components: Hub id, local diffusers folder, single .safetensors file, or tiny.
 
-Only Stable Diffusion 1.x / 2.x (one CLIP text encoder, a 4-channel UNet) are supported now; what differs
-between model families is in :mod:`.families` (``Components.family``), and how a single file is recognised
-in :mod:`.single_file`, so SDXL is an addition, not a rewrite.
+Stable Diffusion 1.x / 2.x and SDXL (by the folder's model_index.json; a single file must be SD 1.x / 2.x
+for now). What differs between model families is in :mod:`.families` (``Components.family``), and how a single
+file is recognised in :mod:`.single_file`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from ..hub import hub_options, not_downloadable
 from ..run_folder import check_pipeline_folder
 from ..quiet import quiet_libraries
 from .families import ModelFamily
+from .families.registry import FAMILIES, family_of_pipeline_class
 from .families.sd import STABLE_DIFFUSION
+from .families.sdxl import STABLE_DIFFUSION_XL
 from .single_file import SD2, check_prediction_type, inspect_single_file, single_file_config_source
 from .shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
 from .tiny import TINY_MODEL_ID, build_tiny_components
+from .tiny_sdxl import TINY_SDXL_MODEL_ID, TINY_SDXL_RESOLUTION, build_tiny_sdxl_components
 
 quiet_libraries()  # every path that loads, trains or saves a model comes through this module
 
@@ -30,7 +33,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass
 class Components:
-    """The pieces of a Stable Diffusion pipeline that training touches; passed in explicitly, never global."""
+    """The pieces of a pipeline that training touches; passed in explicitly, never global."""
 
     tokenizer: object
     text_encoder: torch.nn.Module
@@ -39,11 +42,12 @@ class Components:
     scheduler: object  # the pipeline's sampling scheduler; training builds a DDPMScheduler from its config
     prediction_source: str | None = None  # why the scheduler has its prediction type, for telling the user
     family: ModelFamily = STABLE_DIFFUSION  # how to encode prompts, call the UNet, save the pipeline
+    tokenizer_2: object = None  # SDXL's second tokenizer and text encoder; None for SD 1.x/2.x
+    text_encoder_2: torch.nn.Module | None = None
 
     def pipeline_components(self) -> dict:
-        """The five components as ``StableDiffusionPipeline(**...)`` takes them."""
-        return {"tokenizer": self.tokenizer, "text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae,
-                "scheduler": self.scheduler}
+        """The components as the family's pipeline class (``StableDiffusionPipeline``, ...) takes them."""
+        return self.family.pipeline_components(self)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -60,7 +64,7 @@ class Components:
 
 def check_model_reference(model: str) -> None:
     """Fails fast (before any download) on a reference that can be nothing: a missing path or a .ckpt file."""
-    if model == TINY_MODEL_ID:
+    if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
         return
     if model == SHAPES_MODEL_ID:
         shapes_folder()
@@ -117,6 +121,9 @@ def load_components(
     source = "from --prediction-type" if requested is not None else None
     if model == TINY_MODEL_ID:
         return Components(**build_tiny_components(prediction_type=requested or "epsilon"), prediction_source=source)
+    if model == TINY_SDXL_MODEL_ID:
+        return Components(**build_tiny_sdxl_components(prediction_type=requested or "epsilon"),
+                          prediction_source=source, family=STABLE_DIFFUSION_XL)
 
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -129,20 +136,22 @@ def load_components(
             raise ConfigError(f"--model {model}: {error}") from None
     info = inspect_single_file(path, requested) if path.is_file() else None  # its ConfigError stays as it is
     config = single_file_config_source(info.family, info.prediction_type) if info is not None else None
-    # Break-A-Scene runs no safety checker; None for both keeps diffusers from loading or asking for one.
-    no_safety = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     hub_id = config if info is not None else model  # what comes from the Hub, if anything
     hub = hub_options(hub_id)
+    family = STABLE_DIFFUSION
     try:
         if info is not None:
             pipe = StableDiffusionPipeline.from_single_file(
-                str(path), config=config, torch_dtype=torch_dtype, **no_safety, **hub
+                str(path), config=config, torch_dtype=torch_dtype, **family.pipeline_options, **hub
             )
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                str(path) if path.exists() else model, torch_dtype=torch_dtype, use_safetensors=True, **no_safety,
-                **hub
+            where = str(path) if path.exists() else model
+            family = _folder_family(model, where, hub)
+            pipe = family.pipeline_class.from_pretrained(
+                where, torch_dtype=torch_dtype, use_safetensors=True, **family.pipeline_options, **hub
             )
+    except ConfigError:  # _folder_family's own message
+        raise
     except NotImplementedError as error:
         if info is None or "meta tensor" not in str(error):
             raise
@@ -173,7 +182,22 @@ def load_components(
         scheduler = _with_prediction_type(scheduler, requested)
     else:
         source = "from the model's scheduler config"
-    return Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, scheduler, prediction_source=source)
+    return Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, scheduler, prediction_source=source,
+                      family=family, tokenizer_2=getattr(pipe, "tokenizer_2", None),
+                      text_encoder_2=getattr(pipe, "text_encoder_2", None))
+
+
+def _folder_family(model: str, where: str, hub: dict) -> ModelFamily:
+    """The family of a diffusers folder or Hub repo, by its model_index.json (only that file is downloaded)."""
+    from diffusers import DiffusionPipeline
+
+    class_name = DiffusionPipeline.load_config(where, **hub).get("_class_name", "")
+    family = family_of_pipeline_class(class_name)
+    if family is None:
+        supported = ", ".join(name for f in FAMILIES for name in f.pipeline_names)
+        raise ConfigError(f"--model {model} is a {class_name or 'pipeline without a _class_name'}; "
+                          f"Break-A-Scene trains {supported}")
+    return family
 
 
 PAPER_RESOLUTION = 512  # SD 2.1-base, the paper's model
@@ -192,6 +216,8 @@ def native_resolution(model: str) -> int | None:
         from .tiny import TINY_RESOLUTION
 
         return TINY_RESOLUTION
+    if model == TINY_SDXL_MODEL_ID:
+        return TINY_SDXL_RESOLUTION
     if model == SHAPES_MODEL_ID:
         from .shapes import SHAPES_RESOLUTION
 

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ExtractConfig
 from ..errors import ConfigError, RunError, RunFailure, SceneError, first_line
+from ..handles import handle_table_names
 from ..scene import Scene
 
 STATE_FILE = "state.json"
@@ -165,16 +166,20 @@ def stop_if_not_finite(records: list[dict], steps: int, folder: Path, phase_name
     )
 
 
-def load_trained_weights(tensors: dict[str, torch.Tensor], embedding, components, *, whole_unet: bool) -> None:
-    """Puts a checkpoint's trained tensors back in place: the handle vectors into ``embedding``, and the UNet's
-    and text encoder's (all of the UNet when ``whole_unet``, after a full phase 2; else only what trained)."""
+def load_trained_weights(tensors: dict[str, torch.Tensor], embeddings: list, unet, text_encoders: list[tuple[str, object]],
+                         *, whole_unet: bool) -> None:
+    """Puts a checkpoint's trained tensors back in place: the handle vectors into ``embeddings`` (one
+    HandleEmbedding per text encoder), and the UNet's and the ``text_encoders``' ((name, model) pairs) weights
+    (all of the UNet when ``whole_unet``, after a full phase 2; else only what trained)."""
     with torch.no_grad():
-        embedding.handle_vectors.copy_(tensors["handles"])
-        unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
-        text = {k[len("text_encoder."):]: v for k, v in tensors.items() if k.startswith("text_encoder.")}
-    if unet:
-        unexpected = components.unet.load_state_dict(unet, strict=whole_unet).unexpected_keys
+        for name, embedding in zip(handle_table_names(len(embeddings)), embeddings):
+            embedding.handle_vectors.copy_(tensors[name])
+    unet_state = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
+    if unet_state:
+        unexpected = unet.load_state_dict(unet_state, strict=whole_unet).unexpected_keys
         if unexpected:
             raise RunError(f"the checkpoint does not fit this model (e.g. {unexpected[0]}); start the run again")
-    if text:
-        components.text_encoder.load_state_dict(text, strict=False)
+    for name, encoder in text_encoders:
+        state = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        if state:
+            encoder.load_state_dict(state, strict=False)

@@ -22,8 +22,9 @@ def attention_snapshot(trainer: "Trainer") -> tuple[torch.Tensor, torch.Tensor]:
     """
     t, c, family = trainer, trainer.components, trainer.family
     rng = torch.Generator(t.device).manual_seed(t.config.seed + 12345)
-    input_ids = family.tokenize(c.tokenizer, [build_prompt([h.token for h in t.handles])])
-    positions = find_handle_positions(input_ids[0], t.handle_ids)
+    input_ids = family.tokenize(c, [build_prompt([h.token for h in t.handles])])
+    positions = find_handle_positions(family.handle_search_ids(input_ids)[0], t.handle_ids)
+    size = t.size_conditioning[0, :1] if t.size_conditioning is not None else None  # the unflipped scene
     t.store.recording = True
     maps = []
     for step in DIAGNOSTIC_TIMESTEPS:
@@ -32,8 +33,8 @@ def attention_snapshot(trainer: "Trainer") -> tuple[torch.Tensor, torch.Tensor]:
         timesteps = torch.tensor([step], device=t.device)
         t.store.reset()
         with memory.autocast(t.device, t.config.mixed_precision):
-            hidden = family.encode_prompt(c.text_encoder, input_ids, t.device)
-            family.denoise(c.unet, t.noise_scheduler.add_noise(latents, noise, timesteps), timesteps, hidden)
+            conditioning = family.encode_prompt(c, input_ids, t.device, size)
+            family.denoise(c.unet, t.noise_scheduler.add_noise(latents, noise, timesteps), timesteps, conditioning)
         maps.append(t.store.mean_map(*t.grid)[0][..., positions].permute(2, 0, 1).float())
     t.store.reset()
     maps = torch.stack(maps).mean(dim=0).cpu()

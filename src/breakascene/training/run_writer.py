@@ -15,7 +15,7 @@ from .. import masks as mask_ops
 from ..config import ExtractConfig
 from ..figures import attention_figure
 from ..handles import Handle, merge_handles, save_handles
-from ..lora import LORA_WEIGHTS_FILE, TEXT_LORA_FILE, save_lora
+from ..lora import LORA_WEIGHTS_FILE, save_lora
 from ..models.loading import Components
 from ..run_folder import HANDLES_FILE
 from ..run_info import HandleInfo, LoraInfo, RunInfo
@@ -51,25 +51,27 @@ def write_run(partial: Path, scene: Scene, config: ExtractConfig, components: Co
         The learned handle vectors, (K, dim) float32.
     """
     c = components
-    vectors = merge_handles(c.text_encoder)
-    for model in (c.unet, c.text_encoder, c.vae):
+    encoders = c.family.text_encoders(c)
+    vectors, *second = [merge_handles(encoder) for encoder in encoders]
+    for model in (c.unet, *encoders, c.vae):
         model.to("cpu")
     alpha = config.lora_alpha or config.lora_rank
+    text_lora_files = []
     if config.lora_rank:
         # Small output: the adapters in diffusers' LoRA format; the base model is loaded again to generate.
-        save_lora(partial, c.family.pipeline_class, c.unet, c.text_encoder if config.lora_text_encoder else None,
-                  config.lora_rank, alpha)
+        text_lora_files = save_lora(partial, c.family.pipeline_class, c.unet,
+                                    encoders if config.lora_text_encoder else [], config.lora_rank, alpha)
     else:
         c.family.remove_capture(c.unet)  # drop the capture hooks: the saved UNet is stock
         c.family.make_pipeline(c).save_pretrained(partial, safe_serialization=True)
-    save_handles(partial / HANDLES_FILE, handles, vectors)
+    save_handles(partial / HANDLES_FILE, handles, vectors, second[0] if second else None)
     # The scene as used (resized, cropped), as a scene folder that extract reads back; <bg>'s mask beside it.
     concepts = [h.name for h in handles if not h.is_background]
     background = scene.background_mask() if config.background else None
     scene.save(partial / "scene", concepts, background=background)
     lora = None
     if config.lora_rank:
-        lora = LoraInfo(config.lora_rank, alpha, LORA_WEIGHTS_FILE, TEXT_LORA_FILE if config.lora_text_encoder else None)
+        lora = LoraInfo(config.lora_rank, alpha, LORA_WEIGHTS_FILE, *(text_lora_files + [None, None])[:2])
     RunInfo(
         base_model=config.model,
         resolution=config.resolution,

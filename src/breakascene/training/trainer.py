@@ -30,7 +30,9 @@ from .. import masks as mask_ops
 from ..attention import AttentionStore, attention_grid
 from ..config import ExtractConfig, PhaseConfig
 from ..errors import RunError, first_line
-from ..handles import Handle, HandleEmbedding, attach_handles, find_handle_positions, resolve_init_words
+from ..handles import (
+    Handle, HandleEmbedding, attach_handles, find_handle_positions, handle_table_names, resolve_init_words,
+)
 from ..lora import add_lora, lora_parameters
 from ..losses import cross_attention_loss, diffusion_loss, reconstruction_loss, total_loss
 from ..models.loading import Components
@@ -71,13 +73,14 @@ class TrainBatch:
     timesteps: torch.Tensor  # (B,) int64 on the device
     target: torch.Tensor  # (B, C, h, w): what the denoiser should predict (noise, or velocity)
     prompts: list[str]  # B prompts: "a photo of <asset0> and <bg>" [, the class prompt]
-    input_ids: torch.Tensor  # (B, T) int64 on the CPU, the prompts tokenized
+    input_ids: torch.Tensor  # (B, T), or (B, E, T) with E text encoders, int64 on the CPU: the prompts tokenized
     latent_mask: torch.Tensor | None  # (1, h, w) float {0,1}: the union of the subset's masks; None: unmasked loss
     grid_masks: torch.Tensor | None  # (k, gh, gw) float {0,1}: the subset's masks; None: no attention loss
     handle_positions: list[int]  # k token positions of the subset's handles in ``input_ids[0]``
     subset: list[int]  # the k handles this step trains, indices into the trainer's handles
     flip: bool  # row 0 is the mirror image
     prior: bool  # row 1 is a class image (prior preservation)
+    size_conditioning: torch.Tensor | None = None  # (B, 6) for a family that takes one (SDXL), else None
 
 
 class Trainer:
@@ -114,29 +117,38 @@ class Trainer:
             class_images: (M, 3, R, R) in [0, 1] for prior preservation, else None.
         """
         c, cfg = self.components, self.config
-        for model in (c.vae, c.unet, *self.family.text_encoders(c)):
+        encoders = self.family.text_encoders(c)
+        for model in (c.vae, c.unet, *encoders):
             model.requires_grad_(False)
         self.handles = resolve_init_words(c.tokenizer, self.handles, default=cfg.default_init_word)
-        self.embedding: HandleEmbedding = attach_handles(c.tokenizer, c.text_encoder, self.handles)
+        # One row per handle in every text encoder's table, each started from the init word in that encoder.
+        self.embeddings: list[HandleEmbedding] = [
+            attach_handles(tokenizer, encoder, self.handles)
+            for tokenizer, encoder in zip(self.family.tokenizers(c), encoders)
+        ]
+        self.embedding = self.embeddings[0]
         self.handle_ids = self.embedding.handle_ids.tolist()
+        if any(e.handle_ids.tolist() != self.handle_ids for e in self.embeddings):
+            raise RunError("the model's tokenizers gave the handles different ids; their vocabularies differ")
         if cfg.lora_rank:
-            add_lora(c.unet, c.text_encoder, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank,
+            add_lora(c.unet, encoders, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank,
                      on_text_encoder=cfg.lora_text_encoder)
-        frozen = ([c.unet] if not cfg.trains_unet else []) + ([c.text_encoder] if not cfg.trains_text_encoder_weights else [])
+        frozen = ([c.unet] if not cfg.trains_unet else []) + (encoders if not cfg.trains_text_encoder_weights else [])
         memory.store_frozen_weights_in_half(frozen, cfg.mixed_precision)
-        self.embedding.handle_vectors.data = self.embedding.handle_vectors.data.float()
+        for embedding in self.embeddings:
+            embedding.handle_vectors.data = embedding.handle_vectors.data.float()
         self.family.install_capture(c.unet, self.store)
         memory.set_tf32(self.device, cfg.allow_tf32)
         if cfg.compile:
             c.unet.compile()  # in place: parameter names (checkpoints, saving) stay those of the plain UNet
         if cfg.gradient_checkpointing:
             c.unet.enable_gradient_checkpointing()
-            # transformers 5 renamed it; 4.x only has the old name.
-            enable = getattr(c.text_encoder, "activation_checkpointing_enable", None) or c.text_encoder.gradient_checkpointing_enable
-            enable()
+            for encoder in encoders:  # transformers 5 renamed it; 4.x only has the old name
+                (getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable)()
         self._cache_training_images(class_images)
         c.unet.to(self.device)
-        c.text_encoder.to(self.device)
+        for encoder in encoders:
+            encoder.to(self.device)
 
     def _cache_training_images(self, class_images: torch.Tensor | None) -> None:
         """The VAE posteriors and masks of every training image, each with its mirror image (the random flip).
@@ -169,7 +181,29 @@ class Trainer:
         self.latent_masks = mask_ops.resize(flat, latent_h, latent_w).view(*self.pixel_masks.shape[:3], latent_h, latent_w).to(self.device)
         self.grid_masks = mask_ops.resize(flat, *self.grid).view(*self.pixel_masks.shape[:3], *self.grid).to(self.device)
         self.latent_mean, self.latent_std = self.latent_mean.to(self.device), self.latent_std.to(self.device)
+        self.size_conditioning = self._size_conditioning()
 
+    def _size_conditioning(self) -> torch.Tensor | None:
+        """(E, 2, 6) for a family with size conditioning (SDXL), else None: [e, 0] as is, [e, 1] flipped.
+
+        The scene's: the photo's (height, width), the crop's (top, left) scaled to the resized photo (the
+        largest centred square, resized to R, is SDXL's resize-short-side-then-crop), and (R, R). A collection
+        image and a class image were made at R x R: (R, R, 0, 0, R, R).
+        """
+        r = self.config.resolution
+        full = self.family.size_conditioning((r, r), (0, 0), (r, r))
+        if full is None:
+            return None
+        self.full_size_conditioning = full.to(self.device)
+        width, height = self.scene.original_size
+        left, top, right, _ = self.scene.crop_box
+        scale = r / (right - left)
+        rows = []
+        for crop_left in (left, width - right):  # the mirror image's crop starts where the original's ends
+            rows.append(self.family.size_conditioning((height, width), (round(top * scale), round(crop_left * scale)),
+                                                      (r, r)))
+        scene = torch.stack(rows)
+        return torch.stack([scene] + [torch.stack([full, full])] * len(self.collection or [])).to(self.device)
     # -- one step ---------------------------------------------------------------------------------------
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A packed latent sample from the cached VAE posterior (mean, std): (B, C, h, w)."""
@@ -203,7 +237,10 @@ class Trainer:
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.device_rng, device=self.device
         )
-        input_ids = self.family.tokenize(self.components.tokenizer, prompts)
+        input_ids = self.family.tokenize(self.components, prompts)
+        size_conditioning = None
+        if self.size_conditioning is not None:  # a class image was generated at R x R
+            size_conditioning = torch.stack([self.size_conditioning[e, flip], self.full_size_conditioning][:len(prompts)])
         return TrainBatch(
             noisy_latents=self.noise_scheduler.add_noise(latents, noise, timesteps),
             timesteps=timesteps,
@@ -212,11 +249,12 @@ class Trainer:
             input_ids=input_ids,
             latent_mask=self.latent_masks[e, flip, subset].amax(dim=0)[None] if cfg.masked_loss else None,
             grid_masks=self.grid_masks[e, flip, subset] if cfg.attention_loss else None,
-            handle_positions=(find_handle_positions(input_ids[0], [self.handle_ids[i] for i in subset])
-                              if cfg.attention_loss else []),
+            handle_positions=(find_handle_positions(self.family.handle_search_ids(input_ids)[0],
+                                                    [self.handle_ids[i] for i in subset]) if cfg.attention_loss else []),
             subset=subset,
             flip=bool(flip),
             prior=cfg.prior_preservation,
+            size_conditioning=size_conditioning,
         )
 
     def loss_step(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -227,8 +265,8 @@ class Trainer:
         self.store.reset()
         self.store.recording = batch.grid_masks is not None
         with memory.autocast(self.device, cfg.mixed_precision):
-            encoder_hidden_states = self.family.encode_prompt(c.text_encoder, batch.input_ids, self.device)
-            model_pred = self.family.denoise(c.unet, batch.noisy_latents, batch.timesteps, encoder_hidden_states)
+            conditioning = self.family.encode_prompt(c, batch.input_ids, self.device, batch.size_conditioning)
+            model_pred = self.family.denoise(c.unet, batch.noisy_latents, batch.timesteps, conditioning)
 
         terms = {"rec": reconstruction_loss(model_pred[:1], batch.target[:1], batch.latent_mask, cfg.normalize_by_mask_area)}
         if batch.grid_masks is not None:
@@ -246,22 +284,31 @@ class Trainer:
         always the handle vectors; "lora": the adapters; "cross_attention_kv": the UNet's cross-attention K/V;
         "unet": the whole UNet; "full": the UNet and the text encoder's layers (not its token table)."""
         c = self.components
-        params = {"handles": self.embedding.handle_vectors}
-        self.embedding.handle_vectors.requires_grad_(True)
+        encoders = self.named_text_encoders()
+        params = {}
+        for name, embedding in zip(handle_table_names(len(self.embeddings)), self.embeddings):
+            params[name] = embedding.handle_vectors
+            embedding.handle_vectors.requires_grad_(True)
         named: list[tuple[str, torch.nn.Parameter]] = []
         if trains == "lora":
-            models = [("unet", c.unet)] + ([("text_encoder", c.text_encoder)] if self.config.lora_text_encoder else [])
+            models = [("unet", c.unet)] + (encoders if self.config.lora_text_encoder else [])
             named = [(f"{prefix}.{n}", p) for prefix, model in models for n, p in lora_parameters(model).items()]
         elif trains == "cross_attention_kv":  # Custom Diffusion's choice (the CD-m baseline)
             named = [(f"unet.{n}", p) for n, p in c.unet.named_parameters() if ".attn2.to_k." in n or ".attn2.to_v." in n]
         elif trains in ("unet", "full"):
             named = [(f"unet.{n}", p) for n, p in c.unet.named_parameters()]
             if trains == "full":  # ordinary words keep their meaning; the handle rows are "handles" above
-                named += [(f"text_encoder.{n}", p) for n, p in c.text_encoder.named_parameters() if "token_embedding." not in n]
+                named += [(f"{prefix}.{n}", p) for prefix, encoder in encoders for n, p in encoder.named_parameters()
+                          if "token_embedding." not in n]
         for name, p in named:
             p.requires_grad_(True)
             params[name] = p
         return params
+
+    def named_text_encoders(self) -> list[tuple[str, torch.nn.Module]]:
+        """("text_encoder", ...), ("text_encoder_2", ...): the names parameters and checkpoints use."""
+        encoders = self.family.text_encoders(self.components)
+        return list(zip(["text_encoder", "text_encoder_2"][: len(encoders)], encoders))
 
     def make_optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
         cfg = self.config
@@ -287,7 +334,8 @@ class Trainer:
         if optimizer_state is not None:
             restore_optimizer(optimizer_state, optimizer)
         self.components.unet.train(phase.trains_model)
-        self.components.text_encoder.train(phase.trains_model)
+        for _, encoder in self.named_text_encoders():
+            encoder.train(phase.trains_model)
         # Every step's losses go to the training log, which reads them back (a device sync) only every LOG_EVERY
         # steps, before a checkpoint and at the phase's end; that is also where a non-finite loss is caught.
         log = self.training_log or TrainingLog(checkpoint_folder.parent / "logs")  # (as in a run folder)
@@ -385,8 +433,8 @@ class Trainer:
             RunError: the tensors do not fit this model (missing, unexpected or of the wrong shape).
         """
         try:
-            load_trained_weights(tensors, self.embedding, self.components, whole_unet=not self.config.lora_rank
-                                 and self.config.phase2_params == "full")
+            load_trained_weights(tensors, self.embeddings, self.components.unet, self.named_text_encoders(),
+                                 whole_unet=not self.config.lora_rank and self.config.phase2_params == "full")
         except (KeyError, RuntimeError) as error:  # a missing tensor, or one of the wrong shape
             raise RunError(f"the checkpoint in {folder} does not fit this run ({first_line(error)}); "
                            "start the run over with --overwrite") from error

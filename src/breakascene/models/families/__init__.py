@@ -2,9 +2,10 @@
 
 The recipe and the attention capture never call a pipeline class, a text encoder or the denoiser directly;
 they call the :class:`ModelFamily` that :class:`~breakascene.models.loading.Components` carries. Adding a family
-(SDXL, SD3, ...) means one module here that subclasses it, plus its tiny model; not editing the recipe.
+means one module here that subclasses it, plus its tiny model; not editing the recipe. :mod:`.sd` (SD 1.x/2.x,
+one text encoder) is the reference, :mod:`.sdxl` the first family with two.
 
-Shapes: B batch, T tokens, C latent channels, h x w the latent grid, R the image side.
+Shapes: B batch, E text encoders, T tokens, C latent channels, h x w the latent grid, R the image side.
 """
 
 from __future__ import annotations
@@ -15,22 +16,42 @@ import torch
 
 
 class ModelFamily(abc.ABC):
-    """The interface a family fills (abstract: every method must be overridden). :mod:`.sd` is the reference."""
+    """The interface a family fills (abstract methods must be overridden)."""
 
     name: str = ""  # "SD 1.x/2.x"
     pipeline_class: type = object  # the diffusers pipeline a run folder is saved as and loaded with
+    inpaint_pipeline_class: type = object  # the one local editing (Blended Latent Diffusion) runs through
+    pipeline_names: tuple[str, ...] = ()  # model_index.json's _class_name values this family loads
+    pipeline_options: dict = {}  # keyword arguments every pipeline_class(...) / from_pretrained(...) gets
 
-    @abc.abstractmethod
     def text_encoders(self, components) -> list[torch.nn.Module]:
-        """Every text encoder of ``components`` (the handles live in the first one's token table)."""
+        """Every text encoder of ``components``, in the order of :meth:`tokenizers`; a handle is a row in each."""
+        return [components.text_encoder]
+
+    def tokenizers(self, components) -> list:
+        return [components.tokenizer]
 
     @abc.abstractmethod
-    def tokenize(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        """Prompts -> input_ids (B, T) int64 on the CPU, padded to the tokenizer's ``model_max_length``."""
+    def tokenize(self, components, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> input_ids on the CPU, padded to the tokenizers' ``model_max_length``: (B, T) with one text
+        encoder, (B, E, T) with several."""
+
+    def handle_search_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The (B, T) ids in which handle positions are looked up: the first tokenizer's (every tokenizer gets
+        the same handle tokens, added in the same order, so the positions are the same in each)."""
+        return input_ids if input_ids.ndim == 2 else input_ids[:, 0]
+
+    def size_conditioning(self, original_size: tuple[int, int], crop_top_left: tuple[int, int],
+                          target_size: tuple[int, int]) -> torch.Tensor | None:
+        """The (6,) micro-conditioning of a training image, for families that take one (SDXL); else None.
+        Sizes and the crop are (height, width) and (top, left), in pixels."""
+        return None
 
     @abc.abstractmethod
-    def encode_prompt(self, text_encoder, input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """input_ids (B, T) -> encoder_hidden_states (B, T, dim) on ``device``: what the denoiser attends to."""
+    def encode_prompt(self, components, input_ids: torch.Tensor, device: torch.device,
+                      size_conditioning: torch.Tensor | None = None):
+        """input_ids (:meth:`tokenize`) -> what the denoiser is conditioned on, on ``device``: the
+        encoder_hidden_states (B, T, dim) for SD, more for others. ``size_conditioning``: (B, 6) or None."""
 
     @abc.abstractmethod
     def encode_images(self, vae, images: torch.Tensor, batch_size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,9 +62,8 @@ class ModelFamily(abc.ABC):
         """A VAE posterior sample (B, C, h, w) -> the latents the denoiser is trained on (scaled/shifted)."""
 
     @abc.abstractmethod
-    def denoise(self, unet, noisy_latents: torch.Tensor, timesteps: torch.Tensor,
-                encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        """One denoiser call: (B, C, h, w), (B,), (B, T, dim) -> the prediction (B, C, h, w)."""
+    def denoise(self, unet, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning) -> torch.Tensor:
+        """One denoiser call: (B, C, h, w), (B,), :meth:`encode_prompt`'s result -> the prediction (B, C, h, w)."""
 
     @abc.abstractmethod
     def prediction_target(self, scheduler, latents: torch.Tensor, noise: torch.Tensor,
@@ -59,5 +79,9 @@ class ModelFamily(abc.ABC):
         """Puts the stock attention back, so that a saved denoiser is the library's own."""
 
     @abc.abstractmethod
+    def pipeline_components(self, components) -> dict:
+        """``components`` as ``pipeline_class(**...)`` takes them."""
+
     def make_pipeline(self, components):
-        """A ``pipeline_class`` over ``components`` (no safety checker: Break-A-Scene runs none)."""
+        """A ``pipeline_class`` over ``components``, with ``pipeline_options``."""
+        return self.pipeline_class(**self.pipeline_components(components), **self.pipeline_options)

@@ -8,10 +8,21 @@ from ...attention import install_capture
 from . import ModelFamily
 
 
+def tokenize_with(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """(B, T) ids, padded to the tokenizer's ``model_max_length`` and truncated there, on the host (finding
+    the handles in them must not wait for the GPU)."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
 class StableDiffusion(ModelFamily):
     """SD 1.x / 2.x, the way diffusers' ``StableDiffusionPipeline`` and its training scripts drive them."""
 
     name = "SD 1.x/2.x"
+    pipeline_names = ("StableDiffusionPipeline",)
+    # Break-A-Scene runs no safety checker; None for both keeps diffusers from loading or asking for one.
+    pipeline_options = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     @property
     def pipeline_class(self):
@@ -19,17 +30,17 @@ class StableDiffusion(ModelFamily):
 
         return StableDiffusionPipeline
 
-    def text_encoders(self, components) -> list[torch.nn.Module]:
-        return [components.text_encoder]
+    @property
+    def inpaint_pipeline_class(self):
+        from diffusers import StableDiffusionInpaintPipeline
 
-    def tokenize(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        # The ids stay on the host: finding the handles in them must not wait for the GPU.
-        return tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
+        return StableDiffusionInpaintPipeline
 
-    def encode_prompt(self, text_encoder, input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return text_encoder(input_ids.to(device))[0]
+    def tokenize(self, components, prompts: list[str]) -> torch.Tensor:
+        return tokenize_with(components.tokenizer, prompts)
+
+    def encode_prompt(self, components, input_ids, device, size_conditioning=None) -> torch.Tensor:
+        return components.text_encoder(input_ids.to(device))[0]
 
     @torch.no_grad()
     def encode_images(self, vae, images: torch.Tensor, batch_size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +58,8 @@ class StableDiffusion(ModelFamily):
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return (sample - shift) * vae.config.scaling_factor
 
-    def denoise(self, unet, noisy_latents, timesteps, encoder_hidden_states) -> torch.Tensor:
-        return unet(noisy_latents, timesteps, encoder_hidden_states).sample
+    def denoise(self, unet, noisy_latents, timesteps, conditioning) -> torch.Tensor:
+        return unet(noisy_latents, timesteps, conditioning).sample
 
     def prediction_target(self, scheduler, latents, noise, timesteps) -> torch.Tensor:
         """The noise (epsilon), or the velocity for a v-prediction model (SD 2.x at 768 px)."""
@@ -64,10 +75,9 @@ class StableDiffusion(ModelFamily):
 
         unet.set_attn_processor(AttnProcessor2_0())
 
-    def make_pipeline(self, components):
-        return self.pipeline_class(
-            **components.pipeline_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+    def pipeline_components(self, components) -> dict:
+        return {"tokenizer": components.tokenizer, "text_encoder": components.text_encoder, "unet": components.unet,
+                "vae": components.vae, "scheduler": components.scheduler}
 
 
 STABLE_DIFFUSION = StableDiffusion()
