@@ -216,6 +216,17 @@ def attach_handles(tokenizer, text_encoder, handles: list[Handle]) -> HandleEmbe
     return wrapper
 
 
+def attach_handles_to_each(tokenizers: list, text_encoders: list, handles: list[Handle]) -> list[HandleEmbedding]:
+    """:func:`attach_handles` for every (tokenizer, text encoder) pair: a row per handle in each table, each
+    started from the init word in that encoder (SDXL has two). Raises if the tokenizers give the handles
+    different ids, because handle positions are looked up in the first tokenizer's ids only."""
+    embeddings = [attach_handles(tokenizer, encoder, handles) for tokenizer, encoder in zip(tokenizers, text_encoders)]
+    ids = embeddings[0].handle_ids.tolist()
+    if any(e.handle_ids.tolist() != ids for e in embeddings):
+        raise RunError("the model's tokenizers gave the handles different ids; their vocabularies differ")
+    return embeddings
+
+
 def merge_handles(text_encoder) -> torch.Tensor:
     """Writes the learned handle vectors into the plain table and unwraps it. Returns them, (K, dim) float32."""
     wrapper = text_encoder.get_input_embeddings()

@@ -117,11 +117,15 @@ def load_region_mask(source: ImageInput, image_size: tuple[int, int], work_size:
 
 
 def edit_pipeline(pipe):
-    """A ``StableDiffusionInpaintPipeline`` sharing ``pipe``'s components, with a DDIM scheduler (BLD's sampler)."""
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+    """The family's inpainting pipeline (``StableDiffusionInpaintPipeline``, ``StableDiffusionXLInpaintPipeline``)
+    sharing ``pipe``'s components, with a DDIM scheduler (BLD's sampler). With a 4-channel UNet both blend the
+    latents inside the mask with the photo's, noised to the step's level: Blended Latent Diffusion."""
+    from diffusers import DDIMScheduler
+
+    from ..models.families.registry import family_of_pipeline
 
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    inpaint = StableDiffusionInpaintPipeline.from_pipe(pipe, scheduler=scheduler)
+    inpaint = family_of_pipeline(pipe).inpaint_pipeline_class.from_pipe(pipe, scheduler=scheduler)
     inpaint.set_progress_bar_config(disable=True)
     return inpaint
 
@@ -204,7 +208,7 @@ def edit(
         out: output folder; default a new ``RUN/edits/NNN-<image stem>`` (:func:`next_edit_folder`), never
             refused. An ``out`` given may hold earlier outputs only with ``overwrite``.
         overwrite: replace outputs already in ``out``.
-        pipeline: a loaded pipeline of the run (StableDiffusion or StableDiffusionInpaint); loaded if None.
+        pipeline: a loaded pipeline of the run (its family's text-to-image or inpainting one); loaded if None.
         device: device to load the pipeline on (when ``pipeline`` is None); checked before anything is loaded.
         progress: one bar on stderr over the denoising steps that run, of all regions
             (``int(steps * (1 - blend_start))`` each), which says what is written after them; False prints
@@ -245,7 +249,7 @@ def edit(
         paths.append(final)
         record = {
             "run": str(run), "image": _name(image, "image"), "size": list(photo.size), "input_size": list(read_size),
-            "method": "blended latent diffusion (StableDiffusionInpaintPipeline, 4-channel UNet) + pixel composite",
+            "method": f"blended latent diffusion ({type(pipe).__name__}, 4-channel UNet) + pixel composite",
             "scheduler": "DDIM", "steps": options.steps, "steps_run": steps_run,
             "guidance": options.guidance, "blend_start": options.blend_start, "seed": options.seed, "regions": records,
         }

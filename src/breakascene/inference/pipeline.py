@@ -69,7 +69,8 @@ def sampling_scheduler(pipe, name: str):
 
 def load_pipeline(run: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
                   info: RunInfo | None = None):
-    """Loads a run folder as a ``StableDiffusionPipeline`` on ``device``; returns (pipeline, its :class:`RunInfo`).
+    """Loads a run folder as its family's pipeline (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``)
+    on ``device``; returns (pipeline, its :class:`RunInfo`).
 
     ``info``: the run's scene.json when the caller has read it already (it is read otherwise).
 
@@ -79,8 +80,6 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
         ConfigError: ``device`` is not on this machine (checked before anything is loaded).
         RunError: the run folder is missing, unfinished or damaged.
     """
-    from diffusers import StableDiffusionPipeline
-
     target = check_device(device)
     info = info if info is not None else RunInfo.read(run)
     if info.lora is not None:
@@ -88,8 +87,9 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
     else:
         check_pipeline_folder(run, "extract the scene again")
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(str(run), torch_dtype=dtype, safety_checker=None,
-                                                           use_safetensors=True)
+            family = run_family(Path(run))
+            pipe = family.pipeline_class.from_pretrained(str(run), torch_dtype=dtype, use_safetensors=True,
+                                                         **family.pipeline_options)
         except (OSError, ValueError, RuntimeError) as error:  # a truncated or damaged weights file, a bad config
             raise RunError(f"the run folder {run} could not be loaded ({first_line(error)}); extract the scene again") from error
     pipe = pipe.to(target)
@@ -97,24 +97,38 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
     return pipe, info
 
 
+def run_family(run: Path):
+    """The model family of a full run folder, by its model_index.json."""
+    import json
+
+    from ..models.families.registry import family_of_pipeline_class
+
+    class_name = json.loads((run / "model_index.json").read_text()).get("_class_name", "")
+    family = family_of_pipeline_class(class_name)
+    if family is None:
+        raise RunError(f"the run folder {run} holds a {class_name or 'pipeline of no known class'}; "
+                       "extract the scene again")
+    return family
+
+
 def load_lora_run(run: Path, info: RunInfo):
     """A LoRA run (``extract --lora-rank``): the base model, plus the handles, plus the adapters (fused)."""
-    from diffusers import StableDiffusionPipeline
-
-    from ..handles import load_handles
+    from ..handles import load_handles, load_second_handles
     from ..lora import merge_text_encoder_lora
     from ..models.loading import load_components
     from ..run_folder import HANDLES_FILE
 
     components = load_components(info.base_model, prediction_type=info.prediction_type)
-    pipe = StableDiffusionPipeline(
-        **components.pipeline_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    pipe = components.family.make_pipeline(components)
     tokens, vectors = load_handles(run / HANDLES_FILE)
     pipe.load_textual_inversion(vectors, token=tokens)
+    second = load_second_handles(run / HANDLES_FILE)
+    if second is not None:  # SDXL: the same tokens in the second tokenizer and text encoder
+        pipe.load_textual_inversion(second, token=tokens, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
     pipe.load_lora_weights(str(run), weight_name=info.lora.weights)
     pipe.fuse_lora()  # plain weights again: generation runs at the base model's speed
     pipe.unload_lora_weights()
-    if info.lora.text_encoder:
-        merge_text_encoder_lora(pipe.text_encoder, run / info.lora.text_encoder)
+    for name, file in (("text_encoder", info.lora.text_encoder), ("text_encoder_2", info.lora.text_encoder_2)):
+        if file:
+            merge_text_encoder_lora(getattr(pipe, name), run / file)
     return pipe

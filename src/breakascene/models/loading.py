@@ -119,21 +119,15 @@ def load_components(
     check_model_reference(model)
     requested = check_prediction_type(prediction_type)
     source = "from --prediction-type" if requested is not None else None
-    if model == TINY_MODEL_ID:
-        return Components(**build_tiny_components(prediction_type=requested or "epsilon"), prediction_source=source)
-    if model == TINY_SDXL_MODEL_ID:
-        return Components(**build_tiny_sdxl_components(prediction_type=requested or "epsilon"),
-                          prediction_source=source, family=STABLE_DIFFUSION_XL)
+    if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
+        return _tiny_components(model, requested, source)
 
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     path = shapes_folder() if model == SHAPES_MODEL_ID else Path(model).expanduser()
     if path.is_dir():  # before diffusers reads it: a pickle where the weights should be is refused by name
-        try:
-            check_pipeline_folder(path, "give a diffusers folder with .safetensors weights")
-        except RunError as error:
-            raise ConfigError(f"--model {model}: {error}") from None
+        _check_model_folder(model, path)
     info = inspect_single_file(path, requested) if path.is_file() else None  # its ConfigError stays as it is
     config = single_file_config_source(info.family, info.prediction_type) if info is not None else None
     hub_id = config if info is not None else model  # what comes from the Hub, if anything
@@ -182,9 +176,23 @@ def load_components(
         scheduler = _with_prediction_type(scheduler, requested)
     else:
         source = "from the model's scheduler config"
-    return Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, scheduler, prediction_source=source,
-                      family=family, tokenizer_2=getattr(pipe, "tokenizer_2", None),
-                      text_encoder_2=getattr(pipe, "text_encoder_2", None))
+    parts = {name: value for name, value in pipe.components.items() if name in family.pipeline_components(pipe)}
+    return Components(**{**parts, "scheduler": scheduler}, prediction_source=source, family=family)
+
+
+def _check_model_folder(model: str, path: Path) -> None:
+    try:
+        check_pipeline_folder(path, "give a diffusers folder with .safetensors weights")
+    except RunError as error:
+        raise ConfigError(f"--model {model}: {error}") from None
+
+
+def _tiny_components(model: str, prediction_type: str | None, source: str | None) -> Components:
+    """builtin:tiny or builtin:tiny-sdxl, built in code."""
+    if model == TINY_SDXL_MODEL_ID:
+        return Components(**build_tiny_sdxl_components(prediction_type=prediction_type or "epsilon"),
+                          prediction_source=source, family=STABLE_DIFFUSION_XL)
+    return Components(**build_tiny_components(prediction_type=prediction_type or "epsilon"), prediction_source=source)
 
 
 def _folder_family(model: str, where: str, hub: dict) -> ModelFamily:

@@ -30,9 +30,8 @@ from .. import masks as mask_ops
 from ..attention import AttentionStore, attention_grid
 from ..config import ExtractConfig, PhaseConfig
 from ..errors import RunError, first_line
-from ..handles import (
-    Handle, HandleEmbedding, attach_handles, find_handle_positions, handle_table_names, resolve_init_words,
-)
+from ..handles import Handle, HandleEmbedding, attach_handles_to_each, find_handle_positions, handle_table_names
+from ..handles import resolve_init_words
 from ..lora import add_lora, lora_parameters
 from ..losses import cross_attention_loss, diffusion_loss, reconstruction_loss, total_loss
 from ..models.loading import Components
@@ -121,15 +120,9 @@ class Trainer:
         for model in (c.vae, c.unet, *encoders):
             model.requires_grad_(False)
         self.handles = resolve_init_words(c.tokenizer, self.handles, default=cfg.default_init_word)
-        # One row per handle in every text encoder's table, each started from the init word in that encoder.
-        self.embeddings: list[HandleEmbedding] = [
-            attach_handles(tokenizer, encoder, self.handles)
-            for tokenizer, encoder in zip(self.family.tokenizers(c), encoders)
-        ]
+        self.embeddings: list[HandleEmbedding] = attach_handles_to_each(self.family.tokenizers(c), encoders, self.handles)
         self.embedding = self.embeddings[0]
         self.handle_ids = self.embedding.handle_ids.tolist()
-        if any(e.handle_ids.tolist() != self.handle_ids for e in self.embeddings):
-            raise RunError("the model's tokenizers gave the handles different ids; their vocabularies differ")
         if cfg.lora_rank:
             add_lora(c.unet, encoders, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank,
                      on_text_encoder=cfg.lora_text_encoder)
@@ -142,9 +135,7 @@ class Trainer:
         if cfg.compile:
             c.unet.compile()  # in place: parameter names (checkpoints, saving) stay those of the plain UNet
         if cfg.gradient_checkpointing:
-            c.unet.enable_gradient_checkpointing()
-            for encoder in encoders:  # transformers 5 renamed it; 4.x only has the old name
-                (getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable)()
+            memory.enable_gradient_checkpointing(c.unet, encoders)
         self._cache_training_images(class_images)
         c.unet.to(self.device)
         for encoder in encoders:
@@ -181,29 +172,10 @@ class Trainer:
         self.latent_masks = mask_ops.resize(flat, latent_h, latent_w).view(*self.pixel_masks.shape[:3], latent_h, latent_w).to(self.device)
         self.grid_masks = mask_ops.resize(flat, *self.grid).view(*self.pixel_masks.shape[:3], *self.grid).to(self.device)
         self.latent_mean, self.latent_std = self.latent_mean.to(self.device), self.latent_std.to(self.device)
-        self.size_conditioning = self._size_conditioning()
+        # (E, 2, 6) and (6,) for a family with size conditioning (SDXL), the second for a class image; else None
+        self.size_conditioning, self.full_size_conditioning = self.family.size_conditioning_table(
+            self.scene.original_size, self.scene.crop_box, cfg.resolution, len(self.collection or []), self.device)
 
-    def _size_conditioning(self) -> torch.Tensor | None:
-        """(E, 2, 6) for a family with size conditioning (SDXL), else None: [e, 0] as is, [e, 1] flipped.
-
-        The scene's: the photo's (height, width), the crop's (top, left) scaled to the resized photo (the
-        largest centred square, resized to R, is SDXL's resize-short-side-then-crop), and (R, R). A collection
-        image and a class image were made at R x R: (R, R, 0, 0, R, R).
-        """
-        r = self.config.resolution
-        full = self.family.size_conditioning((r, r), (0, 0), (r, r))
-        if full is None:
-            return None
-        self.full_size_conditioning = full.to(self.device)
-        width, height = self.scene.original_size
-        left, top, right, _ = self.scene.crop_box
-        scale = r / (right - left)
-        rows = []
-        for crop_left in (left, width - right):  # the mirror image's crop starts where the original's ends
-            rows.append(self.family.size_conditioning((height, width), (round(top * scale), round(crop_left * scale)),
-                                                      (r, r)))
-        scene = torch.stack(rows)
-        return torch.stack([scene] + [torch.stack([full, full])] * len(self.collection or [])).to(self.device)
     # -- one step ---------------------------------------------------------------------------------------
     def sample_latents(self, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """A packed latent sample from the cached VAE posterior (mean, std): (B, C, h, w)."""
@@ -284,7 +256,7 @@ class Trainer:
         always the handle vectors; "lora": the adapters; "cross_attention_kv": the UNet's cross-attention K/V;
         "unet": the whole UNet; "full": the UNet and the text encoder's layers (not its token table)."""
         c = self.components
-        encoders = self.named_text_encoders()
+        encoders = self.family.named_text_encoders(self.components)
         params = {}
         for name, embedding in zip(handle_table_names(len(self.embeddings)), self.embeddings):
             params[name] = embedding.handle_vectors
@@ -305,23 +277,6 @@ class Trainer:
             params[name] = p
         return params
 
-    def named_text_encoders(self) -> list[tuple[str, torch.nn.Module]]:
-        """("text_encoder", ...), ("text_encoder_2", ...): the names parameters and checkpoints use."""
-        encoders = self.family.text_encoders(self.components)
-        return list(zip(["text_encoder", "text_encoder_2"][: len(encoders)], encoders))
-
-    def make_optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        cfg = self.config
-        if cfg.use_8bit_adam:
-            optim = memory.load_bitsandbytes(self.device).optim
-            kind = optim.AdamW8bit if cfg.optimizer == "adamw" else optim.Adam8bit
-            return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        # The fused update (one kernel over all tensors) instead of several per tensor: phase 2 updates 1.2 B
-        # parameters, and on the CPU the fused step measured 3.3x faster (docs/performance.md).
-        fused = self.device.type in ("cuda", "cpu")
-        return kind(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay, fused=fused)
-
     def run_phase(self, index: int, phase: PhaseConfig, *, start_step: int, global_offset: int,
                   checkpoint_folder: Path, optimizer_state: Path | None, callback: Callable[[Progress], None] | None,
                   bar: tqdm | None, started: float) -> None:
@@ -329,12 +284,12 @@ class Trainer:
         optimiser (restored from ``optimizer_state`` when resuming mid-phase), checkpointing as configured."""
         cfg = self.config
         params = self.trainable_parameters(phase.trains)
-        optimizer = self.make_optimizer(list(params.values()), phase.lr)
+        optimizer = memory.make_optimizer(list(params.values()), phase.lr, cfg, self.device)
         scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
         if optimizer_state is not None:
             restore_optimizer(optimizer_state, optimizer)
         self.components.unet.train(phase.trains_model)
-        for _, encoder in self.named_text_encoders():
+        for _, encoder in self.family.named_text_encoders(self.components):
             encoder.train(phase.trains_model)
         # Every step's losses go to the training log, which reads them back (a device sync) only every LOG_EVERY
         # steps, before a checkpoint and at the phase's end; that is also where a non-finite loss is caught.
@@ -433,7 +388,7 @@ class Trainer:
             RunError: the tensors do not fit this model (missing, unexpected or of the wrong shape).
         """
         try:
-            load_trained_weights(tensors, self.embeddings, self.components.unet, self.named_text_encoders(),
+            load_trained_weights(tensors, self.embeddings, self.components.unet, self.family.named_text_encoders(self.components),
                                  whole_unet=not self.config.lora_rank and self.config.phase2_params == "full")
         except (KeyError, RuntimeError) as error:  # a missing tensor, or one of the wrong shape
             raise RunError(f"the checkpoint in {folder} does not fit this run ({first_line(error)}); "

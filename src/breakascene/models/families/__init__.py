@@ -31,6 +31,11 @@ class ModelFamily(abc.ABC):
     def tokenizers(self, components) -> list:
         return [components.tokenizer]
 
+    def named_text_encoders(self, components) -> list[tuple[str, torch.nn.Module]]:
+        """("text_encoder", ...), ("text_encoder_2", ...): the names that parameters and checkpoints use."""
+        encoders = self.text_encoders(components)
+        return list(zip(["text_encoder", "text_encoder_2"][: len(encoders)], encoders))
+
     @abc.abstractmethod
     def tokenize(self, components, prompts: list[str]) -> torch.Tensor:
         """Prompts -> input_ids on the CPU, padded to the tokenizers' ``model_max_length``: (B, T) with one text
@@ -46,6 +51,33 @@ class ModelFamily(abc.ABC):
         """The (6,) micro-conditioning of a training image, for families that take one (SDXL); else None.
         Sizes and the crop are (height, width) and (top, left), in pixels."""
         return None
+
+    def scene_size_conditioning(self, original_size: tuple[int, int], crop_box: tuple[int, int, int, int],
+                                resolution: int) -> torch.Tensor | None:
+        """(2, 6) :meth:`size_conditioning` of a scene as is and mirrored, or None for a family without it.
+
+        ``original_size`` is the photo's (width, height) and ``crop_box`` the (left, top, right, bottom) of the
+        square cut from it (:class:`~breakascene.scene.Scene`); cutting the largest centred square and resizing
+        it to ``resolution`` is SDXL's resize-the-short-side-then-crop, so the crop's corner is scaled to the
+        resized photo. The mirror image's crop starts where the original's ends.
+        """
+        width, height = original_size
+        left, top, right, _ = crop_box
+        scale = resolution / (right - left)
+        rows = [self.size_conditioning((height, width), (round(top * scale), round(crop_left * scale)),
+                                       (resolution, resolution)) for crop_left in (left, width - right)]
+        return None if rows[0] is None else torch.stack(rows)
+
+    def size_conditioning_table(self, original_size, crop_box, resolution: int, collection_images: int,
+                                device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The training images' size conditioning, (1 + collection_images, 2, 6) as is and mirrored, and a
+        class image's (6,), on ``device``; (None, None) for a family without it. The scene's comes from
+        :meth:`scene_size_conditioning`; a collection image and a class image were made at R x R."""
+        scene = self.scene_size_conditioning(original_size, crop_box, resolution)
+        if scene is None:
+            return None, None
+        full = self.size_conditioning((resolution, resolution), (0, 0), (resolution, resolution))
+        return torch.stack([scene] + [full.expand(2, 6)] * collection_images).to(device), full.to(device)
 
     @abc.abstractmethod
     def encode_prompt(self, components, input_ids: torch.Tensor, device: torch.device,

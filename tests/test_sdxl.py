@@ -1,0 +1,219 @@
+"""SDXL through the family seam, on the tiny random SDXL model: prompts encoded as SDXL's pipeline does, handles in
+both text encoders, the loss layers, resume, and run folders that stock ``StableDiffusionXLPipeline`` loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from PIL import Image
+
+from breakascene.attention import AttentionStore, attention_grid, capture_layer_names, install_capture
+from breakascene.handles import load_handles, load_second_handles, make_handles
+from breakascene.inference.pipeline import load_pipeline
+from breakascene.models.families.sdxl import STABLE_DIFFUSION_XL
+from breakascene.models.loading import Components, load_components, native_resolution
+from breakascene.models.tiny_sdxl import TINY_SDXL_MODEL_ID, TINY_SDXL_RESOLUTION, build_tiny_sdxl_components
+from breakascene.run_folder import partial_path
+from breakascene.scene import load_scene
+from breakascene.training.recipe import extract
+from breakascene.training.trainer import Trainer
+from helpers.tiny import shapes_scene, tiny_config
+
+PROMPT = "a photo of a dog on the beach"
+
+
+def sdxl() -> Components:
+    return Components(**build_tiny_sdxl_components(), family=STABLE_DIFFUSION_XL)
+
+
+def sdxl_config(**overrides):
+    return tiny_config(model=TINY_SDXL_MODEL_ID, **overrides)
+
+
+def _pipeline(c: Components) -> StableDiffusionXLPipeline:
+    return c.family.make_pipeline(c)
+
+
+def test_builtin_tiny_sdxl_loads_as_the_sdxl_family_at_its_native_size():
+    c = load_components(TINY_SDXL_MODEL_ID)
+    assert c.family is STABLE_DIFFUSION_XL and c.text_encoder_2 is not None
+    assert c.native_resolution == TINY_SDXL_RESOLUTION == native_resolution(TINY_SDXL_MODEL_ID)
+
+
+def test_prompt_encoding_is_the_sdxl_pipelines():
+    """Hidden states, pooled embedding and time ids equal StableDiffusionXLPipeline's own, bit for bit."""
+    c = sdxl()
+    pipe = _pipeline(c)
+    with torch.no_grad():
+        hidden, _, pooled, _ = pipe.encode_prompt(PROMPT, device="cpu", do_classifier_free_guidance=False)
+        time_ids = pipe._get_add_time_ids((300, 400), (12, 34), (128, 128), dtype=torch.float32,
+                                          text_encoder_projection_dim=c.text_encoder_2.config.projection_dim)
+        size = STABLE_DIFFUSION_XL.size_conditioning((300, 400), (12, 34), (128, 128))[None]
+        ours = STABLE_DIFFUSION_XL.encode_prompt(c, STABLE_DIFFUSION_XL.tokenize(c, [PROMPT]), "cpu", size)
+    assert ours.hidden.shape == (1, 77, 64) and torch.equal(ours.hidden, hidden)
+    assert torch.equal(ours.pooled, pooled)
+    assert torch.equal(ours.time_ids, time_ids)
+    ids = STABLE_DIFFUSION_XL.tokenize(c, [PROMPT])
+    assert ids.shape == (1, 2, 77) and not torch.equal(ids[0, 0], ids[0, 1])  # the second pads with "!"
+    assert torch.equal(STABLE_DIFFUSION_XL.handle_search_ids(ids), ids[:, 0])
+
+
+def test_the_loss_layers_are_the_innermost_down_and_up_levels_without_mid():
+    """At latent/4 (32x32 at 1024 px: down_blocks.2 and up_blocks.0 in SDXL; 4x4 here) and never the mid block."""
+    c = build_tiny_sdxl_components()
+    unet = c["unet"]
+    grid = attention_grid(16, 16)
+    assert grid == (4, 4)
+    store = AttentionStore(query_tokens=grid[0] * grid[1])
+    install_capture(unet, store)
+    latents = torch.randn(1, 4, 16, 16)
+    hidden, pooled = torch.randn(1, 77, 64), torch.randn(1, 32)
+    with torch.no_grad():
+        unet(latents, torch.tensor([500]), hidden,
+             added_cond_kwargs={"text_embeds": pooled, "time_ids": torch.tensor([[128.0, 128, 0, 0, 128, 128]])})
+    recorded = {name.split(".")[0] + "." + name.split(".")[1] for name in store.layer_names}
+    assert recorded == {"down_blocks.2", "up_blocks.0"}
+    assert not any(name.startswith("mid_block") for name in capture_layer_names(unet))
+    # down_blocks.2: 1 resnet layer x 2 transformer layers; up_blocks.0: 2 layers x 2 (the SDXL pattern, scaled)
+    assert len(store.layer_names) == 2 + 4
+    assert store.mean_map(*grid).shape == (1, 4, 4, 77)
+
+
+def test_size_conditioning_follows_the_photos_resize_and_crop():
+    photo = Image.new("RGB", (400, 300), (120, 80, 40))  # landscape: the centred square drops 50 px each side
+    mask = Image.new("L", (400, 300), 0)
+    mask.paste(255, (150, 100, 250, 200))
+    scene = load_scene(photo, [mask], 128)
+    trainer = Trainer(scene, sdxl_config(), sdxl(), make_handles(1), "cpu")
+    trainer.setup()
+    crop_left = round(50 * 128 / 300)
+    expected = torch.tensor([[300.0, 400, 0, crop_left, 128, 128]] * 2)  # the mirror's crop is centred too
+    assert torch.equal(trainer.size_conditioning[0], expected)
+    batch = trainer.sample_batch()
+    assert batch.size_conditioning.shape == (1, 6) and batch.input_ids.shape == (1, 2, 77)
+
+
+def test_phase1_changes_only_the_handle_rows_in_both_tables(tmp_path):
+    before = sdxl()
+    tables = [e.get_input_embeddings().weight.detach().clone() for e in (before.text_encoder, before.text_encoder_2)]
+    result = extract(shapes_scene(), sdxl_config(phase1_steps=3, phase2_steps=0, phase1_lr=1e-2), tmp_path / "run",
+                     components=sdxl(), progress=False)
+    trained = StableDiffusionXLPipeline.from_pretrained(tmp_path / "run")
+    fresh = sdxl()
+    second = load_second_handles(tmp_path / "run" / "handles.safetensors")
+    for k, (tokenizer, encoder, fresh_encoder, vectors) in enumerate([
+        (trained.tokenizer, trained.text_encoder, fresh.text_encoder, result.handle_vectors),
+        (trained.tokenizer_2, trained.text_encoder_2, fresh.text_encoder_2, second),
+    ]):
+        table, vocab = encoder.get_input_embeddings().weight.detach(), tables[k].shape[0]
+        assert torch.equal(table[:vocab], tables[k])  # every pre-existing row, bit for bit, in both tables
+        ids = tokenizer.convert_tokens_to_ids(result.tokens)
+        assert ids == list(range(vocab, vocab + 3))
+        assert vectors.shape == (3, table.shape[1]) and torch.equal(table[ids], vectors)
+        init = fresh_encoder.get_input_embeddings().weight[tokenizer(result.handles[0].init_word,
+                                                                     add_special_tokens=False).input_ids[0]]
+        assert not torch.allclose(vectors[0], init)  # the handle moved in this table too
+        for name, p in fresh_encoder.state_dict().items():
+            if "token_embedding" not in name:
+                assert torch.equal(p, encoder.state_dict()[name]), name
+    assert all(torch.equal(p, trained.unet.state_dict()[n]) for n, p in fresh.unet.state_dict().items())
+
+
+def test_phase2_trains_the_unet_and_both_text_encoders_but_not_other_words(tmp_path):
+    extract(shapes_scene(), sdxl_config(phase1_steps=1, phase2_steps=2, phase2_lr=1e-3), tmp_path / "run",
+            components=sdxl(), progress=False)
+    fresh, trained = sdxl(), StableDiffusionXLPipeline.from_pretrained(tmp_path / "run")
+    changed = [n for n, p in fresh.unet.state_dict().items() if not torch.equal(p, trained.unet.state_dict()[n])]
+    assert len(changed) > 0.9 * len(fresh.unet.state_dict())
+    for name in ("text_encoder", "text_encoder_2"):
+        before, after = getattr(fresh, name), getattr(trained, name)
+        state = after.state_dict()
+        assert any("encoder.layers" in n and not torch.equal(p, state[n]) for n, p in before.state_dict().items())
+        vocab = before.get_input_embeddings().weight.shape[0]
+        assert torch.equal(after.get_input_embeddings().weight[:vocab], before.get_input_embeddings().weight)
+
+
+def test_stock_sdxl_pipeline_loads_the_run_and_prompts_with_the_handles(tmp_path):
+    out = tmp_path / "run"
+    result = extract(shapes_scene(), sdxl_config(), out, components=sdxl(), progress=False)
+    assert not partial_path(out).exists()
+    pipe = StableDiffusionXLPipeline.from_pretrained(out)
+    tokens, vectors = load_handles(out / "handles.safetensors")
+    assert tokens == result.tokens
+    for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):
+        assert tokenizer.convert_tokens_to_ids("<asset0>") in tokenizer("a photo of <asset0> and <bg>").input_ids
+    image = pipe("a photo of <asset0> at <bg>", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (128, 128, 3)
+    loaded, _ = load_pipeline(out, "cpu")
+    assert isinstance(loaded, StableDiffusionXLPipeline)
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return {f"{p.relative_to(folder)}:{k}": v for p in sorted(folder.rglob("*.safetensors"))
+            for k, v in load_file(p).items()}
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, lora_rank):
+    cfg = sdxl_config(phase1_steps=2, phase2_steps=3, phase2_lr=1e-4, checkpoint_every=2, lora_rank=lora_rank,
+                      lora_text_encoder=bool(lora_rank))
+    extract(shapes_scene(), cfg, tmp_path / "straight", components=sdxl(), progress=False)
+
+    def kill(progress):
+        if progress.global_step == 4:
+            raise _Kill
+
+    out = tmp_path / "killed"
+    with pytest.raises(_Kill):
+        extract(shapes_scene(), cfg, out, components=sdxl(), progress=False, callback=kill)
+    steps_seen = []
+    extract(shapes_scene(), cfg, out, components=sdxl(), progress=False, resume=True,
+            callback=lambda p: steps_seen.append(p.global_step))
+    assert steps_seen[0] == 5  # after the phase-2 checkpoint at its step 2
+    straight, resumed = _weights(tmp_path / "straight"), _weights(out)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_lora_run_loads_with_the_handles_in_both_text_encoders(tmp_path):
+    out = tmp_path / "run"
+    extract(shapes_scene(), sdxl_config(lora_rank=4, lora_text_encoder=True, phase2_lr=1e-2), out,
+            components=sdxl(), progress=False)
+    assert {"text_encoder_lora.safetensors", "text_encoder_2_lora.safetensors"} <= {p.name for p in out.iterdir()}
+    pipe, info = load_pipeline(out, "cpu")
+    assert isinstance(pipe, StableDiffusionXLPipeline) and info.lora.text_encoder_2 == "text_encoder_2_lora.safetensors"
+    tokens, vectors = load_handles(out / "handles.safetensors")
+    second = load_second_handles(out / "handles.safetensors")
+    for tokenizer, encoder, table in ((pipe.tokenizer, pipe.text_encoder, vectors),
+                                      (pipe.tokenizer_2, pipe.text_encoder_2, second)):
+        rows = encoder.get_input_embeddings().weight.detach()[tokenizer.convert_tokens_to_ids(tokens)]
+        assert torch.equal(rows, table)
+    fresh = sdxl()  # the adapters were merged into the second text encoder too (peft keeps them as base_layer)
+    merged = {k.replace(".base_layer", ""): v for k, v in pipe.text_encoder_2.state_dict().items() if "lora_" not in k}
+    assert any(not torch.equal(p, merged[n]) for n, p in fresh.text_encoder_2.state_dict().items()
+               if "token_embedding" not in n)
+
+
+def test_editing_runs_through_the_sdxl_inpainting_pipeline_and_keeps_the_outside(tmp_path):
+    from breakascene.inference.editing import edit
+
+    out = tmp_path / "run"
+    extract(shapes_scene(), sdxl_config(), out, components=sdxl(), progress=False)
+    photo = Image.fromarray((torch.rand(128, 160, 3) * 255).to(torch.uint8).numpy())
+    region = Image.new("L", (160, 128), 0)
+    region.paste(255, (40, 30, 120, 90))
+    paths = edit(out, photo, [(region, "a photo of <asset0>")], steps=4, device="cpu", progress=False)
+    final = torch.from_numpy(np.asarray(Image.open(paths[-1]).convert("RGB")))
+    original = torch.from_numpy(np.asarray(photo))
+    outside = torch.ones(128, 160, dtype=torch.bool)
+    outside[30:90, 40:120] = False
+    assert torch.equal(final[outside], original[outside])
+    assert '(StableDiffusionXLInpaintPipeline,' in (paths[-1].parent / "edit.json").read_text()
