@@ -248,3 +248,94 @@ def test_an_sdxl_single_file_loads_as_sdxl_with_its_own_weights(tmp_path, monkey
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         expected, actual = parts[name].state_dict(), getattr(c, name).state_dict()
         assert actual.keys() == expected.keys() and all(torch.equal(actual[k], v) for k, v in expected.items()), name
+
+
+# ------------------------------------------------------------------------------------------
+# exports
+
+
+@pytest.fixture(scope="module")
+def sdxl_runs(tmp_path_factory):
+    """A full and a LoRA (UNet + both text encoders, alpha != rank) run of the tiny SDXL model."""
+    root = tmp_path_factory.mktemp("sdxl-runs")
+    extract(shapes_scene(), sdxl_config(phase2_lr=1e-3), root / "full", components=sdxl(), progress=False)
+    extract(shapes_scene(), sdxl_config(lora_rank=4, lora_alpha=2, lora_text_encoder=True, phase2_lr=1e-2),
+            root / "lora", components=sdxl(), progress=False)
+    return root
+
+
+def _both_rows(pipe, words):
+    ids = [tokenizer.convert_tokens_to_ids(words) for tokenizer in (pipe.tokenizer, pipe.tokenizer_2)]
+    return [encoder.get_input_embeddings().weight.detach()[i] for encoder, i in
+            zip((pipe.text_encoder, pipe.text_encoder_2), ids)]
+
+
+def test_textual_inversion_export_holds_clip_l_and_clip_g_and_its_readme_runs(sdxl_runs, tmp_path):
+    import re
+
+    from safetensors.torch import load_file
+
+    from breakascene.inference.exports import export
+
+    run = sdxl_runs / "full"
+    out = export(run, tmp_path / "ti", format="textual-inversion")
+    tokens, first = load_handles(run / "handles.safetensors")
+    second = load_second_handles(run / "handles.safetensors")
+    for k, token in enumerate(tokens):
+        tables = load_file(out / f"{token.strip('<>')}.safetensors")
+        assert set(tables) == {"clip_l", "clip_g"}
+        assert torch.equal(tables["clip_l"][0], first[k]) and torch.equal(tables["clip_g"][0], second[k])
+    (block,) = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), flags=re.DOTALL)
+    namespace: dict = {}
+    exec(compile(block, "README", "exec"), namespace)  # the base model (builtin:tiny-sdxl) plus the handles
+    rows = _both_rows(namespace["pipe"], tokens)
+    assert torch.equal(rows[0], first) and torch.equal(rows[1], second)
+
+
+def test_webui_checkpoint_of_a_full_run_loads_back_with_from_single_file(sdxl_runs, tmp_path):
+    from safetensors.torch import load_file
+
+    from breakascene.inference.exports import export
+    from breakascene.models.single_file import inspect_single_file
+
+    run = sdxl_runs / "full"
+    out = export(run, tmp_path / "comfy", format="comfyui", name="pets")
+    checkpoint = out / "models" / "checkpoints" / "pets.safetensors"
+    assert inspect_single_file(checkpoint).family == "sdxl"
+    stand_in = tmp_path / "config"
+    StableDiffusionXLPipeline(**build_tiny_sdxl_components(seed=7), add_watermarker=False).save_pretrained(stand_in)
+    loaded = StableDiffusionXLPipeline.from_single_file(str(checkpoint), config=_without_weights(stand_in),
+                                                        add_watermarker=False)
+    run_pipe, _ = load_pipeline(run, "cpu")
+    tokens, first = load_handles(run / "handles.safetensors")
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        expected, actual = getattr(run_pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert actual.keys() == expected.keys()
+        for key, value in expected.items():
+            rows = actual[key].shape[0]  # a token table is cut back to the base vocabulary
+            assert torch.equal(actual[key], value[:rows] if "token_embedding" in key else value), (name, key)
+    for k, token in enumerate(tokens):  # the embeddings give back both rows
+        tables = load_file(out / "models" / "embeddings" / f"pets_{token.strip('<>')}.safetensors")
+        assert set(tables) == {"clip_l", "clip_g"} and torch.equal(tables["clip_l"][0], first[k])
+
+
+def test_webui_lora_of_an_sdxl_run_has_te1_and_te2_keys_and_loads_in_diffusers(sdxl_runs, tmp_path):
+    from safetensors.torch import load_file
+
+    from breakascene.inference.exports import export
+
+    run = sdxl_runs / "lora"
+    out = export(run, tmp_path / "a1111", format="a1111", name="pets")
+    lora_file = out / "models" / "Lora" / "pets.safetensors"
+    assert {key.split("_")[1] for key in load_file(lora_file)} == {"unet", "te1", "te2"}
+    pipe = _pipeline(sdxl())
+    pipe.load_lora_weights(str(lora_file))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    run_pipe, _ = load_pipeline(run, "cpu")
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        expected = {k.replace(".base_layer", ""): v for k, v in getattr(run_pipe, name).state_dict().items()
+                    if "lora_" not in k}
+        actual = getattr(pipe, name).state_dict()
+        keys = [k for k in actual if "token_embedding" not in k]
+        assert all(torch.allclose(actual[k], expected[k], atol=1e-6) for k in keys), name

@@ -58,6 +58,11 @@ class RunInfo:
     losses: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)  # ExtractConfig.to_dict()
     versions: dict[str, str] = field(default_factory=dict)
+    pipeline: str = "StableDiffusionPipeline"  # the family's diffusers pipeline class (runs before SDXL: this)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.pipeline == "StableDiffusionXLPipeline"
 
     @property
     def tokens(self) -> list[str]:
@@ -82,6 +87,7 @@ class RunInfo:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "base_model": self.base_model,
+            "pipeline": self.pipeline,
             "resolution": self.resolution,
             "prediction_type": self.prediction_type,
             "lora": lora,
@@ -124,6 +130,7 @@ class RunInfo:
                 losses=data.get("losses", []),
                 config=data.get("config", {}),
                 versions=data.get("versions", {}),
+                pipeline=data.get("pipeline", "StableDiffusionPipeline"),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise RunError(f"{source} is damaged (no usable {error}); extract the scene again") from error

@@ -49,6 +49,8 @@ NOTE = (
 
 def _ti_readme(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
     """The textual-inversion export's README; ``location`` is where the export ends up (absolute)."""
+    if info.is_sdxl:
+        return _ti_readme_sdxl(tokens, files, info, location, run)
     imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type)
 
     def head(*more_imports: str) -> str:  # each block runs on its own (a token can be added only once)
@@ -91,23 +93,54 @@ Do not give `handles.safetensors` itself to `load_textual_inversion`: it would r
 """
 
 
-def _diffusers_readme(tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None) -> str:
+def _ti_readme_sdxl(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
+    """The README of an SDXL run's textual-inversion export: each file holds ``clip_l`` and ``clip_g``."""
+    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline)
+    code = "\n".join(["from pathlib import Path", "", *imports, "from safetensors.torch import load_file", "",
+                      f"export = Path({python_literal(str(location))})  # this folder; change it if you move it", "",
+                      *make_pipe,
+                      f"for token, name in zip({tokens!r}, {files!r}):",
+                      "    vectors = load_file(str(export / name))",
+                      '    pipe.load_textual_inversion(vectors["clip_l"], token=token, text_encoder=pipe.text_encoder,',
+                      "                                tokenizer=pipe.tokenizer)",
+                      '    pipe.load_textual_inversion(vectors["clip_g"], token=token, text_encoder=pipe.text_encoder_2,',
+                      "                                tokenizer=pipe.tokenizer_2)",
+                      f'image = pipe("a photo of {tokens[0]} at the beach").images[0]'])
+    generate = shlex.join(["break-a-scene", "generate", str(run), f"a photo of {tokens[0]}"])
+    return f"""# Break-A-Scene handles as SDXL textual-inversion embeddings
+
+Tokens: {", ".join(f"`{t}`" for t in tokens)} (base model: `{info.base_model}`).
+
+Each `<name>.safetensors` holds the handle's row in both SDXL text encoders: `clip_l` (1, 768 on SDXL) and
+`clip_g` (1, 1280), the layout A1111, Forge and ComfyUI read. `handles.safetensors` holds all of them
+(`embeddings`, `embeddings_2`) with the tokens in its metadata and in `tokens.txt`.
+
+{NOTE} For faithful results generate with the run itself, `{generate}`.
+
+```python
+{code}
+```
+"""
+
+
+def _diffusers_readme(tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None,
+                      pipeline: str = "StableDiffusionPipeline") -> str:
     """The diffusers export's README: loads it from ``location`` (absolute), or from ``repo_id`` once pushed."""
     variant = ', variant="fp16", torch_dtype=torch.float16' if fp16 else ""
     where = python_literal(repo_id or str(location))
     other = f"\n# or this copy on disk: from_pretrained({python_literal(str(location))}{variant})" if repo_id else ""
     generate = shlex.join(["break-a-scene", "generate", str(location), f"a photo of {tokens[0]}"])
-    return f"""# Break-A-Scene run: a Stable Diffusion pipeline that knows {", ".join(f"`{t}`" for t in tokens)}
+    return f"""# Break-A-Scene run: a {pipeline} that knows {", ".join(f"`{t}`" for t in tokens)}
 
 ```python
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import {pipeline}
 
-pipe = StableDiffusionPipeline.from_pretrained({where}{variant}){other}
+pipe = {pipeline}.from_pretrained({where}{variant}){other}
 image = pipe("a photo of {tokens[0]} at the beach").images[0]
 ```
 
-The handle tokens are already in the tokenizer and text encoder. This folder is also a break-a-scene run
+The handle tokens are already in the tokenizer(s) and text encoder(s). This folder is also a break-a-scene run
 folder (`scene.json`, `handles.safetensors`): `{generate}`.
 """
 
@@ -189,10 +222,17 @@ def _write_textual_inversion(
 ) -> None:
     from safetensors.torch import save_file
 
+    from ..handles import load_second_handles
+
+    second = load_second_handles(run / HANDLES_FILE)
     files = []
-    for token, vector in zip(tokens, vectors):
+    for k, (token, vector) in enumerate(zip(tokens, vectors)):
         name = token.strip("<>") + ".safetensors"
-        save_file({token: vector.detach().float().reshape(1, -1).contiguous()}, str(folder / name))
+        if second is not None:  # SDXL: both encoders' rows, under the names the WebUI tools read
+            tables = {"clip_l": vector, "clip_g": second[k]}
+        else:
+            tables = {token: vector}  # diffusers' own layout: load_textual_inversion(file) finds the token
+        save_file({key: v.detach().float().reshape(1, -1).contiguous() for key, v in tables.items()}, str(folder / name))
         files.append(name)
     shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
     (folder / "tokens.txt").write_text("\n".join(tokens) + "\n")
@@ -209,4 +249,4 @@ def _write_diffusers(
     pipe.save_pretrained(str(folder), safe_serialization=True, variant="fp16" if fp16 else None)
     shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
     shutil.copyfile(run / SCENE_FILE, folder / SCENE_FILE)
-    (folder / "README.md").write_text(_diffusers_readme(tokens, fp16, location, repo_id))
+    (folder / "README.md").write_text(_diffusers_readme(tokens, fp16, location, repo_id, info.pipeline))

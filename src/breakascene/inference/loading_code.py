@@ -14,46 +14,53 @@ def python_literal(text: str) -> str:
     return json.dumps(text)
 
 
-def base_pipeline_lines(base_model: str, prediction_type: str | None = None) -> tuple[list[str], list[str]]:
-    """Python that makes ``pipe``, the run's base model as a stock ``StableDiffusionPipeline``: (imports, lines).
+def base_pipeline_lines(base_model: str, prediction_type: str | None = None,
+                        pipeline: str = "StableDiffusionPipeline") -> tuple[list[str], list[str]]:
+    """Python that makes ``pipe``, the run's base model as a stock ``pipeline`` (the run's diffusers pipeline
+    class, ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``): (imports, lines).
 
-    ``builtin:tiny`` is not a Hub id: it is built in code (:func:`breakascene.models.tiny.build_tiny_components`, with
-    the run's prediction type); ``builtin:shapes`` is the package's own folder. A ``.safetensors`` file is loaded with ``from_single_file`` and the config
-    breakascene used for it, with the run's prediction type set on the scheduler (the config's may differ); a
-    folder that exists here by its absolute path; anything else as a Hub id.
+    ``builtin:tiny`` and ``builtin:tiny-sdxl`` are not Hub ids: they are built in code (with the run's
+    prediction type); ``builtin:shapes`` is the package's own folder. A ``.safetensors`` file is loaded with
+    ``from_single_file`` and the config breakascene used for it, with the run's prediction type set on the
+    scheduler (the config's may differ); a folder that exists here by its absolute path; anything else as a
+    Hub id.
 
     Raises nothing for a base model that is gone or damaged: the lines then name it as scene.json does.
     """
     from ..models.shapes import SHAPES_MODEL_ID
     from ..models.single_file import inspect_single_file, single_file_config_source
     from ..models.tiny import TINY_MODEL_ID
+    from ..models.tiny_sdxl import TINY_SDXL_MODEL_ID
 
-    imports = ["from diffusers import StableDiffusionPipeline"]
-    if base_model == TINY_MODEL_ID:
+    imports = [f"from diffusers import {pipeline}"]
+    if base_model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
         kind = python_literal(prediction_type or "epsilon")
-        return imports + ["from breakascene.models.tiny import build_tiny_components"], [
-            "# builtin:tiny is built in code with random weights (it is not on the Hub): the same base model again",
-            f"pipe = StableDiffusionPipeline(**build_tiny_components(prediction_type={kind}), safety_checker=None,",
-            "                               feature_extractor=None, requires_safety_checker=False)",
+        module, builder = (("tiny_sdxl", "build_tiny_sdxl_components") if base_model == TINY_SDXL_MODEL_ID
+                           else ("tiny", "build_tiny_components"))
+        options = ("add_watermarker=False" if base_model == TINY_SDXL_MODEL_ID else
+                   "safety_checker=None, feature_extractor=None, requires_safety_checker=False")
+        return imports + [f"from breakascene.models.{module} import {builder}"], [
+            f"# {base_model} is built in code with random weights (it is not on the Hub): the same base model again",
+            f"pipe = {pipeline}(**{builder}(prediction_type={kind}), {options})",
         ]
     if base_model == SHAPES_MODEL_ID:
         return imports + ["from breakascene.models.shapes import SHAPES_FOLDER"], [
             "# builtin:shapes ships inside the breakascene package as a diffusers folder",
-            "pipe = StableDiffusionPipeline.from_pretrained(SHAPES_FOLDER)",
+            f"pipe = {pipeline}.from_pretrained(SHAPES_FOLDER)",
         ]
     path = Path(base_model).expanduser()
     where = python_literal(os.path.abspath(path)) if path.exists() else python_literal(base_model)
     if path.suffix == ".safetensors":
-        lines = [f"pipe = StableDiffusionPipeline.from_single_file({where})"]
+        lines = [f"pipe = {pipeline}.from_single_file({where})"]
         try:
             info = inspect_single_file(path, prediction_type) if path.is_file() else None
         except ConfigError:  # moved or damaged since the run: the README still says where the file was
             info = None
         if info is not None:
             config = python_literal(single_file_config_source(info.family, info.prediction_type))
-            lines = [f"pipe = StableDiffusionPipeline.from_single_file({where}, config={config})"]
+            lines = [f"pipe = {pipeline}.from_single_file({where}, config={config})"]
         if prediction_type:
             lines.append(f"pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
                          f"prediction_type={python_literal(prediction_type)})")
         return imports, lines
-    return imports, [f"pipe = StableDiffusionPipeline.from_pretrained({where})"]
+    return imports, [f"pipe = {pipeline}.from_pretrained({where})"]

@@ -1,16 +1,18 @@
-"""Exports for the WebUI tools: ``comfyui``, ``a1111`` (also Forge) and ``kohya``, for SD 1.x / 2.x runs.
+"""Exports for the WebUI tools: ``comfyui``, ``a1111`` (also Forge) and ``kohya``, for SD 1.x / 2.x and SDXL runs.
 
 All three write the same files, in the folder tree of the tool they are named after (so that the export's
 contents can be copied into that tool's folder as they are; ``kohya`` is flat, like sd-scripts' output):
 
 * the weights, ``<name>.safetensors``: for a LoRA run (``extract --lora-rank``), a LoRA with the WebUI
-  (kohya) keys ``lora_unet_*`` and ``lora_te_*``, each with its ``.alpha``; for a full fine-tune, a single-file
-  checkpoint in the original LDM layout (:mod:`breakascene.models.ldm_layout`), with the base model's token
-  table (the handles are not in a stock tokenizer, so their rows travel as embeddings instead) and SAI
-  modelspec metadata that says its prediction type;
-* one embedding per handle, ``<name>_<handle>.safetensors`` holding ``emb_params`` (1, dim) float32, the
-  textual-inversion file of kohya's scripts that A1111, Forge and ComfyUI read. A WebUI's trigger word is the
-  file's name, so the run's name keeps two runs' ``asset0`` apart in one embeddings folder;
+  (kohya) keys ``lora_unet_*`` and ``lora_te_*`` (SDXL: ``lora_te1_*``, ``lora_te2_*``), each with its
+  ``.alpha``; for a full fine-tune, a single-file checkpoint in the original layout
+  (:mod:`breakascene.models.ldm_layout`), with the base model's token tables (the handles are not in a stock
+  tokenizer, so their rows travel as embeddings instead) and SAI modelspec metadata that says its architecture
+  and prediction type;
+* one embedding per handle, ``<name>_<handle>.safetensors``, float32: ``emb_params`` (1, dim), the
+  textual-inversion file of kohya's scripts, or for SDXL ``clip_l`` (1, 768) and ``clip_g`` (1, 1280); A1111,
+  Forge and ComfyUI read both. A WebUI's trigger word is the file's name, so the run's name keeps two runs'
+  ``asset0`` apart in one embeddings folder;
 * ``README.md``: which file goes where in ComfyUI and in A1111/Forge, the trigger words, and diffusers code.
 
 diffusers loads all of it back to the run's own weights (tests/test_webui_export.py): the checkpoint with
@@ -69,6 +71,7 @@ def webui_lora_state_dict(run: Path, info: RunInfo, dtype: torch.dtype = torch.f
     from safetensors.torch import load_file
 
     lora = info.lora
+    te_prefixes = ["lora_te1_", "lora_te2_"] if info.is_sdxl else ["lora_te_"]
     out: dict[str, torch.Tensor] = {}
 
     def add(module: str, up: bool, value: torch.Tensor) -> None:
@@ -78,10 +81,10 @@ def webui_lora_state_dict(run: Path, info: RunInfo, dtype: torch.dtype = torch.f
     for key, value in load_file(str(run / lora.weights)).items():  # unet.<module>.lora.{down,up}.weight
         module, kind = key.removeprefix("unet.").rsplit(".lora.", 1)
         add("lora_unet_" + module.replace(".", "_"), kind.startswith("up"), value)
-    if lora.text_encoder:  # peft's keys: [text_model.]<module>.lora_{A,B}.default.weight
-        for key, value in load_file(str(run / lora.text_encoder)).items():
-            module, kind = key.removeprefix("text_model.").split(".lora_", 1)
-            add("lora_te_text_model_" + module.replace(".", "_"), kind.startswith("B"), value)
+    for prefix, file in zip(te_prefixes, (lora.text_encoder, lora.text_encoder_2)):
+        for key, value in load_file(str(run / file)).items() if file else ():  # peft's keys:
+            module, kind = key.removeprefix("text_model.").split(".lora_", 1)  # [text_model.]<m>.lora_A.default.weight
+            add(prefix + "text_model_" + module.replace(".", "_"), kind.startswith("B"), value)
     return out
 
 
@@ -97,9 +100,10 @@ def checkpoint_state_dict(pipe, tokens: list[str], dtype: torch.dtype = torch.fl
     base_size = len(pipe.tokenizer) - len(tokens)
     if sorted(ids) != list(range(base_size, len(pipe.tokenizer))):
         raise RunError("the run's handle tokens are not the last ids of its tokenizer; extract the scene again")
-    state = single_file_state_dict(pipe.unet, pipe.vae, pipe.text_encoder)
-    table = next(key for key in state if key.endswith("token_embedding.weight"))
-    state[table] = state[table][:base_size].contiguous()
+    state = single_file_state_dict(pipe.unet, pipe.vae, pipe.text_encoder,
+                                   text_encoder_2=getattr(pipe, "text_encoder_2", None))
+    for table in [key for key in state if key.endswith("token_embedding.weight")]:  # SDXL has two
+        state[table] = state[table][:base_size].contiguous()
     return {key: value.to(dtype) for key, value in state.items()}
 
 
@@ -107,8 +111,8 @@ def modelspec(info: RunInfo, name: str, layout: str) -> dict[str, str]:
     """SAI ModelSpec metadata (Stability-AI/ModelSpec) for a checkpoint: its architecture and prediction type,
     which WebUI tools and :func:`breakascene.models.single_file.inspect_single_file` read."""
     v = info.prediction_type == "v_prediction"
-    architecture = "stable-diffusion-v1" if layout == "clip" else (
-        "stable-diffusion-v2-768-v" if v else "stable-diffusion-v2-512")
+    architecture = {"clip": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base"}.get(
+        layout, "stable-diffusion-v2-768-v" if v else "stable-diffusion-v2-512")
     return {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": architecture,
             "modelspec.implementation": "diffusers", "modelspec.title": name,
             "modelspec.prediction_type": "v" if v else "epsilon",
@@ -123,7 +127,9 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
     """
     from safetensors.torch import save_file
 
+    from ..handles import load_second_handles
     from ..models.ldm_layout import text_layout
+    from ..run_folder import HANDLES_FILE
     from .pipeline import load_pipeline
 
     name = export_name(run, name)
@@ -138,13 +144,15 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
     else:
         pipe = load_pipeline(run, "cpu", info=info)[0]
         weights, kind = checkpoint_state_dict(pipe, tokens, dtype), "checkpoint"
-        metadata = modelspec(info, name, text_layout(pipe.text_encoder))
+        metadata = modelspec(info, name, "sdxl" if info.is_sdxl else text_layout(pipe.text_encoder))
         if info.prediction_type == "v_prediction":
             weights["v_pred"] = torch.tensor([])  # ComfyUI's own marker of a v-prediction checkpoint
     save_file(weights, str(places[kind] / f"{name}.safetensors"), metadata=metadata)
     triggers = trigger_words(info, name)
-    for token, vector in zip(tokens, vectors):
-        embedding = {EMBEDDING_KEY: vector.detach().float().reshape(1, -1).contiguous()}
+    second = load_second_handles(run / HANDLES_FILE)
+    for k, (token, vector) in enumerate(zip(tokens, vectors)):
+        tables = {"clip_l": vector, "clip_g": second[k]} if second is not None else {EMBEDDING_KEY: vector}
+        embedding = {key: v.detach().float().reshape(1, -1).contiguous() for key, v in tables.items()}
         save_file(embedding, str(places["embedding"] / f"{triggers[token]}.safetensors"))
     (folder / "README.md").write_text(_readme(info, format, kind, name, triggers, location))
 
@@ -164,12 +172,13 @@ def _readme(info: RunInfo, format: str, kind: str, name: str, triggers: dict[str
     a1111_use = (f"Select {base}, as the checkpoint and add `<lora:{name}:1>` to the prompt" if lora
                  else f"Select `{name}.safetensors` as the checkpoint")
     prompt = f"a photo of {first} at the beach"
+    te_keys = "`lora_te1_*`, `lora_te2_*`" if info.is_sdxl else "`lora_te_*`"
     return f"""# Break-A-Scene run `{name}` for ComfyUI, A1111 and Forge
 
 This folder is laid out like {"a kohya sd-scripts output (flat)" if format == "kohya" else
 f"the {'ComfyUI' if format == 'comfyui' else 'A1111/Forge'} folder: copy its contents into that folder"}.
 
-- `{weights}`: {"a LoRA (WebUI keys `lora_unet_*`, `lora_te_*`)" if lora else
+- `{weights}`: {"a LoRA (WebUI keys `lora_unet_*`, " + te_keys + ")" if lora else
 "the fine-tuned model as a single-file checkpoint"}. Put it in `{comfy_weights}/` (ComfyUI) or
   `{a1111_weights}/` (A1111, Forge).
 - One textual-inversion embedding per handle. Put them in `models/embeddings/` (ComfyUI) or `embeddings/`
@@ -205,18 +214,28 @@ def _diffusers_code(info: RunInfo, lora: bool, here: dict[str, str], name: str, 
     weights = f"{here['lora' if lora else 'checkpoint']}{name}.safetensors"
     export = f"export = Path({python_literal(str(location))})  # this folder; change it if you move it"
     if lora:
-        imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type)
+        imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline)
         make_pipe = [*make_pipe, f"pipe.load_lora_weights(str(export / {python_literal(weights)}))"]
     else:
-        imports = ["from diffusers import StableDiffusionPipeline"]
+        imports = [f"from diffusers import {info.pipeline}"]
         make_pipe = ["# the base model's configs (its diffusers folder or Hub id): the checkpoint holds only weights",
                      f"config = {single_file_config(info.base_model, info.prediction_type)}",
-                     f"pipe = StableDiffusionPipeline.from_single_file(str(export / {python_literal(weights)}), "
+                     f"pipe = {info.pipeline}.from_single_file(str(export / {python_literal(weights)}), "
                      "config=config)",
                      "pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, "
                      f"prediction_type={python_literal(info.prediction_type or 'epsilon')})"]
-    embeddings = [f"pipe.load_textual_inversion(str(export / {python_literal(here['embedding'] + word + '.safetensors')}),"
-                  f" token={python_literal(word)})" for word in triggers.values()]
+    files = [python_literal(here["embedding"] + word + ".safetensors") for word in triggers.values()]
+    if info.is_sdxl:  # each file holds both encoders' rows
+        imports = [*imports, "from safetensors.torch import load_file"]
+        embeddings = [f"for word, name in zip({list(triggers.values())!r}, [{', '.join(files)}]):",
+                      "    rows = load_file(str(export / name))",
+                      '    pipe.load_textual_inversion(rows["clip_l"], token=word, text_encoder=pipe.text_encoder, '
+                      "tokenizer=pipe.tokenizer)",
+                      '    pipe.load_textual_inversion(rows["clip_g"], token=word, text_encoder=pipe.text_encoder_2, '
+                      "tokenizer=pipe.tokenizer_2)"]
+    else:
+        embeddings = [f"pipe.load_textual_inversion(str(export / {f}), token={python_literal(w)})"
+                      for f, w in zip(files, triggers.values())]
     return "\n".join(["from pathlib import Path", "", *imports, "", export, "", *make_pipe, *embeddings,
                       f"image = pipe({python_literal(prompt)}).images[0]"])
 
@@ -227,9 +246,10 @@ def single_file_config(base_model: str, prediction_type: str | None = None) -> s
     from ..models.shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
     from ..models.single_file import inspect_single_file, single_file_config_source
     from ..models.tiny import TINY_MODEL_ID
+    from ..models.tiny_sdxl import TINY_SDXL_MODEL_ID
 
-    if base_model == TINY_MODEL_ID:
-        return '"DIFFUSERS_FOLDER"  # builtin:tiny is built in code: save_pretrained() it and name that folder'
+    if base_model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
+        return f'"DIFFUSERS_FOLDER"  # {base_model} is built in code: save_pretrained() it and name that folder'
     if base_model == SHAPES_MODEL_ID:
         return python_literal(str(SHAPES_FOLDER))
     path = Path(base_model).expanduser()
