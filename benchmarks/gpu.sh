@@ -14,6 +14,9 @@
 # trains builtin:shapes on the GPU (8x the samples of the CPU recipe; docs/evaluation.md says why) and checks
 # it: the pipeline folder, its sample grids and check.txt come back in $OUT/world. WORLD_ARGS adds flags to
 # `world train`, WORLD_CHECK_ARGS to `world check` (the CPU test of this script makes both tiny).
+# GPU_GROUPS=sdxl measures SDXL-base's architecture (random weights) at 1024 px: the research code's attention,
+# the default full phase 2, --low-vram (the 16 GB claim: its peak memory) and LoRA; SDXL_ARGS adds flags to it
+# (the CPU test uses the tiny SDXL model). Each configuration builds the 3.5 B-parameter model first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -43,7 +46,13 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 [[ $groups == *" explicit "* ]] && bench --compare explicit-everywhere default --steps 3 --warmup 1 --json "$OUT/explicit.json"
 # 3. torch.compile: the first steps compile (minutes), so more warm-up.
 [[ $groups == *" compile "* ]] && bench --compare default compile --steps 5 --warmup 3 --json "$OUT/compile.json"
-# 4. (GPU_GROUPS=world only) builtin:shapes, trained on the GPU with scene-drawing processes, then checked.
+# 4. (GPU_GROUPS=sdxl only) SDXL at its native size; SDXL_ARGS come last, so they can replace the model.
+if [[ $groups == *" sdxl "* ]]; then
+    read -r -a sdxl_extra <<< "${SDXL_ARGS:-}"
+    bench --model random:sdxl-base --resolution 1024 --compare explicit-everywhere default low-vram lora \
+        --steps 3 --warmup 1 --json "$OUT/sdxl.json" "${sdxl_extra[@]}"
+fi
+# 5. (GPU_GROUPS=world only) builtin:shapes, trained on the GPU with scene-drawing processes, then checked.
 if [[ $groups == *" world "* ]]; then
     read -r -a world_extra <<< "${WORLD_ARGS:-}"
     read -r -a check_extra <<< "${WORLD_CHECK_ARGS:-}"

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_gpu_script_writes_its_reports(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(Path(os.sys.executable)),
                BENCH_ARGS="--model builtin:tiny --resolution 64 --device cpu --steps 1 --warmup 0",
-               GPU_GROUPS="modes explicit")  # the compile group needs a GPU to be worth its build time
+               SDXL_ARGS="--model builtin:tiny-sdxl --resolution 128",
+               GPU_GROUPS="modes explicit sdxl")  # the compile group needs a GPU to be worth its build time
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -28,6 +29,10 @@ def test_gpu_script_writes_its_reports(tmp_path):
     assert explicit["reference"] == "explicit-everywhere"
     assert (tmp_path / "out" / "env.txt").read_text().strip()
     assert not (tmp_path / "out" / "compile.json").exists()
+    sdxl = json.loads((tmp_path / "out" / "sdxl.json").read_text())
+    assert [r["name"] for r in sdxl["results"]] == ["explicit-everywhere", "default", "low-vram", "lora"]
+    assert all(r["ok"] for r in sdxl["results"]) and sdxl["model"].startswith("builtin:tiny-sdxl")
+    assert sdxl["results"][2]["config"]["lora_rank"] == 4  # --low-vram on SDXL adds LoRA
 
 
 @pytest.mark.slow  # trains and checks a 2-step world model (about 2 min): `make test-slow`

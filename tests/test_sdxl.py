@@ -339,3 +339,20 @@ def test_webui_lora_of_an_sdxl_run_has_te1_and_te2_keys_and_loads_in_diffusers(s
         actual = getattr(pipe, name).state_dict()
         keys = [k for k in actual if "token_embedding" not in k]
         assert all(torch.allclose(actual[k], expected[k], atol=1e-6) for k in keys), name
+
+
+def test_low_vram_on_sdxl_adds_lora_and_says_so(tmp_path):
+    from breakascene.models.loading import is_sdxl_model
+    from breakascene.training.memory import low_vram_options, with_low_vram
+
+    options, notes = low_vram_options("cuda", True, True, sdxl=True)
+    assert options["lora_rank"] == 4 and any("SDXL: LoRA rank 4" in n for n in notes)
+    assert "lora_rank" not in low_vram_options("cuda", True, True)[0]  # SD 1.x/2.x keeps the full phase 2
+    chosen = with_low_vram({"low_vram": True, "model": TINY_SDXL_MODEL_ID, "device": "cpu"})
+    assert chosen["lora_rank"] == 4 and chosen["gradient_checkpointing"]
+    assert "lora_rank" not in with_low_vram({"low_vram": True, "model": "builtin:tiny", "device": "cpu"})
+    assert with_low_vram({"low_vram": True, "model": TINY_SDXL_MODEL_ID, "device": "cpu", "lora_rank": 16})[
+        "lora_rank"] == 16  # the user's own flag wins
+    folder = tmp_path / "xl"
+    _pipeline(sdxl()).save_pretrained(folder)
+    assert is_sdxl_model(str(folder)) and not is_sdxl_model("builtin:shapes")

@@ -43,9 +43,11 @@ import torch
 from ..config import ExtractConfig, PhaseConfig
 from ..errors import BreakASceneError, ConfigError
 
-RANDOM_MODELS = {  # --model values that build an architecture with random weights: (shape, prediction, latent size)
-    "random:sd2.1-base": ("SD21_BASE_SHAPE", "epsilon", 64),
-    "random:sd2.1": ("SD21_BASE_SHAPE", "v_prediction", 96),
+RANDOM_MODELS = {  # --model values that build an architecture with random weights:
+    # (module of breakascene.models, its shape, prediction type, latent size)
+    "random:sd2.1-base": ("tiny", "SD21_BASE_SHAPE", "epsilon", 64),
+    "random:sd2.1": ("tiny", "SD21_BASE_SHAPE", "v_prediction", 96),
+    "random:sdxl-base": ("tiny_sdxl", "SDXL_BASE_SHAPE", "epsilon", 128),
 }
 DEFAULT_BENCH_MODEL = "random:sd2.1-base"
 OPTIONS = {
@@ -140,13 +142,17 @@ def _malloc_trim() -> None:
 
 def build_components(model: str):
     """The model to measure: a random-weight architecture (``random:...``), ``builtin:tiny``, or a real one."""
-    from ..models import tiny
+    from ..models import tiny, tiny_sdxl
+    from ..models.families.sdxl import STABLE_DIFFUSION_XL
     from ..models.loading import Components, load_components
 
-    if model in RANDOM_MODELS:
-        shape, prediction, latent = RANDOM_MODELS[model]
-        return Components(**tiny.build_random_components(getattr(tiny, shape), prediction_type=prediction, sample_size=latent))
-    return load_components(model)
+    if model not in RANDOM_MODELS:
+        return load_components(model)
+    module, shape, prediction, latent = RANDOM_MODELS[model]
+    if module == "tiny_sdxl":
+        parts = tiny_sdxl.build_sdxl_components(getattr(tiny_sdxl, shape), prediction_type=prediction, sample_size=latent)
+        return Components(**parts, family=STABLE_DIFFUSION_XL)
+    return Components(**tiny.build_random_components(getattr(tiny, shape), prediction_type=prediction, sample_size=latent))
 
 
 def measure(name: str, base: dict, *, model: str, device: torch.device, resolution: int, steps: int, warmup: int,
@@ -165,9 +171,10 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
     from .research_attention import ExplicitEverywhereTrainer
 
     overrides, research, preset = parse_configuration(name)
-    config = ExtractConfig.from_preset(
-        preset, **with_low_vram({**base, **overrides, "model": model, "resolution": resolution, "device": str(device)})
-    )
+    sdxl = RANDOM_MODELS[model][0] == "tiny_sdxl" if model in RANDOM_MODELS else None  # None: tell from the model
+    given = with_low_vram({**base, **overrides, "model": model, "resolution": resolution, "device": str(device)},
+                          sdxl=sdxl)
+    config = ExtractConfig.from_preset(preset, **given)
     resolve_device(config)  # the same checks as extract: fp16 on CPU, 8-bit Adam without CUDA, ...
     image, masks, _ = make_shapes_scene(resolution)
     scene = load_scene(image, masks, resolution)
@@ -180,7 +187,8 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
     # One class image costs per step what the research code's 100 do (one is drawn each step).
     class_images = torch.rand(1, 3, resolution, resolution) if config.prior_preservation else None
     trainer.setup(class_images)
-    result = {"name": name, "ok": True, "config": {k: getattr(config, k) for k in sorted(set(base) | set(overrides)) if hasattr(config, k)},
+    result = {"name": name, "ok": True, "config": {k: getattr(config, k) for k in sorted(set(given) - {"model", "resolution", "device"})
+                                                if hasattr(config, k)},
               "setup_s": time.perf_counter() - started, "memory": memory.method, "phases": {}}
     for phase in phases:
         phase_config = PhaseConfig(f"phase{phase}", warmup + steps, config.phase2_lr if phase == 2 else config.phase1_lr,

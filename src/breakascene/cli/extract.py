@@ -42,8 +42,9 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init-words", nargs="+", help="a word per mask to start each handle from (default: its name, else a "
                    "rare word of the vocabulary; builtin:shapes: 'object')")
     p.add_argument("--no-background", dest="background", action="store_false", default=None, help="do not learn the <bg> handle")
-    p.add_argument("--model", help="Hub id, diffusers folder, .safetensors file, builtin:shapes (a small model that knows the "
-                   f"shapes world; its scaled settings become the defaults) or builtin:tiny (random) (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", help="SD 1.x/2.x or SDXL (detected): Hub id, diffusers folder, .safetensors file, "
+                   "builtin:shapes (a small model that knows the shapes world; its scaled settings become the defaults), "
+                   f"builtin:tiny or builtin:tiny-sdxl (random) (default: {DEFAULT_MODEL})")
     p.add_argument("--resolution", type=int, help="square size the photo is resized and centre-cropped to (default: the "
                    "model's native size where known without loading it: 512 for SD 2.1-base, 768 for SD 2.1, 64 for "
                    "builtin:shapes, 128 for builtin:tiny; else 512)")
@@ -87,9 +88,10 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _print_low_vram_choices(args) -> None:
+    from ..models.loading import is_sdxl_model
     from ..training.memory import low_vram_options, machine_facts
 
-    options, notes = low_vram_options(*machine_facts(args.device))
+    options, notes = low_vram_options(*machine_facts(args.device), sdxl=bool(args.model) and is_sdxl_model(args.model))
     print("--low-vram chose: " + "; ".join(notes), file=sys.stderr)
     overridden = sorted(name for name in options if getattr(args, name, None) is not None)
     if overridden:

@@ -251,6 +251,31 @@ def native_resolution(model: str) -> int | None:
     return int(sample_size if isinstance(sample_size, int) else sample_size[0]) * 2 ** (levels - 1)
 
 
+def is_sdxl_model(model: str) -> bool:
+    """Whether ``model`` is SDXL, told without loading weights: ``builtin:tiny-sdxl``, a single file by its keys,
+    a folder (or a Hub id) by its model_index.json (a Hub id's is downloaded if not cached; offline and not
+    cached: False)."""
+    import json
+
+    if model == TINY_SDXL_MODEL_ID:
+        return True
+    if model in (TINY_MODEL_ID, SHAPES_MODEL_ID):
+        return False
+    path = Path(model).expanduser()
+    try:
+        if path.is_file():
+            return inspect_single_file(path).family == SDXL
+        if path.is_dir():
+            index = json.loads((path / "model_index.json").read_text())
+        else:
+            from diffusers import DiffusionPipeline
+
+            index = DiffusionPipeline.load_config(model, **hub_options(model))
+    except (OSError, ValueError):  # no such model, offline, damaged: loading it will say what is wrong
+        return False
+    return family_of_pipeline_class(index.get("_class_name", "")) is STABLE_DIFFUSION_XL
+
+
 def default_resolution(model: str) -> int:
     """``--resolution`` when it is not given: the model's native size where it is known, else the paper's 512."""
     return native_resolution(model) or PAPER_RESOLUTION

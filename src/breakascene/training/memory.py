@@ -95,8 +95,17 @@ def machine_facts(device: str | None) -> tuple[str, bool, bool]:
     return device_type, bf16, optional_bnb.installed()
 
 
-def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_available: bool) -> tuple[dict, list[str]]:
-    """What ``--low-vram`` sets, for this machine: (config overrides, one line per choice saying why).
+SDXL_LOW_VRAM_LORA_RANK = 4  # diffusers' SDXL DreamBooth-LoRA default; its quality here is not measured yet
+
+
+def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_available: bool,
+                     sdxl: bool = False) -> tuple[dict, list[str]]:
+    """What ``--low-vram`` sets, for this machine and model family: (config overrides, one line per choice).
+
+    For SDXL the budget is a 16 GB GPU, which no full phase 2 fits (2.6 B UNet parameters: 10.4 GB of fp32
+    weights, as much again in gradients, and the optimiser state), so it adds LoRA on the UNet
+    (:data:`SDXL_LOW_VRAM_LORA_RANK`) to the choices below; the text encoders then stay frozen. Not yet
+    measured on a GPU (``GPU_GROUPS=sdxl benchmarks/gpu.sh`` does).
 
     The budget is a 12 GB GPU with the full (not LoRA) phase 2, the paper's method. What phase 2 holds is
     UNet weights + gradients in fp32 (2 x 3.46 GB) + optimiser state: 8-bit Adam makes that 1.7 GB instead of
@@ -118,16 +127,25 @@ def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_availa
         why = "no CUDA GPU" if device_type != "cuda" else "bitsandbytes is not installed (pip install 'break-a-scene[bnb]')"
         notes.append(f"fp32 Adam: 8-bit Adam needs CUDA and bitsandbytes ({why}); add --lora-rank 4 to fit 12 GB")
     notes.append("text encoder frozen in phase 2 (the paper trains it): saves its gradients and optimiser state")
+    if sdxl:
+        options["lora_rank"] = SDXL_LOW_VRAM_LORA_RANK
+        notes.append(f"SDXL: LoRA rank {SDXL_LOW_VRAM_LORA_RANK} on the UNet in phase 2 (a full SDXL phase 2 needs "
+                     "about 42 GB of fp32 weights, gradients and Adam state)")
     return options, notes
 
 
-def with_low_vram(overrides: dict) -> dict:
+def with_low_vram(overrides: dict, sdxl: bool | None = None) -> dict:
     """``ExtractConfig.from_preset`` overrides with ``--low-vram``'s choices for this machine put in under them.
 
     When ``overrides["low_vram"]`` is set, the result is this machine's :func:`low_vram_options`, then every
     given (not None) override: the order preset < ``--low-vram`` < the user's own flags. Otherwise ``overrides``.
+    ``sdxl``: whether the model is SDXL (None: told from ``overrides["model"]``, :func:`is_sdxl_model`).
     """
     if not overrides.get("low_vram"):
         return overrides
-    chosen = low_vram_options(*machine_facts(overrides.get("device")))[0]
+    from ..models.loading import is_sdxl_model
+
+    if sdxl is None:  # an SDXL model gets LoRA too (low_vram_options)
+        sdxl = bool(overrides.get("model")) and is_sdxl_model(overrides["model"])
+    chosen = low_vram_options(*machine_facts(overrides.get("device")), sdxl=sdxl)[0]
     return {**chosen, **{k: v for k, v in overrides.items() if v is not None}}
