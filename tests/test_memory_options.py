@@ -177,3 +177,41 @@ def test_tf32_is_set_only_on_cuda(monkeypatch):
     memory.set_tf32(torch.device("cuda"), True)
     memory.set_tf32(torch.device("cuda"), False)
     assert seen == ["high", "highest"]
+
+
+def test_optimizer_in_backward_trains_the_same_weights_and_resumes(tmp_path, scene128):
+    """Adam per parameter in the backward pass is Adam over all of them: the same run, the same weights; and
+    its checkpoints are those of the plain loop (a run stopped with it resumes without it)."""
+    from breakascene.run_folder import partial_path
+
+    cfg = tiny_config(phase1_steps=2, phase2_steps=3, phase2_lr=1e-3, checkpoint_every=2)
+    extract(scene128, cfg, tmp_path / "plain", components=tiny(), progress=False)
+    fused = tiny_config(phase1_steps=2, phase2_steps=3, phase2_lr=1e-3, checkpoint_every=2, optimizer_in_backward=True)
+    extract(scene128, fused, tmp_path / "fused", components=tiny(), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(progress):
+        if progress.global_step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        extract(scene128, fused, tmp_path / "mixed", components=tiny(), progress=False, callback=stop)
+    assert partial_path(tmp_path / "mixed").exists()
+    extract(scene128, cfg, tmp_path / "mixed", components=tiny(), progress=False, resume=True)
+    for name in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "handles.safetensors"):
+        plain = load_file(tmp_path / "plain" / name)
+        for other in ("fused", "mixed"):
+            tensors = load_file(tmp_path / other / name)
+            assert all(torch.allclose(tensors[k], v, atol=1e-7, rtol=0) for k, v in plain.items()), (other, name)
+    fresh = tiny().unet.state_dict()
+    trained = load_file(tmp_path / "fused" / "unet/diffusion_pytorch_model.safetensors")
+    assert sum(not torch.equal(trained[k], v) for k, v in fresh.items()) > 0.9 * len(fresh)
+
+
+@pytest.mark.parametrize("extra, fragment", [({"max_grad_norm": 1.0}, "global gradient norm"),
+                                             ({"mixed_precision": "fp16"}, "bf16")])
+def test_optimizer_in_backward_refuses_what_needs_every_gradient(extra, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        tiny_config(optimizer_in_backward=True, **extra).validate()

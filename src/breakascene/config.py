@@ -122,6 +122,7 @@ class ExtractConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit Adam/AdamW (CUDA only): optimiser state 4x smaller
+    optimizer_in_backward: bool = False  # step each parameter in the backward pass: no whole gradient buffer
     compile: bool = False  # torch.compile the UNet (slow first steps; pays off over 800 steps on a GPU)
     allow_tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (what PyTorch's "high" precision means)
     low_vram: bool = False  # set by --low-vram; the options it chose are already applied (memory.with_low_vram)
@@ -178,6 +179,12 @@ class ExtractConfig:
             raise ConfigError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm must be > 0 (or None: no clipping), got {self.max_grad_norm}")
+        if self.optimizer_in_backward and self.max_grad_norm is not None:
+            raise ConfigError("--optimizer-in-backward cannot clip the global gradient norm (max_grad_norm "
+                              f"{self.max_grad_norm}, e.g. from --preset official): it needs every gradient at once")
+        if self.optimizer_in_backward and self.mixed_precision == "fp16":
+            raise ConfigError("--optimizer-in-backward does not work with --mixed-precision fp16 (its loss scaling "
+                              "needs every gradient at once); use bf16")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.phase2_params not in ("full", "cross_attention_kv"):
@@ -232,6 +239,6 @@ class ExtractConfig:
 
     def training_fingerprint(self) -> dict:
         """The fields that must match for ``--resume`` to continue a run (everything but how it is run)."""
-        ignored = {"checkpoint_every", "device", "extra", "compile", "allow_tf32", "report_to"}
+        ignored = {"checkpoint_every", "device", "extra", "compile", "allow_tf32", "report_to", "optimizer_in_backward"}
         return {k: v for k, v in self.to_dict().items() if k not in ignored}
 

@@ -60,6 +60,7 @@ OPTIONS = {
     "lora": {"lora_rank": 4},
     "lora-te": {"lora_rank": 4, "lora_text_encoder": True},
     "8bit-adam": {"use_8bit_adam": True},
+    "optim-in-backward": {"optimizer_in_backward": True},
     "compile": {"compile": True},
     "frozen-text-encoder": {"train_text_encoder": False},
     "low-vram": {"low_vram": True},

@@ -87,6 +87,9 @@ def memory_options(p: argparse.ArgumentParser) -> None:
                    "never train in the run are stored in it, what trains stays fp32 (default: no)")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="recompute activations in backward to save memory")
     g.add_argument("--use-8bit-adam", action="store_true", default=None, help="8-bit Adam from bitsandbytes (CUDA only): 4x smaller optimiser state")
+    g.add_argument("--optimizer-in-backward", action="store_true", default=None,
+                   help="step each parameter as soon as its gradient exists (torchtune's optimizer-in-backward): a full "
+                   "phase 2 never holds the whole gradient buffer; not with --max-grad-norm or fp16")
     g.add_argument("--lora-rank", type=int, metavar="R", help="phase 2 trains rank-R LoRA adapters (peft) instead of the whole "
                    "UNet: small output, far less memory; not the paper's method (default: 0, full fine-tuning)")
     g.add_argument("--lora-alpha", type=finite_float, help="LoRA scale numerator (default: the rank)")
@@ -98,7 +101,7 @@ def memory_options(p: argparse.ArgumentParser) -> None:
                    "explicitly win")
 
 
-MEMORY_FIELDS = "mixed_precision gradient_checkpointing use_8bit_adam lora_rank lora_alpha lora_text_encoder compile allow_tf32 low_vram".split()
+MEMORY_FIELDS = "mixed_precision gradient_checkpointing use_8bit_adam optimizer_in_backward lora_rank lora_alpha lora_text_encoder compile allow_tf32 low_vram".split()
 
 
 def local_models(args) -> list[tuple[str, Path]]:

@@ -55,8 +55,17 @@ def enable_gradient_checkpointing(unet, text_encoders: list) -> None:
         (getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable)()
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, config, device: torch.device) -> torch.optim.Optimizer:
-    """``config``'s optimiser (Adam or AdamW, 8-bit with ``use_8bit_adam``) over ``params`` at ``lr``."""
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, config, device: torch.device):
+    """``config``'s optimiser (Adam or AdamW, 8-bit with ``use_8bit_adam``) over ``params`` at ``lr``; with
+    ``optimizer_in_backward``, one per parameter stepped in the backward pass (:mod:`.optimizer_in_backward`)."""
+    if config.optimizer_in_backward:
+        from .optimizer_in_backward import OptimizerInBackward
+
+        return OptimizerInBackward(params, lambda group: _make_optimizer(group, lr, config, device))
+    return _make_optimizer(params, lr, config, device)
+
+
+def _make_optimizer(params: list[torch.nn.Parameter], lr: float, config, device: torch.device) -> torch.optim.Optimizer:
     betas = (config.adam_beta1, config.adam_beta2)
     if config.use_8bit_adam:
         optim = load_bitsandbytes(device).optim

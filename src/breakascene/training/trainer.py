@@ -43,6 +43,7 @@ from .checkpoint import load_trained_weights, restore_optimizer, restore_rng, sa
 from .checkpoint import training_inputs
 from .diagnostics import attention_snapshot
 from .log import TrainingLog, make_tracker
+from .optimizer_in_backward import OptimizerInBackward
 from .run_writer import save_attention_figure
 
 LOG_EVERY = 10  # read losses back (a device sync) only every this many steps
@@ -137,9 +138,8 @@ class Trainer:
         if cfg.gradient_checkpointing:
             memory.enable_gradient_checkpointing(c.unet, encoders)
         self._cache_training_images(class_images)
-        c.unet.to(self.device)
-        for encoder in encoders:
-            encoder.to(self.device)
+        for model in (c.unet, *encoders):
+            model.to(self.device)
 
     def _cache_training_images(self, class_images: torch.Tensor | None) -> None:
         """The VAE posteriors and masks of every training image, each with its mirror image (the random flip).
@@ -210,9 +210,8 @@ class Trainer:
             0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.device_rng, device=self.device
         )
         input_ids = self.family.tokenize(self.components, prompts)
-        size_conditioning = None
-        if self.size_conditioning is not None:  # a class image was generated at R x R
-            size_conditioning = torch.stack([self.size_conditioning[e, flip], self.full_size_conditioning][:len(prompts)])
+        size_conditioning = None if self.size_conditioning is None else torch.stack(  # a class image: R x R
+            [self.size_conditioning[e, flip], self.full_size_conditioning][: len(prompts)])
         return TrainBatch(
             noisy_latents=self.noise_scheduler.add_noise(latents, noise, timesteps),
             timesteps=timesteps,
@@ -288,9 +287,8 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
         if optimizer_state is not None:
             restore_optimizer(optimizer_state, optimizer)
-        self.components.unet.train(phase.trains_model)
-        for _, encoder in self.family.named_text_encoders(self.components):
-            encoder.train(phase.trains_model)
+        for model in (self.components.unet, *self.family.text_encoders(self.components)):
+            model.train(phase.trains_model)
         # Every step's losses go to the training log, which reads them back (a device sync) only every LOG_EVERY
         # steps, before a checkpoint and at the phase's end; that is also where a non-finite loss is caught.
         log = self.training_log or TrainingLog(checkpoint_folder.parent / "logs")  # (as in a run folder)
@@ -327,6 +325,8 @@ class Trainer:
         # A checkpoint at each phase boundary lets --resume skip a finished phase even without --checkpoint-every.
         if cfg.checkpoint_every:
             self.save_checkpoint(checkpoint_folder, index, phase.steps, params, optimizer)
+        if isinstance(optimizer, OptimizerInBackward):
+            optimizer.remove()  # the next phase hooks its own optimisers onto the handles
         for p in params.values():
             p.requires_grad_(False)
 
