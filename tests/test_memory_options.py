@@ -215,3 +215,38 @@ def test_optimizer_in_backward_trains_the_same_weights_and_resumes(tmp_path, sce
 def test_optimizer_in_backward_refuses_what_needs_every_gradient(extra, fragment):
     with pytest.raises(ConfigError, match=fragment):
         tiny_config(optimizer_in_backward=True, **extra).validate()
+
+
+def test_phase2_memory_estimate_counts_weights_gradients_and_adam_state():
+    from breakascene.models.families.sdxl import STABLE_DIFFUSION_XL
+    from breakascene.models.loading import Components
+    from breakascene.models.tiny_sdxl import build_tiny_sdxl_components
+    from breakascene.training.memory_estimate import GB, estimate_phase2, memory_warning
+
+    c = tiny()
+    unet, vae = (sum(p.numel() for p in m.parameters()) for m in (c.unet, c.vae))
+    text = sum(p.numel() for p in c.text_encoder.parameters())
+    layers = sum(p.numel() for n, p in c.text_encoder.named_parameters() if "token_embedding" not in n)
+    full = estimate_phase2(c, tiny_config())
+    assert full.weights * GB == 4 * (unet + text + vae)
+    assert full.gradients * GB == 4 * (unet + layers) and full.optimizer * GB == 8 * (unet + layers)
+    fused = estimate_phase2(c, tiny_config(optimizer_in_backward=True, mixed_precision="bf16"))
+    assert fused.gradients == 0 and fused.weights * GB == 4 * (unet + layers) + 2 * (text - layers) + 4 * vae
+    assert estimate_phase2(c, tiny_config(lora_rank=4)).optimizer == 0  # adapters: a few MB, not counted
+    xl = Components(**build_tiny_sdxl_components(), family=STABLE_DIFFUSION_XL)
+    both = sum(p.numel() for e in (xl.text_encoder, xl.text_encoder_2) for p in e.parameters())
+    assert estimate_phase2(xl, tiny_config(lora_rank=4)).weights * GB == 4 * (
+        sum(p.numel() for p in xl.unet.parameters()) + both + sum(p.numel() for p in xl.vae.parameters()))
+    line = memory_warning(full, full.total / 2, "this GPU")
+    assert "phase 2 needs at least" in line and "--lora-rank 4" in line and "\n" not in line
+    assert memory_warning(full, full.total * 2, "this GPU") is None and memory_warning(full, None, "x") is None
+
+
+def test_extract_warns_before_a_phase2_that_cannot_fit(tmp_path, scene128, monkeypatch, capsys):
+    from breakascene.training import recipe
+
+    monkeypatch.setattr(recipe, "device_memory", lambda device: 1e-6)  # a device with almost no memory
+    extract(scene128, tiny_config(), tmp_path / "run", components=tiny(), progress=False)
+    assert "warning: phase 2 needs at least" in capsys.readouterr().err
+    extract(scene128, tiny_config(phase2_steps=0), tmp_path / "run1", components=tiny(), progress=False)
+    assert "phase 2" not in capsys.readouterr().err  # no phase 2, nothing to warn about

@@ -111,8 +111,8 @@ def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_availa
                      sdxl: bool = False) -> tuple[dict, list[str]]:
     """What ``--low-vram`` sets, for this machine and model family: (config overrides, one line per choice).
 
-    For SDXL the budget is a 16 GB GPU, which no full phase 2 fits (2.6 B UNet parameters: 10.4 GB of fp32
-    weights, as much again in gradients, and the optimiser state), so it adds LoRA on the UNet
+    For SDXL the budget is a 16 GB GPU, which no full phase 2 fits (:mod:`.memory_estimate`: 25.7 GiB before
+    activations even with this mode's other choices, 49.6 GiB in fp32), so it adds LoRA on the UNet
     (:data:`SDXL_LOW_VRAM_LORA_RANK`) to the choices below; the text encoders then stay frozen. Not yet
     measured on a GPU (``GPU_GROUPS=sdxl benchmarks/gpu.sh`` does).
 
@@ -138,8 +138,8 @@ def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_availa
     notes.append("text encoder frozen in phase 2 (the paper trains it): saves its gradients and optimiser state")
     if sdxl:
         options["lora_rank"] = SDXL_LOW_VRAM_LORA_RANK
-        notes.append(f"SDXL: LoRA rank {SDXL_LOW_VRAM_LORA_RANK} on the UNet in phase 2 (a full SDXL phase 2 needs "
-                     "about 42 GB of fp32 weights, gradients and Adam state)")
+        notes.append(f"SDXL: LoRA rank {SDXL_LOW_VRAM_LORA_RANK} on the UNet in phase 2 (a full SDXL phase 2 holds "
+                     "over 25 GB even in bf16 with 8-bit Adam)")
     return options, notes
 
 

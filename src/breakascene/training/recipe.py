@@ -34,6 +34,7 @@ from ..models.loading import Components, load_components
 from ..run_folder import CHECKPOINT_DIR, finalize, prepare_output, run_lock
 from ..scene import Scene
 from .checkpoint import check_resume, load_checkpoint_tensors, read_checkpoint_state, training_inputs
+from .memory_estimate import device_memory, estimate_phase2, memory_warning
 from .preflight import Plan, preflight
 from .prior import class_images
 from .run_writer import write_run
@@ -120,6 +121,7 @@ def _train(scene: Scene, plan: Plan, partial: Path, components: Components | Non
     if state is not None:
         check_resume(state, config, inputs, checkpoint_folder)
     components = _ready_components(config, components)
+    _warn_if_phase2_cannot_fit(config, components, torch.device(plan.device))
     prior = class_images(config, components, partial / "class_images", plan.device) if config.prior_preservation else None
 
     trainer = Trainer(scene, config, components, plan.handles, plan.device, collection, inputs)
@@ -131,6 +133,17 @@ def _train(scene: Scene, plan: Plan, partial: Path, components: Components | Non
     finally:
         trainer.cleanup()
     return trainer
+
+
+def _warn_if_phase2_cannot_fit(config: ExtractConfig, components: Components, device: torch.device) -> None:
+    """Prints :mod:`.memory_estimate`'s line when phase 2's weights, gradients and Adam state alone exceed the
+    device's memory (the run goes on: the estimate leaves out what other options may save on the device)."""
+    if not any(phase.name == "phase2" for phase in config.phases):
+        return
+    where = "this GPU" if device.type == "cuda" else "this machine"
+    warning = memory_warning(estimate_phase2(components, config), device_memory(device), where)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _ready_components(config: ExtractConfig, components: Components | None) -> Components:

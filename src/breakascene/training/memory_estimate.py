@@ -1,0 +1,77 @@
+"""What phase 2 will hold in memory, from the model's parameter counts, told before a run that cannot fit.
+
+A full phase 2 keeps, besides the activations, the weights (fp32 for what trains, the half dtype for what is
+frozen under ``--mixed-precision``), one gradient per trained weight (none held with
+``--optimizer-in-backward``: each is used and dropped as it appears), and Adam's two moments per trained weight
+(fp32, or one byte each with 8-bit Adam). For SDXL that is 10.4 + 10.4 + 20.8 GB for the UNet alone. The
+activations depend on the resolution and on gradient checkpointing and are not counted, so the estimate is a
+lower bound: a run over it will not fit; one under it may still not.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: float  # GiB
+    gradients: float
+    optimizer: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer
+
+    def describe(self) -> str:
+        return (f"{self.total:.1f} GB (weights {self.weights:.1f}, gradients {self.gradients:.1f}, Adam state "
+                f"{self.optimizer:.1f}; activations not counted)")
+
+
+def _count(model: torch.nn.Module, skip: str | None = None) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if skip is None or skip not in n)
+
+
+def estimate_phase2(components, config) -> MemoryEstimate:
+    """The phase-2 estimate for ``config`` on ``components`` (before the handles and any LoRA are added; LoRA
+    adapters count as nothing, their size is a few MB)."""
+    unet = _count(components.unet)
+    encoders = components.family.text_encoders(components)
+    text = sum(_count(e) for e in encoders)
+    text_layers = sum(_count(e, skip="token_embedding") for e in encoders)  # the tables never train
+    if config.lora_rank:
+        trained = 0
+    elif config.phase2_params == "cross_attention_kv":
+        trained = sum(p.numel() for n, p in components.unet.named_parameters() if ".attn2.to_k." in n or ".attn2.to_v." in n)
+    else:
+        trained = unet + (text_layers if config.train_text_encoder else 0)
+    frozen_bytes = 2 if config.mixed_precision in ("bf16", "fp16") else 4
+    weights = 4 * trained + frozen_bytes * (unet + text - trained) + 4 * _count(components.vae)
+    gradients = 0 if config.optimizer_in_backward else 4 * trained
+    optimizer = (2 if config.use_8bit_adam else 8) * trained
+    return MemoryEstimate(weights / GB, gradients / GB, optimizer / GB)
+
+
+def device_memory(device: torch.device) -> float | None:
+    """GiB the device has: a CUDA GPU's memory, the machine's RAM on the CPU; None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / GB
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def memory_warning(estimate: MemoryEstimate, available: float | None, where: str) -> str | None:
+    """One line for a run whose phase 2 cannot fit ``available`` GiB (``where``: "this GPU"), else None."""
+    if available is None or estimate.total <= available:
+        return None
+    return (f"phase 2 needs at least {estimate.describe()}, more than {where}'s {available:.1f} GB: "
+            "--lora-rank 4, --optimizer-in-backward, --use-8bit-adam or --low-vram need less")
