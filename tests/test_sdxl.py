@@ -161,6 +161,7 @@ class _Kill(Exception):
     pass
 
 
+@pytest.mark.slow  # three SDXL runs each (about 4 s): `make test-slow`; SD's resume test runs by default
 @pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, lora_rank):
     cfg = sdxl_config(phase1_steps=2, phase2_steps=3, phase2_lr=1e-4, checkpoint_every=2, lora_rank=lora_rank,
