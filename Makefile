@@ -29,7 +29,7 @@ test: install
 
 # The slow tests (the attention mechanism over seeds, the GPU script on the CPU, torch.compile, real-process
 # fault and Hub tests, the whole browser
-# session): opt-in, run by CI.
+# session, SDXL's resume, exports and editing): opt-in, run by CI.
 test-slow: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
 

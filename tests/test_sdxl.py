@@ -203,6 +203,7 @@ def test_a_lora_run_loads_with_the_handles_in_both_text_encoders(tmp_path):
                if "token_embedding" not in n)
 
 
+@pytest.mark.slow  # an SDXL run and an edit: `make test-slow`
 def test_editing_runs_through_the_sdxl_inpainting_pipeline_and_keeps_the_outside(tmp_path):
     from breakascene.inference.editing import edit
 
@@ -271,6 +272,7 @@ def _both_rows(pipe, words):
             zip((pipe.text_encoder, pipe.text_encoder_2), ids)]
 
 
+@pytest.mark.slow  # two SDXL runs (the module fixture): `make test-slow`
 def test_textual_inversion_export_holds_clip_l_and_clip_g_and_its_readme_runs(sdxl_runs, tmp_path):
     import re
 
@@ -293,6 +295,7 @@ def test_textual_inversion_export_holds_clip_l_and_clip_g_and_its_readme_runs(sd
     assert torch.equal(rows[0], first) and torch.equal(rows[1], second)
 
 
+@pytest.mark.slow  # uses the two SDXL runs: `make test-slow`
 def test_webui_checkpoint_of_a_full_run_loads_back_with_from_single_file(sdxl_runs, tmp_path):
     from safetensors.torch import load_file
 
@@ -320,6 +323,7 @@ def test_webui_checkpoint_of_a_full_run_loads_back_with_from_single_file(sdxl_ru
         assert set(tables) == {"clip_l", "clip_g"} and torch.equal(tables["clip_l"][0], first[k])
 
 
+@pytest.mark.slow  # uses the two SDXL runs: `make test-slow`
 def test_webui_lora_of_an_sdxl_run_has_te1_and_te2_keys_and_loads_in_diffusers(sdxl_runs, tmp_path):
     from safetensors.torch import load_file
 
