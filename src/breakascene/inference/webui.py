@@ -164,8 +164,7 @@ def _readme(info: RunInfo, format: str, kind: str, name: str, triggers: dict[str
     weights, first = f"{here[kind]}{name}.safetensors", next(iter(triggers.values()))
     table = "\n".join(f"| `{token}` | `{word}` | `{here['embedding']}{word}.safetensors` |"
                       for token, word in triggers.items())
-    comfy_weights = "models/loras" if lora else "models/checkpoints"
-    a1111_weights = "models/Lora" if lora else "models/Stable-diffusion"
+    comfy_weights, a1111_weights = FOLDERS["comfyui"][kind], FOLDERS["a1111"][kind]
     base = f"`{info.base_model}`, the base model this run was trained on"
     comfy_use = (f"Load {base}, with **Load Checkpoint**; then add **LoraLoader** with `{name}.safetensors` at "
                  "strength 1.0 for both model and clip" if lora else f"**Load Checkpoint** `{name}.safetensors`")
