@@ -18,6 +18,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -279,6 +280,17 @@ def load_handles(path: str | Path) -> tuple[list[str], torch.Tensor]:
 def load_second_handles(path: str | Path) -> torch.Tensor | None:
     """The second text encoder's (K, dim_2) handle vectors in ``handles.safetensors`` (SDXL), or None."""
     return load_file(str(path)).get("embeddings_2")
+
+
+def embedding_files(vectors: torch.Tensor, second: torch.Tensor | None, key: Callable[[int], str]) -> list[dict]:
+    """One textual-inversion file's tensors per handle, each (1, dim) float32: with ``second`` (SDXL) the rows of
+    both text encoders under ``clip_l`` and ``clip_g`` (what A1111, Forge and ComfyUI read), else the one row
+    under ``key(k)``."""
+    files = []
+    for k, vector in enumerate(vectors):
+        tables = {"clip_l": vector, "clip_g": second[k]} if second is not None else {key(k): vector}
+        files.append({name: v.detach().float().reshape(1, -1).contiguous() for name, v in tables.items()})
+    return files
 
 
 def handles_meant(prompt: str, tokens: list[str]) -> list[str]:

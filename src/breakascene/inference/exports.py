@@ -222,18 +222,13 @@ def _write_textual_inversion(
 ) -> None:
     from safetensors.torch import save_file
 
-    from ..handles import load_second_handles
+    from ..handles import embedding_files, load_second_handles
 
-    second = load_second_handles(run / HANDLES_FILE)
-    files = []
-    for k, (token, vector) in enumerate(zip(tokens, vectors)):
-        name = token.strip("<>") + ".safetensors"
-        if second is not None:  # SDXL: both encoders' rows, under the names the WebUI tools read
-            tables = {"clip_l": vector, "clip_g": second[k]}
-        else:
-            tables = {token: vector}  # diffusers' own layout: load_textual_inversion(file) finds the token
-        save_file({key: v.detach().float().reshape(1, -1).contiguous() for key, v in tables.items()}, str(folder / name))
-        files.append(name)
+    # SD: the token as the one key, diffusers' own layout (load_textual_inversion(file) finds the token)
+    tensors = embedding_files(vectors, load_second_handles(run / HANDLES_FILE), lambda k: tokens[k])
+    files = [token.strip("<>") + ".safetensors" for token in tokens]
+    for name, file_tensors in zip(files, tensors):
+        save_file(file_tensors, str(folder / name))
     shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
     (folder / "tokens.txt").write_text("\n".join(tokens) + "\n")
     (folder / "README.md").write_text(_ti_readme(tokens, files, info, location, Path(os.path.abspath(run))))

@@ -99,11 +99,10 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
 
 def run_family(run: Path):
     """The model family of a full run folder, by its model_index.json."""
-    import json
-
     from ..models.families.registry import family_of_pipeline_class
+    from ..models.loading import pipeline_class_name
 
-    class_name = json.loads((run / "model_index.json").read_text()).get("_class_name", "")
+    class_name = pipeline_class_name(str(run))
     family = family_of_pipeline_class(class_name)
     if family is None:
         raise RunError(f"the run folder {run} holds a {class_name or 'pipeline of no known class'}; "

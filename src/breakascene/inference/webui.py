@@ -127,7 +127,7 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
     """
     from safetensors.torch import save_file
 
-    from ..handles import load_second_handles
+    from ..handles import embedding_files, load_second_handles
     from ..models.ldm_layout import text_layout
     from ..run_folder import HANDLES_FILE
     from .pipeline import load_pipeline
@@ -149,11 +149,9 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
             weights["v_pred"] = torch.tensor([])  # ComfyUI's own marker of a v-prediction checkpoint
     save_file(weights, str(places[kind] / f"{name}.safetensors"), metadata=metadata)
     triggers = trigger_words(info, name)
-    second = load_second_handles(run / HANDLES_FILE)
-    for k, (token, vector) in enumerate(zip(tokens, vectors)):
-        tables = {"clip_l": vector, "clip_g": second[k]} if second is not None else {EMBEDDING_KEY: vector}
-        embedding = {key: v.detach().float().reshape(1, -1).contiguous() for key, v in tables.items()}
-        save_file(embedding, str(places["embedding"] / f"{triggers[token]}.safetensors"))
+    tensors = embedding_files(vectors, load_second_handles(run / HANDLES_FILE), lambda k: EMBEDDING_KEY)
+    for token, file_tensors in zip(tokens, tensors):
+        save_file(file_tensors, str(places["embedding"] / f"{triggers[token]}.safetensors"))
     (folder / "README.md").write_text(_readme(info, format, kind, name, triggers, location))
 
 

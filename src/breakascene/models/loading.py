@@ -44,10 +44,6 @@ class Components:
     tokenizer_2: object = None  # SDXL's second tokenizer and text encoder; None for SD 1.x/2.x
     text_encoder_2: torch.nn.Module | None = None
 
-    def pipeline_components(self) -> dict:
-        """The components as the family's pipeline class (``StableDiffusionPipeline``, ...) takes them."""
-        return self.family.pipeline_components(self)
-
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -193,11 +189,17 @@ def _tiny_components(model: str, prediction_type: str | None, source: str | None
     return Components(**build_tiny_components(prediction_type=prediction_type or "epsilon"), prediction_source=source)
 
 
-def _folder_family(model: str, where: str, hub: dict) -> ModelFamily:
-    """The family of a diffusers folder or Hub repo, by its model_index.json (only that file is downloaded)."""
+def pipeline_class_name(where: str, hub: dict | None = None) -> str:
+    """The pipeline class a diffusers folder or Hub repo names in its model_index.json (for a Hub id only that
+    file is downloaded); "" when it names none."""
     from diffusers import DiffusionPipeline
 
-    class_name = DiffusionPipeline.load_config(where, **hub).get("_class_name", "")
+    return DiffusionPipeline.load_config(where, **(hub or {})).get("_class_name", "")
+
+
+def _folder_family(model: str, where: str, hub: dict) -> ModelFamily:
+    """The family of a diffusers folder or Hub repo, by :func:`pipeline_class_name`."""
+    class_name = pipeline_class_name(where, hub)
     family = family_of_pipeline_class(class_name)
     if family is None:
         supported = ", ".join(name for f in FAMILIES for name in f.pipeline_names)
@@ -255,8 +257,6 @@ def is_sdxl_model(model: str) -> bool:
     """Whether ``model`` is SDXL, told without loading weights: ``builtin:tiny-sdxl``, a single file by its keys,
     a folder (or a Hub id) by its model_index.json (a Hub id's is downloaded if not cached; offline and not
     cached: False)."""
-    import json
-
     if model == TINY_SDXL_MODEL_ID:
         return True
     if model in (TINY_MODEL_ID, SHAPES_MODEL_ID):
@@ -265,15 +265,10 @@ def is_sdxl_model(model: str) -> bool:
     try:
         if path.is_file():
             return inspect_single_file(path).family == SDXL
-        if path.is_dir():
-            index = json.loads((path / "model_index.json").read_text())
-        else:
-            from diffusers import DiffusionPipeline
-
-            index = DiffusionPipeline.load_config(model, **hub_options(model))
+        class_name = pipeline_class_name(str(path), {}) if path.is_dir() else pipeline_class_name(model, hub_options(model))
     except (OSError, ValueError):  # no such model, offline, damaged: loading it will say what is wrong
         return False
-    return family_of_pipeline_class(index.get("_class_name", "")) is STABLE_DIFFUSION_XL
+    return family_of_pipeline_class(class_name) is STABLE_DIFFUSION_XL
 
 
 def default_resolution(model: str) -> int:

@@ -140,7 +140,14 @@ def build_random_components(shape: dict, seed: int = 0, prediction_type: str = "
         norm_num_groups=32,
     )
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
+    vae = random_vae(shape, sample_size)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae,
+            "scheduler": ddim_scheduler(prediction_type)}
+
+
+def random_vae(shape: dict, sample_size: int, **extra) -> AutoencoderKL:
+    """A 4-channel VAE with four levels (it divides by 8) of ``shape``'s widths; ``extra``: more config."""
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
@@ -150,9 +157,13 @@ def build_random_components(shape: dict, seed: int = 0, prediction_type: str = "
         latent_channels=4,
         norm_num_groups=shape["vae_groups"],
         sample_size=sample_size * 8,
+        **extra,
     )
-    # SD 2.1's scheduler settings; DDIM so that 'generate' needs few steps on the tiny model.
-    scheduler = DDIMScheduler(
+
+
+def ddim_scheduler(prediction_type: str) -> DDIMScheduler:
+    """SD 2.1's (and SDXL-base's) noise schedule; DDIM so that 'generate' needs few steps on the tiny models."""
+    return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
@@ -162,7 +173,6 @@ def build_random_components(shape: dict, seed: int = 0, prediction_type: str = "
         steps_offset=1,
         prediction_type=prediction_type,
     )
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}
 
 
 def build_tiny_components(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = TINY_RESOLUTION // 8) -> dict:

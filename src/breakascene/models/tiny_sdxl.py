@@ -13,10 +13,10 @@ text states that are both encoders' penultimate layers side by side; and a 6-num
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from .tiny import build_tiny_tokenizer
+from .tiny import build_tiny_tokenizer, ddim_scheduler, random_vae
 
 TINY_SDXL_MODEL_ID = "builtin:tiny-sdxl"
 TINY_SDXL_RESOLUTION = 128
@@ -89,23 +89,9 @@ def build_sdxl_components(shape: dict = TINY_SDXL_SHAPE, seed: int = 0, predicti
         norm_num_groups=min(32, shape["unet_channels"][0]),
     )
     torch.manual_seed(seed + 3)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=shape["vae_channels"],
-        layers_per_block=shape["vae_layers"],
-        latent_channels=4,
-        norm_num_groups=shape["vae_groups"],
-        sample_size=sample_size * 8,
-        scaling_factor=0.13025,  # SDXL's VAE scale
-        force_upcast=True,  # SDXL's VAE overflows in fp16: diffusers decodes it in fp32
-    )
-    scheduler = DDIMScheduler(  # SDXL-base's betas; DDIM so that 'generate' needs few steps on the tiny model
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
-    )
+    # SDXL's VAE scale; it overflows in fp16, so diffusers decodes it in fp32 (force_upcast)
+    vae = random_vae(shape, sample_size, scaling_factor=0.13025, force_upcast=True)
+    scheduler = ddim_scheduler(prediction_type)
     return {"tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "text_encoder": text_encoder,
             "text_encoder_2": text_encoder_2, "unet": unet, "vae": vae, "scheduler": scheduler}
 
