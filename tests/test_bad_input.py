@@ -58,6 +58,12 @@ CASES = [
     (["extract", S, *TINY, "--no-union-sampling", "--subset-sampling", "all", "--out", N], ["not allowed with"]),
     (["extract", S, *TINY, "--attention-reduction", "max", "--out", N], ["--attention-reduction", "invalid choice"]),
     (["extract", S, *TINY, "--prediction-type", "x", "--out", N], ["--prediction-type", "invalid choice"]),
+    # --- extract: a --vae that can be nothing, or the wrong model's (rejected before the base model loads)
+    (["extract", S, *TINY, "--vae", N + "/vae.ckpt", "--out", N], ["--vae", "pickled"]),
+    (["extract", S, *TINY, "--vae", "no-such-vae", "--out", N], ["--vae no-such-vae", "not a Hub id"]),
+    (["extract", S, *TINY, "--vae", S, "--out", N], ["--vae", "without config.json"]),
+    (["extract", S, *TINY, "--vae", M, "--out", N], ["--vae", "not .safetensors"]),
+    (["extract", S, *TINY, "--overwrite", "--vae", S, "--out", S], ["--out", "is the scene folder"]),
     # --- extract: an --out that is, contains or lies inside an input (with --overwrite too)
     (["extract", S, *TINY, "--overwrite", "--out", S], ["--out", "is the scene folder"]),
     (["extract", S, *TINY, "--out", S + "/run"], ["lies inside the scene folder"]),

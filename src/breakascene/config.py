@@ -58,6 +58,7 @@ class ExtractConfig:
 
     # --- model and input
     model: str = DEFAULT_MODEL  # Hub id, local diffusers folder, single-file .safetensors, or "builtin:tiny"
+    vae: str | None = None  # a VAE that replaces the model's (models.vae), e.g. SDXL's fp16-fix; None: the model's
     resolution: int = 512  # square side the photo is resized/cropped to; 768 for SD 2.1 (v-prediction)
     # what the UNet predicts, "epsilon" or "v_prediction"; None: the model's own scheduler config says (for a
     # single-file checkpoint, detected from the file: see models.single_file.inspect_single_file)

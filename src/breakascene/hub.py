@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,6 +19,12 @@ from urllib.parse import urlparse
 from .errors import ConfigError
 
 CONNECT_TIMEOUT = 3.0  # seconds to wait for the Hub's host to accept a connection
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` is written like a Hub repo id, ``owner/name`` (not whether that repo exists)."""
+    return bool(_REPO_ID.match(name))
 
 
 def _offline_requested() -> bool:

@@ -59,6 +59,7 @@ class RunInfo:
     config: dict = field(default_factory=dict)  # ExtractConfig.to_dict()
     versions: dict[str, str] = field(default_factory=dict)
     pipeline: str = "StableDiffusionPipeline"  # the family's diffusers pipeline class (runs before SDXL: this)
+    vae: str | None = None  # extract --vae: the VAE that replaced the base model's (a LoRA run loads it again)
 
     @property
     def is_sdxl(self) -> bool:
@@ -88,6 +89,7 @@ class RunInfo:
             "format_version": FORMAT_VERSION,
             "base_model": self.base_model,
             "pipeline": self.pipeline,
+            "vae": self.vae,
             "resolution": self.resolution,
             "prediction_type": self.prediction_type,
             "lora": lora,
@@ -131,6 +133,7 @@ class RunInfo:
                 config=data.get("config", {}),
                 versions=data.get("versions", {}),
                 pipeline=data.get("pipeline", "StableDiffusionPipeline"),
+                vae=data.get("vae"),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise RunError(f"{source} is damaged (no usable {error}); extract the scene again") from error

@@ -45,9 +45,11 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", help="SD 1.x/2.x or SDXL (detected): Hub id, diffusers folder, .safetensors file, "
                    "builtin:shapes (a small model that knows the shapes world; its scaled settings become the defaults), "
                    f"builtin:tiny or builtin:tiny-sdxl (random) (default: {DEFAULT_MODEL})")
+    p.add_argument("--vae", metavar="ID_OR_PATH", help="replace the model's VAE: a Hub id, a diffusers folder or a "
+                   ".safetensors file, e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16 (recorded in scene.json)")
     p.add_argument("--resolution", type=int, help="square size the photo is resized and centre-cropped to (default: the "
-                   "model's native size where known without loading it: 512 for SD 2.1-base, 768 for SD 2.1, 64 for "
-                   "builtin:shapes, 128 for builtin:tiny; else 512)")
+                   "model's native size where known without loading it: 512 for SD 2.1-base, 768 for SD 2.1, 1024 for "
+                   "SDXL, 64 for builtin:shapes, 128 for builtin:tiny; else 512)")
     p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], help="what the UNet predicts; by default "
                    "the model's scheduler says, and for a single .safetensors file it is detected from the file "
                    "(SD 2.x-base: epsilon, SD 2.x 768: v_prediction)")
@@ -113,7 +115,7 @@ def run_extract(args) -> int:
     from ..scene import load_scene, load_scene_folder
 
     fields = (
-        "model resolution prediction_type names init_words background phase1_steps phase2_steps phase1_lr phase2_lr lambda_attn "
+        "model vae resolution prediction_type names init_words background phase1_steps phase2_steps phase1_lr phase2_lr lambda_attn "
         "normalize_by_mask_area seed device prior_preservation class_prompt "
         "class_images num_class_images phase1 masked_loss attention_loss subset_sampling attention_reduction "
         "checkpoint_every report_to"

@@ -107,7 +107,7 @@ MEMORY_FIELDS = "mixed_precision gradient_checkpointing use_8bit_adam optimizer_
 def local_models(args) -> list[tuple[str, Path]]:
     """The model folders or files of the command that exist on disk (Hub ids are not paths)."""
     found = []
-    for what, name in (("model", "model"), ("SAM model", "sam_model"), ("detector model", "detector_model")):
+    for what, name in (("model", "model"), ("VAE", "vae"), ("SAM model", "sam_model"), ("detector model", "detector_model")):
         value = getattr(args, name, None)
         if value and Path(value).expanduser().exists():
             found.append((what, Path(value).expanduser()))

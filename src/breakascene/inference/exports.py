@@ -51,7 +51,7 @@ def _ti_readme(tokens: list[str], files: list[str], info: RunInfo, location: Pat
     """The textual-inversion export's README; ``location`` is where the export ends up (absolute)."""
     if info.is_sdxl:
         return _ti_readme_sdxl(tokens, files, info, location, run)
-    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type)
+    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, vae=info.vae)
 
     def head(*more_imports: str) -> str:  # each block runs on its own (a token can be added only once)
         return "\n".join(["from pathlib import Path", "", *imports, *more_imports, "",
@@ -95,7 +95,7 @@ Do not give `handles.safetensors` itself to `load_textual_inversion`: it would r
 
 def _ti_readme_sdxl(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
     """The README of an SDXL run's textual-inversion export: each file holds ``clip_l`` and ``clip_g``."""
-    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline)
+    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
     code = "\n".join(["from pathlib import Path", "", *imports, "from safetensors.torch import load_file", "",
                       f"export = Path({python_literal(str(location))})  # this folder; change it if you move it", "",
                       *make_pipe,

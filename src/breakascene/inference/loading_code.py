@@ -15,9 +15,10 @@ def python_literal(text: str) -> str:
 
 
 def base_pipeline_lines(base_model: str, prediction_type: str | None = None,
-                        pipeline: str = "StableDiffusionPipeline") -> tuple[list[str], list[str]]:
+                        pipeline: str = "StableDiffusionPipeline", vae: str | None = None) -> tuple[list[str], list[str]]:
     """Python that makes ``pipe``, the run's base model as a stock ``pipeline`` (the run's diffusers pipeline
-    class, ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``): (imports, lines).
+    class, ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``) with the run's ``--vae`` if it had one:
+    (imports, lines).
 
     ``builtin:tiny`` and ``builtin:tiny-sdxl`` are not Hub ids: they are built in code (with the run's
     prediction type); ``builtin:shapes`` is the package's own folder. A ``.safetensors`` file is loaded with
@@ -27,6 +28,26 @@ def base_pipeline_lines(base_model: str, prediction_type: str | None = None,
 
     Raises nothing for a base model that is gone or damaged: the lines then name it as scene.json does.
     """
+    imports, lines = _base_model_lines(base_model, prediction_type, pipeline)
+    if vae is None:
+        return imports, lines
+    return imports + ["from diffusers import AutoencoderKL"], lines + vae_lines(vae, base_model, prediction_type)
+
+
+def vae_lines(vae: str, base_model: str, prediction_type: str | None = None) -> list[str]:
+    """Python that puts the run's ``--vae`` into ``pipe`` (a single file takes the base model's VAE config)."""
+    path = Path(vae).expanduser()
+    where = python_literal(os.path.abspath(path)) if path.exists() else python_literal(vae)
+    if path.suffix == ".safetensors":
+        return ["# the VAE this run used (extract --vae); a single file takes the base model's VAE config",
+                f"vae_config = {single_file_config(base_model, prediction_type)}",
+                f"pipe.vae = AutoencoderKL.from_single_file({where}, config=vae_config, subfolder=\"vae\")"]
+    subfolder = ', subfolder="vae"' if path.is_dir() and not (path / "config.json").is_file() else ""
+    return ["# the VAE this run used (extract --vae)",
+            f"pipe.vae = AutoencoderKL.from_pretrained({where}{subfolder})"]
+
+
+def _base_model_lines(base_model: str, prediction_type: str | None, pipeline: str) -> tuple[list[str], list[str]]:
     from ..models.shapes import SHAPES_MODEL_ID
     from ..models.single_file import inspect_single_file, single_file_config_source
     from ..models.tiny import TINY_MODEL_ID
@@ -64,3 +85,25 @@ def base_pipeline_lines(base_model: str, prediction_type: str | None = None,
                          f"prediction_type={python_literal(prediction_type)})")
         return imports, lines
     return imports, [f"pipe = {pipeline}.from_pretrained({where})"]
+
+
+def single_file_config(base_model: str, prediction_type: str | None = None) -> str:
+    """A Python expression for ``from_single_file``'s ``config``: the base model's diffusers folder or Hub id
+    (for a single-file base model, the config breakascene loaded it with)."""
+    from ..models.shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
+    from ..models.single_file import inspect_single_file, single_file_config_source
+    from ..models.tiny import TINY_MODEL_ID
+    from ..models.tiny_sdxl import TINY_SDXL_MODEL_ID
+
+    if base_model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
+        return f'"DIFFUSERS_FOLDER"  # {base_model} is built in code: save_pretrained() it and name that folder'
+    if base_model == SHAPES_MODEL_ID:
+        return python_literal(str(SHAPES_FOLDER))
+    path = Path(base_model).expanduser()
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            info = inspect_single_file(path, prediction_type)
+            return python_literal(single_file_config_source(info.family, info.prediction_type))
+        except ConfigError:
+            pass
+    return python_literal(str(path.resolve()) if path.exists() else base_model)

@@ -117,7 +117,7 @@ def load_lora_run(run: Path, info: RunInfo):
     from ..models.loading import load_components
     from ..run_folder import HANDLES_FILE
 
-    components = load_components(info.base_model, prediction_type=info.prediction_type)
+    components = load_components(info.base_model, prediction_type=info.prediction_type, vae=info.vae)
     pipe = components.family.make_pipeline(components)
     tokens, vectors = load_handles(run / HANDLES_FILE)
     pipe.load_textual_inversion(vectors, token=tokens)

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import ConfigError, RunError
 from ..run_info import RunInfo
-from .loading_code import base_pipeline_lines, python_literal
+from .loading_code import base_pipeline_lines, python_literal, single_file_config
 
 WEBUI_FORMATS = ("comfyui", "a1111", "kohya")
 
@@ -170,6 +170,11 @@ def _readme(info: RunInfo, format: str, kind: str, name: str, triggers: dict[str
                  else f"Select `{name}.safetensors` as the checkpoint")
     prompt = f"a photo of {first} at the beach"
     te_keys = "`lora_te1_*`, `lora_te2_*`" if info.is_sdxl else "`lora_te_*`"
+    vae_note = ""
+    if info.vae:
+        vae_note = (f"This run replaced the base model's VAE with `{info.vae}` (`extract --vae`). " + (
+            "Use it with the LoRA: **Load VAE** in ComfyUI (the file in `models/vae/`), the *SD VAE* setting in "
+            "A1111/Forge (the file in `models/VAE/`)." if lora else "The checkpoint holds that VAE.") + "\n\n")
     return f"""# Break-A-Scene run `{name}` for ComfyUI, A1111 and Forge
 
 This folder is laid out like {"a kohya sd-scripts output (flat)" if format == "kohya" else
@@ -185,7 +190,7 @@ f"the {'ComfyUI' if format == 'comfyui' else 'A1111/Forge'} folder: copy its con
 |---|---|---|
 {table}
 
-**The handles only work with the weights they were trained with:** {"this LoRA on " + base if lora else
+{vae_note}**The handles only work with the weights they were trained with:** {"this LoRA on " + base if lora else
 "this checkpoint"}. Phase 2 of Break-A-Scene trains them together with the {"LoRA" if lora else "model"}; with
 other weights they give at best a rough likeness.
 
@@ -211,7 +216,7 @@ def _diffusers_code(info: RunInfo, lora: bool, here: dict[str, str], name: str, 
     weights = f"{here['lora' if lora else 'checkpoint']}{name}.safetensors"
     export = f"export = Path({python_literal(str(location))})  # this folder; change it if you move it"
     if lora:
-        imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline)
+        imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
         make_pipe = [*make_pipe, f"pipe.load_lora_weights(str(export / {python_literal(weights)}))"]
     else:
         imports = [f"from diffusers import {info.pipeline}"]
@@ -235,25 +240,3 @@ def _diffusers_code(info: RunInfo, lora: bool, here: dict[str, str], name: str, 
                       for f, w in zip(files, triggers.values())]
     return "\n".join(["from pathlib import Path", "", *imports, "", export, "", *make_pipe, *embeddings,
                       f"image = pipe({python_literal(prompt)}).images[0]"])
-
-
-def single_file_config(base_model: str, prediction_type: str | None = None) -> str:
-    """A Python expression for ``from_single_file``'s ``config``: the base model's diffusers folder or Hub id
-    (for a single-file base model, the config breakascene loaded it with)."""
-    from ..models.shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
-    from ..models.single_file import inspect_single_file, single_file_config_source
-    from ..models.tiny import TINY_MODEL_ID
-    from ..models.tiny_sdxl import TINY_SDXL_MODEL_ID
-
-    if base_model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
-        return f'"DIFFUSERS_FOLDER"  # {base_model} is built in code: save_pretrained() it and name that folder'
-    if base_model == SHAPES_MODEL_ID:
-        return python_literal(str(SHAPES_FOLDER))
-    path = Path(base_model).expanduser()
-    if path.suffix == ".safetensors" and path.is_file():
-        try:
-            info = inspect_single_file(path, prediction_type)
-            return python_literal(single_file_config_source(info.family, info.prediction_type))
-        except ConfigError:
-            pass
-    return python_literal(str(path.resolve()) if path.exists() else base_model)

@@ -6,14 +6,13 @@ file is recognised in :mod:`.single_file`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError, RunError, first_line
-from ..hub import hub_options, not_downloadable
+from ..hub import hub_options, is_hub_id, not_downloadable
 from ..run_folder import check_pipeline_folder
 from ..quiet import quiet_libraries
 from .families import ModelFamily
@@ -24,11 +23,9 @@ from .single_file import SD2, SDXL, check_prediction_type, inspect_single_file, 
 from .shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
 from .tiny import TINY_MODEL_ID, build_tiny_components
 from .tiny_sdxl import TINY_SDXL_MODEL_ID, TINY_SDXL_RESOLUTION, build_tiny_sdxl_components
+from .vae import check_vae_reference, load_vae
 
 quiet_libraries()  # every path that loads, trains or saves a model comes through this module
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
 
 @dataclass
 class Components:
@@ -75,7 +72,7 @@ def check_model_reference(model: str) -> None:
         if path.is_dir() and not (path / "model_index.json").is_file():
             raise ConfigError(f"--model {model} is a folder without model_index.json; is it a diffusers pipeline folder?")
         return
-    if path.suffix == ".safetensors" or not _HUB_ID.match(model):
+    if path.suffix == ".safetensors" or not is_hub_id(model):
         raise ConfigError(f"--model {model}: no such file or folder, and not a Hub id like 'owner/name'")
 
 
@@ -95,16 +92,18 @@ def _with_prediction_type(scheduler, prediction_type: str):
 
 
 def load_components(
-    model: str, *, torch_dtype: torch.dtype = torch.float32, prediction_type: str | None = None
+    model: str, *, torch_dtype: torch.dtype = torch.float32, prediction_type: str | None = None,
+    vae: str | None = None,
 ) -> Components:
     """Loads the base model on the CPU. A Hub id needs network access the first time (then it is cached).
 
     Args:
-        model: a Hub id, a diffusers folder, a single ``.safetensors`` file (SD 1.x / 2.x), ``builtin:tiny`` or
-            ``builtin:shapes`` (the shipped folder, :mod:`.shapes`).
+        model: a Hub id, a diffusers folder, a single ``.safetensors`` file (SD 1.x / 2.x / SDXL),
+            ``builtin:tiny``, ``builtin:tiny-sdxl`` or ``builtin:shapes`` (the shipped folder, :mod:`.shapes`).
         torch_dtype: the weights' dtype.
         prediction_type: ``"epsilon"`` or ``"v_prediction"`` to override the model's; None to keep the
             folder's own value, or for a single file to detect it (see :func:`inspect_single_file`).
+        vae: ``--vae``, a VAE that replaces the model's (:func:`.vae.load_vae`); None keeps the model's.
 
     Returns:
         The components; ``prediction_source`` says where the prediction type came from (None for the tiny
@@ -112,6 +111,15 @@ def load_components(
         config files are downloaded from the Hub once) and its scheduler gets the detected prediction type.
     """
     check_model_reference(model)
+    if vae is not None:
+        check_vae_reference(vae)  # before the base model is loaded, which can take minutes
+    components = _load_base_components(model, torch_dtype, prediction_type)
+    if vae is not None:
+        components.vae = load_vae(vae, like=components.vae).to(dtype=torch_dtype)
+    return components
+
+
+def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type: str | None) -> Components:
     requested = check_prediction_type(prediction_type)
     source = "from --prediction-type" if requested is not None else None
     if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):

@@ -16,6 +16,7 @@ from ..config import ExtractConfig
 from ..errors import ConfigError, SceneError
 from ..handles import Handle, make_handles
 from ..models.loading import Components, check_device, check_model_reference
+from ..models.vae import check_vae_reference
 from ..run_folder import check_clear_of_inputs
 from ..scene import Scene
 from .log import check_tracker
@@ -73,9 +74,13 @@ def preflight(
         )
     if components is None:
         check_model_reference(config.model)
+    if config.vae is not None:
+        check_vae_reference(config.vae)
     model_path = Path(config.model).expanduser() if components is None else None
+    vae_path = Path(config.vae).expanduser() if config.vae is not None else None
     check_clear_of_inputs(out, [("class images", config.class_images),
-                                ("model", model_path if model_path is not None and model_path.exists() else None)])
+                                ("model", model_path if model_path is not None and model_path.exists() else None),
+                                ("VAE", vae_path if vae_path is not None and vae_path.exists() else None)])
     device = resolve_device(config)
     check_tracker(config.report_to)
     return Plan(config, out, handles, device, model_path, overwrite, resume)

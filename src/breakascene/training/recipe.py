@@ -31,6 +31,7 @@ import torch
 from ..config import ExtractConfig
 from ..handles import Handle
 from ..models.loading import Components, load_components
+from ..models.vae import load_vae
 from ..run_folder import CHECKPOINT_DIR, finalize, prepare_output, run_lock
 from ..scene import Scene
 from .checkpoint import check_resume, load_checkpoint_tensors, read_checkpoint_state, training_inputs
@@ -149,13 +150,16 @@ def _warn_if_phase2_cannot_fit(config: ExtractConfig, components: Components, de
 def _ready_components(config: ExtractConfig, components: Components | None) -> Components:
     """``config.model`` loaded (or the given components), with the prediction type the config asks for."""
     if components is None:
-        components = load_components(config.model, prediction_type=config.prediction_type)
+        components = load_components(config.model, prediction_type=config.prediction_type, vae=config.vae)
         if Path(config.model).expanduser().is_file():  # a single file's prediction type is a decision: say it
             print(f"{config.model}: {components.prediction_type} ({components.prediction_source}); "
                   "--prediction-type changes it", file=sys.stderr)
-    elif config.prediction_type and components.prediction_type != config.prediction_type:
-        scheduler = components.scheduler
-        components.scheduler = type(scheduler).from_config(scheduler.config, prediction_type=config.prediction_type)
+    else:
+        if config.prediction_type and components.prediction_type != config.prediction_type:
+            scheduler = components.scheduler
+            components.scheduler = type(scheduler).from_config(scheduler.config, prediction_type=config.prediction_type)
+        if config.vae is not None:
+            components.vae = load_vae(config.vae, like=components.vae)
     if components.native_resolution != config.resolution:
         warnings.warn(
             f"the model's native resolution is {components.native_resolution} px but --resolution is "

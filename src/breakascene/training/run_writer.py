@@ -74,6 +74,7 @@ def write_run(partial: Path, scene: Scene, config: ExtractConfig, components: Co
         lora = LoraInfo(config.lora_rank, alpha, LORA_WEIGHTS_FILE, *(text_lora_files + [None, None])[:2])
     RunInfo(
         base_model=config.model,
+        vae=config.vae,
         pipeline=c.family.pipeline_class.__name__,
         resolution=config.resolution,
         prediction_type=c.prediction_type,
