@@ -104,6 +104,9 @@ CASES = [
      ["--guidance", "finite"]),
     (["eval", "run", "--scenes", "{scenes}", "--method", "ours", *TINY, "--overwrite", "--out", "{scenes}"],
      ["is the scenes folder"]),
+    # (without --resolution the model's native size is looked up first: a bad --model is still one line)
+    (["eval", "run", "--scenes", "{scenes}", "--method", "ours", "--model", N + "/model", "--out", N],
+     ["--model", "no such file or folder"]),
     (["eval", "report", R, "--overwrite", "--out", R + "/.."], ["contains the results folder"]),
 ]
 

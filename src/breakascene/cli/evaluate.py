@@ -65,7 +65,8 @@ def add_run_parser(sub) -> None:
                    help="the method to train (checked by the run, so a wrong name is a one-line error)")
     r.add_argument("--out", required=True, metavar="DIR", help="the results folder (shared by all methods)")
     r.add_argument("--model", help="base model: Hub id, diffusers folder, .safetensors or builtin:tiny (default: SD 2.1-base)")
-    r.add_argument("--resolution", type=int, default=512, help="training and image size (default: 512)")
+    r.add_argument("--resolution", type=int, help="training and image size (default: the model's native size, as "
+                   "for extract: 512 for SD 2.1-base, 1024 for SDXL)")
     r.add_argument("--phase1-steps", type=int, default=400, help="(default: 400; every method uses the same steps)")
     r.add_argument("--phase2-steps", type=int, default=400, help="(default: 400)")
     r.add_argument("--phase1-lr", type=finite_float, default=5e-4, help="(default: 5e-4; every method uses the same rates)")
@@ -133,9 +134,14 @@ def run_run(args) -> int:
     from ..config import DEFAULT_MODEL
     from ..evaluation.run import run_eval
     from ..evaluation.settings import EvalSettings
+    from ..models.loading import check_model_reference, default_resolution
 
+    model = args.model or DEFAULT_MODEL
+    if args.resolution is None:
+        check_model_reference(model)
+        args.resolution = default_resolution(model)
     settings = EvalSettings(
-        method=args.method, model=args.model or DEFAULT_MODEL, resolution=args.resolution,
+        method=args.method, model=model, resolution=args.resolution,
         phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, phase1_lr=args.phase1_lr,
         phase2_lr=args.phase2_lr, seed=args.seed, templates=args.templates, images_per_prompt=args.images_per_prompt,
         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, prompts_per_batch=args.prompts_per_batch,
