@@ -33,6 +33,17 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def bitwise_reproducible():
+    """One torch thread for a test that compares two trainings bit for bit. With two, oneDNN's CPU kernels may
+    sum partial results in an order set by thread timing (its default allows that), so on a loaded machine two
+    runs of the same steps can differ in the last bit; with one thread they cannot. Restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def scene128():
     """The shapes scene at 128 px, the tiny model's native size."""
     return shapes_scene(128)

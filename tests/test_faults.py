@@ -61,8 +61,9 @@ def _extract_process(scene: Path, out: Path, steps: list[str] = STEPS) -> subpro
     main = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
             "from breakascene.cli import main; sys.exit(main(sys.argv[1:]))")
     argv = [sys.executable, "-c", main, "extract", str(scene), *TINY64, *steps, "--out", str(out)]
-    # (as many threads as this process uses, so that the killed and the resumed halves compute alike)
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # One thread, so that the killed, the resumed and the uninterrupted runs compute bit for bit alike: with two,
+    # oneDNN may sum partial results in an order set by thread timing, and on a loaded machine (CI) they differed.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -163,7 +163,7 @@ class _Kill(Exception):
 
 @pytest.mark.slow  # three SDXL runs each (about 4 s): `make test-slow`; SD's resume test runs by default
 @pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
-def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, lora_rank):
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(bitwise_reproducible, tmp_path, lora_rank):
     cfg = sdxl_config(phase1_steps=2, phase2_steps=3, phase2_lr=1e-4, checkpoint_every=2, lora_rank=lora_rank,
                       lora_text_encoder=bool(lora_rank))
     extract(shapes_scene(), cfg, tmp_path / "straight", components=sdxl(), progress=False)
