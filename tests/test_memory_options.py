@@ -134,13 +134,18 @@ def test_low_vram_choices_per_machine():
     assert low_vram_options("cuda", False, True)[0]["mixed_precision"] == "fp16"
     options, notes = low_vram_options("cpu", True, True)
     assert options["use_8bit_adam"] is False and any("8-bit Adam needs CUDA" in n for n in notes)
+    # a CPU without native bf16 (AVX2 only) stays in fp32, and says why
+    options, notes = low_vram_options("cpu", False, False)
+    assert options["mixed_precision"] == "no" and any("no native bf16" in n for n in notes)
     # the user's own flags win over the preset's choices
     cfg = ExtractConfig.from_preset("paper", **with_low_vram(dict(low_vram=True, device="cpu", mixed_precision="no")))
     assert cfg.mixed_precision == "no" and cfg.gradient_checkpointing and not cfg.train_text_encoder
 
 
-def test_low_vram_extract_through_the_cli_says_what_it_chose(tmp_path, capsys):
+def test_low_vram_extract_through_the_cli_says_what_it_chose(tmp_path, capsys, monkeypatch):
     from breakascene.examples import write_shapes_example
+
+    monkeypatch.setattr(memory, "cpu_has_fast_bf16", lambda: True)  # a CPU with AVX512-BF16, whatever runs this
 
     scene = write_shapes_example(tmp_path / "shapes")
     code = main(["extract", str(scene), "--model", "builtin:tiny", "--resolution", "128", "--phase1-steps", "1",
@@ -250,3 +255,14 @@ def test_extract_warns_before_a_phase2_that_cannot_fit(tmp_path, scene128, monke
     assert "warning: phase 2 needs at least" in capsys.readouterr().err
     extract(scene128, tiny_config(phase2_steps=0), tmp_path / "run1", components=tiny(), progress=False)
     assert "phase 2" not in capsys.readouterr().err  # no phase 2, nothing to warn about
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch):
+    from breakascene.training.preflight import resolve_device
+
+    monkeypatch.setattr(memory, "cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="hundreds of times slower"):
+        resolve_device(ExtractConfig(device="cpu", mixed_precision="bf16"))
+    assert memory.machine_facts("cpu")[1] is False
+    monkeypatch.setattr(memory, "cpu_has_fast_bf16", lambda: True)
+    assert memory.machine_facts("cpu")[1] is True

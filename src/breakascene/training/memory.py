@@ -16,7 +16,7 @@ from . import optional_bnb
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 LOW_VRAM_OPTIONS = {
-    "mixed_precision": "bf16",  # fp16 where the GPU has no bf16 (see low_vram_options)
+    "mixed_precision": "bf16",  # fp16 on a GPU without bf16, fp32 on a CPU without it (see low_vram_options)
     "gradient_checkpointing": True,
     "use_8bit_adam": True,
     "train_text_encoder": False,
@@ -94,13 +94,26 @@ def store_frozen_weights_in_half(models: list[torch.nn.Module], mixed_precision:
                 p.data = p.data.float()
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so that oneDNN runs bf16 convolutions.
+
+    Without it PyTorch falls back to reference kernels. Measured on a 2-core AVX2 EPYC (torch 2.13): a 320-channel
+    3x3 convolution at 64x64 took 29 s in bf16 against 0.056 s in fp32, a 1280-wide linear layer 5.5x longer.
+    """
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)  # (PyTorch's own test for it)
+    return True if check is None else bool(check())
+
+
 def machine_facts(device: str | None) -> tuple[str, bool, bool]:
-    """(device type, bf16 supported, bitsandbytes installed) for ``--device`` (None: the default device)."""
+    """(device type, fast bf16, bitsandbytes installed) for ``--device`` (None: the default device)."""
     if device:
         device_type = device.split(":")[0]
     else:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16 = device_type != "cuda" or (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device_type == "cuda":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        bf16 = device_type != "cpu" or cpu_has_fast_bf16()
     return device_type, bf16, optional_bnb.installed()
 
 
@@ -125,9 +138,12 @@ def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_availa
     options, notes = dict(LOW_VRAM_OPTIONS), []
     if device_type == "cuda" and not bf16_supported:
         options["mixed_precision"] = "fp16"
-    if device_type == "cpu" and options["mixed_precision"] == "fp16":
-        options["mixed_precision"] = "bf16"
-    notes.append(f"mixed precision {options['mixed_precision']}: frozen weights stored in it, autocast compute")
+    if device_type != "cuda" and not bf16_supported:
+        options["mixed_precision"] = "no"
+        notes.append("fp32: this CPU has no native bf16 (AVX512-BF16 or AMX), and bf16 convolutions would run "
+                     "hundreds of times slower")
+    else:
+        notes.append(f"mixed precision {options['mixed_precision']}: frozen weights stored in it, autocast compute")
     notes.append("gradient checkpointing: activations are recomputed in the backward pass")
     if device_type == "cuda" and bitsandbytes_available:
         notes.append("8-bit Adam (bitsandbytes): optimiser state 1.7 GB instead of 6.9 GB")

@@ -91,6 +91,9 @@ def resolve_device(config: ExtractConfig) -> torch.device:
     device = check_device(config.device)
     if config.mixed_precision == "fp16" and device.type == "cpu":
         raise ConfigError("--mixed-precision fp16 needs a GPU; use bf16 or no on the CPU")
+    if config.mixed_precision == "bf16" and device.type == "cpu" and not memory.cpu_has_fast_bf16():
+        warnings.warn("--mixed-precision bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): its convolutions "
+                      "run hundreds of times slower than in fp32 here; --mixed-precision no is faster")
     if config.use_8bit_adam:
         memory.load_bitsandbytes(device)  # fail before any weights are loaded
     return device
