@@ -127,27 +127,41 @@ def resolve_init_words(tokenizer, handles: list[Handle], default: str | None = N
     return [dataclasses.replace(h, init_word=next(words)) if h.init_word is None else h for h in handles]
 
 
-def add_handle_tokens(tokenizer, handles: list[Handle]) -> list[int]:
-    """Adds one token per handle to ``tokenizer`` and returns their ids (in ``handles`` order).
+def add_handle_tokens(tokenizer, tokens: list[str]) -> list[int]:
+    """Adds one token per handle (``tokens``: "<asset0>", ...) to ``tokenizer``; returns their ids, in order.
+
+    A token takes the space before it (``lstrip``): a SentencePiece tokenizer (FLUX's T5) would otherwise turn the
+    space before "<asset0>" into a token of its own. BPE tokenizers (CLIP) drop that space anyway.
 
     Raises:
         ConfigError: a handle's token already means something to the tokenizer, or does not stay one token.
     """
-    for handle in handles:
-        existing = tokenizer.convert_tokens_to_ids(handle.token)
+    from transformers import AddedToken
+
+    for token in tokens:
+        existing = tokenizer.convert_tokens_to_ids(token)
         if existing is not None and existing != tokenizer.unk_token_id:
-            raise ConfigError(
-                f"{handle.token} is already a token of this model's tokenizer; choose another --names entry"
-            )
-    added = tokenizer.add_tokens([h.token for h in handles])
-    if added != len(handles):
-        raise ConfigError(f"could not add all handle tokens {[h.token for h in handles]} to the tokenizer")
-    ids = tokenizer.convert_tokens_to_ids([h.token for h in handles])
-    for handle, token_id in zip(handles, ids):
-        pieces = tokenizer(handle.token, add_special_tokens=False).input_ids
+            raise ConfigError(f"{token} is already a token of this model's tokenizer; choose another --names entry")
+    added = tokenizer.add_tokens([AddedToken(token, lstrip=True) for token in tokens])
+    if added != len(tokens):
+        raise ConfigError(f"could not add all handle tokens {tokens} to the tokenizer")
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    for token, token_id in zip(tokens, ids):
+        pieces = tokenizer(token, add_special_tokens=False).input_ids
         if pieces != [token_id]:
-            raise ConfigError(f"{handle.token} does not tokenize to a single new token; choose a simpler name")
+            raise ConfigError(f"{token} does not tokenize to a single new token; choose a simpler name")
     return list(ids)
+
+
+def add_learned_handles(tokenizer, text_encoder, tokens: list[str], vectors: torch.Tensor) -> None:
+    """A finished run's handles put into a base model (a LoRA run is loaded this way): each token added as in
+    training (:func:`add_handle_tokens`), the encoder's table grown, and the token's row set to its learned
+    vector. ``vectors``: (K, dim), in ``tokens`` order."""
+    ids = add_handle_tokens(tokenizer, tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    table = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        table[ids] = vectors.to(table.device, table.dtype)
 
 
 def init_word_embedding(tokenizer, embedding: nn.Embedding, word: str) -> torch.Tensor:
@@ -204,7 +218,7 @@ def attach_handles(tokenizer, text_encoder, handles: list[Handle]) -> HandleEmbe
     """
     if any(h.init_word is None for h in handles):
         raise ValueError("resolve_init_words() first: every handle needs its init word")
-    ids = add_handle_tokens(tokenizer, handles)
+    ids = add_handle_tokens(tokenizer, [h.token for h in handles])
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set below
     base = text_encoder.get_input_embeddings()
     init = torch.stack([init_word_embedding(tokenizer, base, h.init_word) for h in handles])
@@ -226,6 +240,14 @@ def attach_handles_to_each(tokenizers: list, text_encoders: list, handles: list[
     if any(e.handle_ids.tolist() != ids for e in embeddings):
         raise RunError("the model's tokenizers gave the handles different ids; their vocabularies differ")
     return embeddings
+
+
+def layer_parameters(text_encoder) -> list[tuple[str, nn.Parameter]]:
+    """Every named parameter of a text encoder but its token table's (with the handle vectors, when attached):
+    what a full phase 2 trains, so that ordinary words keep their meaning. Found by module, not by name, since
+    each encoder names its table its own way (CLIP ``token_embedding``, T5 ``shared``, tied to its encoder's)."""
+    table = {id(p) for p in text_encoder.get_input_embeddings().parameters()}
+    return [(name, p) for name, p in text_encoder.named_parameters() if id(p) not in table]
 
 
 def merge_handles(text_encoder) -> torch.Tensor:

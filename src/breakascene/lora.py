@@ -1,7 +1,9 @@
 """LoRA adapters for a parameter-efficient phase 2 (``extract --lora-rank``): add, save, and merge back.
 
-The UNet's adapters are saved in diffusers' LoRA format (``pipe.load_lora_weights(run)`` finds them); the text
-encoder's go through peft directly and are saved with peft's own keys (see :func:`add_text_encoder_lora`).
+The denoiser's adapters (the UNet's, or FLUX's transformer's) are saved in diffusers' LoRA format
+(``pipe.load_lora_weights(run)`` finds them); the text encoders' go through peft directly and are saved with peft's
+own keys (see :func:`add_text_encoder_lora`). Which modules get adapters is the model family's choice
+(``ModelFamily.lora_targets``); these are SD's and SDXL's.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ from .errors import RunError
 LORA_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection, as diffusers' LoRA scripts
 LORA_TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name: pipe.load_lora_weights(run) finds it
-TEXT_LORA_FILE = "text_encoder_lora.safetensors"  # peft's own keys; see save_lora for why not diffusers' file
-TEXT_2_LORA_FILE = "text_encoder_2_lora.safetensors"  # SDXL's second text encoder, the same way
+TEXT_LORA_FILE = "{name}_lora.safetensors"  # per text encoder, peft's own keys; see save_lora for why not diffusers'
 
 
-def add_text_encoder_lora(text_encoder, rank: int, alpha: float) -> None:
-    """LoRA on the text encoder's attention projections, through peft directly.
+def add_text_encoder_lora(text_encoder, rank: int, alpha: float, targets: list[str] = LORA_TEXT_TARGETS) -> None:
+    """LoRA on the text encoder's attention projections (``targets``), through peft directly.
 
     transformers' own ``add_adapter``/``load_adapter`` (which diffusers' text-encoder LoRA loading calls) refuse
     peft releases older than the one transformers 5.24 asks for, which is not on PyPI yet; peft's
@@ -28,21 +29,23 @@ def add_text_encoder_lora(text_encoder, rank: int, alpha: float) -> None:
     """
     from peft import LoraConfig, inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_TEXT_TARGETS)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
     inject_adapter_in_model(config, text_encoder)
 
 
-def add_lora(unet, text_encoders: list, rank: int, alpha: float, *, on_text_encoder: bool) -> None:
-    """LoRA adapters (peft) on the UNet's attention projections, and optionally every text encoder's; all frozen.
+def add_lora(unet, text_encoders: list, rank: int, alpha: float, *, on_text_encoder: bool,
+             targets: list[str] = LORA_UNET_TARGETS, text_targets: list[str] = LORA_TEXT_TARGETS) -> None:
+    """LoRA adapters (peft) on the denoiser's ``targets``, and optionally every text encoder's ``text_targets``;
+    all frozen.
 
     The adapters' B matrices start at zero, so the model is unchanged until phase 2 trains them; phase 1
     runs with them in place (frozen).
     """
     from peft import LoraConfig
 
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_UNET_TARGETS))
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets))
     for text_encoder in text_encoders if on_text_encoder else []:
-        add_text_encoder_lora(text_encoder, rank, alpha)
+        add_text_encoder_lora(text_encoder, rank, alpha, text_targets)
     for model in (unet, *text_encoders):
         model.requires_grad_(False)
 
@@ -52,32 +55,38 @@ def lora_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if "lora_" in name}
 
 
-def save_lora(folder: Path, pipeline_class, unet, text_encoders: list, rank: int, alpha: float) -> list[str]:
-    """Writes the UNet's adapters as ``pytorch_lora_weights.safetensors`` (float32), the format
-    ``pipeline_class.load_lora_weights`` reads, and each of ``text_encoders`` (empty: not trained) its adapters
-    as :data:`TEXT_LORA_FILE` (:data:`TEXT_2_LORA_FILE` for a second), which :func:`merge_text_encoder_lora`
-    loads back. Returns the text encoders' file names."""
+def save_lora(folder: Path, pipeline_class, denoiser_name: str, unet, text_encoders: list[tuple[str, object]],
+              rank: int, alpha: float, text_targets: list[str] = LORA_TEXT_TARGETS) -> list[str]:
+    """Writes the denoiser's adapters as ``pytorch_lora_weights.safetensors`` (float32), the format
+    ``pipeline_class.load_lora_weights`` reads (``denoiser_name``: "unet" or "transformer"), and each of
+    ``text_encoders`` ((name, model) pairs; empty: not trained) its adapters as :data:`TEXT_LORA_FILE`, which
+    :func:`merge_text_encoder_lora` loads back. Returns the text encoders' file names."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     def layers(model):
-        return {k: v.float() for k, v in convert_state_dict_to_diffusers(get_peft_model_state_dict(model)).items()}
+        # The key layout diffusers' own training scripts write: the UNet scripts convert peft's lora_A/lora_B
+        # names to diffusers' lora.down/lora.up, the FLUX script keeps peft's (which ComfyUI reads as they are).
+        state = get_peft_model_state_dict(model)
+        return {k: v.float() for k, v in (convert_state_dict_to_diffusers(state) if denoiser_name == "unet" else state).items()}
 
     pipeline_class.save_lora_weights(
         folder,
-        unet_lora_layers=layers(unet),
-        # rank and alpha travel in the file, so loading needs no flags
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         weight_name=LORA_WEIGHTS_FILE,
         safe_serialization=True,
+        **{f"{denoiser_name}_lora_layers": layers(unet),
+           # rank, alpha and the targets travel in the file, so loading needs no flags
+           f"{denoiser_name}_lora_adapter_metadata": unet.peft_config["default"].to_dict()},
     )
     from safetensors.torch import save_file
 
-    names = [TEXT_LORA_FILE, TEXT_2_LORA_FILE][: len(text_encoders)]
-    for name, text_encoder in zip(names, text_encoders):  # see add_text_encoder_lora
+    files = []
+    for name, text_encoder in text_encoders:  # see add_text_encoder_lora
         tensors = {k: v.float().contiguous() for k, v in text_encoder.state_dict().items() if "lora_" in k}
-        save_file(tensors, str(Path(folder) / name), metadata={"rank": str(rank), "alpha": str(alpha)})
-    return names
+        files.append(TEXT_LORA_FILE.format(name=name))
+        save_file(tensors, str(Path(folder) / files[-1]),
+                  metadata={"rank": str(rank), "alpha": str(alpha), "targets": ",".join(text_targets)})
+    return files
 
 
 def merge_text_encoder_lora(text_encoder, path: Path) -> None:
@@ -88,7 +97,8 @@ def merge_text_encoder_lora(text_encoder, path: Path) -> None:
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    add_text_encoder_lora(text_encoder, int(meta["rank"]), float(meta["alpha"]))
+    targets = meta["targets"].split(",") if meta.get("targets") else LORA_TEXT_TARGETS  # (older runs: CLIP's)
+    add_text_encoder_lora(text_encoder, int(meta["rank"]), float(meta["alpha"]), targets)
     unexpected = text_encoder.load_state_dict(load_file(str(path)), strict=False).unexpected_keys
     if unexpected:
         raise RunError(f"{path.name} does not fit the base model's text encoder (e.g. {unexpected[0]})")

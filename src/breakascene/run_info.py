@@ -35,9 +35,9 @@ class LoraInfo:
 
     rank: int
     alpha: float
-    weights: str  # the UNet's adapters, diffusers' LoRA file inside the run folder
+    weights: str  # the denoiser's adapters (UNet or FLUX transformer), diffusers' LoRA file inside the run folder
     text_encoder: str | None = None  # the text encoder's adapters (peft keys), when trained
-    text_encoder_2: str | None = None  # SDXL's second text encoder's, the same way
+    text_encoder_2: str | None = None  # SDXL's second text encoder's or FLUX's T5's, the same way
 
 
 @dataclass

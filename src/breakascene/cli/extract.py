@@ -110,6 +110,18 @@ def _shapes_settings(overrides: dict) -> dict:
     return {**overrides, **taken}
 
 
+def _family_settings(model: str, overrides: dict) -> dict:
+    """FLUX.1: phase 2 trains LoRA adapters unless --lora-rank says otherwise (0: the whole transformer), printed."""
+    from ..models.families.flux import DEFAULT_LORA_RANK, FLUX
+    from ..models.loading import model_family
+
+    if overrides.get("lora_rank") is not None or model_family(model) is not FLUX:
+        return overrides
+    print(f"FLUX.1: phase 2 trains LoRA rank {DEFAULT_LORA_RANK} on the transformer's attention (--lora-rank 0: "
+          "the whole 12 B-parameter transformer, which needs far more memory)", file=sys.stderr)
+    return {**overrides, "lora_rank": DEFAULT_LORA_RANK}
+
+
 def run_extract(args) -> int:
     from ..training.recipe import extract
     from ..scene import load_scene, load_scene_folder
@@ -132,6 +144,7 @@ def run_extract(args) -> int:
     overrides = {name: getattr(args, name) for name in fields}
     if (args.model or DEFAULT_MODEL) == SHAPES_MODEL_ID:
         overrides = _shapes_settings(overrides)
+    overrides = _family_settings(args.model or DEFAULT_MODEL, overrides)
     config = ExtractConfig.from_preset(args.preset, **with_low_vram(overrides))
     if args.low_vram:
         _print_low_vram_choices(args)

@@ -76,6 +76,7 @@ def generate(
     """
     options = with_settings(options, GenerationOptions, settings)
     info = info if info is not None else RunInfo.read(run)
+    _check_family_options(options, info)
     prompts = _checked_prompts(prompts, prompts_file, info.tokens)
     torch_dtype = _checked_dtype(options, pipeline.device if pipeline is not None else device)
     height, width = _image_size(options, info)
@@ -115,6 +116,20 @@ def _checked_prompts(prompts: list[str] | None, prompts_file: str | Path | None,
     for prompt in prompts:
         check_prompt_handles(prompt, tokens)
     return prompts
+
+
+def _check_family_options(options: GenerationOptions, info: RunInfo) -> None:
+    """Options that mean nothing to the run's model family are errors, not silently ignored."""
+    if info.pipeline != "FluxPipeline":
+        return
+    if options.negative:
+        raise ConfigError("--negative does not apply to FLUX.1: its guidance is distilled into the model, there is "
+                          "no negative prompt; leave it out")
+    if options.scheduler != "default":
+        raise ConfigError(f"--scheduler {options.scheduler} does not apply to FLUX.1, a flow-matching model; leave it "
+                          "out (its own flow-matching Euler sampler)")
+    if options.attention_maps:
+        raise ConfigError("--attention-maps is not available for FLUX.1 runs yet; leave it out")
 
 
 def _checked_dtype(options: GenerationOptions, device) -> torch.dtype:

@@ -112,18 +112,20 @@ def run_family(run: Path):
 
 def load_lora_run(run: Path, info: RunInfo):
     """A LoRA run (``extract --lora-rank``): the base model, plus the handles, plus the adapters (fused)."""
-    from ..handles import load_handles, load_second_handles
+    from ..handles import add_learned_handles, load_handles, load_second_handles
     from ..lora import merge_text_encoder_lora
     from ..models.loading import load_components
     from ..run_folder import HANDLES_FILE
 
-    components = load_components(info.base_model, prediction_type=info.prediction_type, vae=info.vae)
-    pipe = components.family.make_pipeline(components)
+    prediction_type = info.prediction_type if info.prediction_type != "flow" else None  # (FLUX's is fixed)
+    components = load_components(info.base_model, prediction_type=prediction_type, vae=info.vae)
+    family = components.family
     tokens, vectors = load_handles(run / HANDLES_FILE)
-    pipe.load_textual_inversion(vectors, token=tokens)
-    second = load_second_handles(run / HANDLES_FILE)
-    if second is not None:  # SDXL: the same tokens in the second tokenizer and text encoder
-        pipe.load_textual_inversion(second, token=tokens, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    tables = [vectors, load_second_handles(run / HANDLES_FILE)]  # the second: SDXL's second text encoder's rows
+    # each handle table into its encoder: SD one, SDXL two (the same tokens in both), FLUX T5's
+    for tokenizer, encoder, table in zip(family.tokenizers(components), family.text_encoders(components), tables):
+        add_learned_handles(tokenizer, encoder, tokens, table)
+    pipe = family.make_pipeline(components)
     pipe.load_lora_weights(str(run), weight_name=info.lora.weights)
     pipe.fuse_lora()  # plain weights again: generation runs at the base model's speed
     pipe.unload_lora_weights()

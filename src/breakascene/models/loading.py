@@ -1,6 +1,7 @@
 """Loading the base model's components: Hub id, local diffusers folder, single .safetensors file, or tiny.
 
-Stable Diffusion 1.x / 2.x and SDXL (a folder by its model_index.json, a single file by its keys). What differs between model families is in :mod:`.families` (``Components.family``), and how a single
+Stable Diffusion 1.x / 2.x, SDXL and FLUX.1 (a folder by its model_index.json; a single file, SD and SDXL only, by its
+keys). What differs between model families is in :mod:`.families` (``Components.family``), and how a single
 file is recognised in :mod:`.single_file`.
 """
 
@@ -16,16 +17,21 @@ from ..hub import hub_options, is_hub_id, not_downloadable
 from ..run_folder import check_pipeline_folder
 from ..quiet import quiet_libraries
 from .families import ModelFamily
+from .families.flux import FLUX
 from .families.registry import FAMILIES, family_of_pipeline_class
 from .families.sd import STABLE_DIFFUSION
 from .families.sdxl import STABLE_DIFFUSION_XL
 from .single_file import SD2, SDXL, check_prediction_type, inspect_single_file, single_file_config_source
 from .shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
 from .tiny import TINY_MODEL_ID, build_tiny_components
+from .tiny_flux import TINY_FLUX_MODEL_ID, TINY_FLUX_RESOLUTION, build_tiny_flux_components
 from .tiny_sdxl import TINY_SDXL_MODEL_ID, TINY_SDXL_RESOLUTION, build_tiny_sdxl_components
 from .vae import check_vae_reference, load_vae
 
 quiet_libraries()  # every path that loads, trains or saves a model comes through this module
+
+# A pipeline's parts that Components holds under the same name (the denoiser goes to Components.unet)
+COMPONENT_NAMES = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "vae")
 
 @dataclass
 class Components:
@@ -33,12 +39,12 @@ class Components:
 
     tokenizer: object
     text_encoder: torch.nn.Module
-    unet: torch.nn.Module
+    unet: torch.nn.Module  # the denoiser: a UNet, or FLUX's transformer (family.denoiser_name says which)
     vae: torch.nn.Module
     scheduler: object  # the pipeline's sampling scheduler; training builds a DDPMScheduler from its config
     prediction_source: str | None = None  # why the scheduler has its prediction type, for telling the user
     family: ModelFamily = STABLE_DIFFUSION  # how to encode prompts, call the UNet, save the pipeline
-    tokenizer_2: object = None  # SDXL's second tokenizer and text encoder; None for SD 1.x/2.x
+    tokenizer_2: object = None  # SDXL's second CLIP, FLUX's T5 tokenizer and text encoder; None for SD 1.x/2.x
     text_encoder_2: torch.nn.Module | None = None
 
     @property
@@ -47,16 +53,19 @@ class Components:
 
     @property
     def native_resolution(self) -> int:
+        if self.family is FLUX:  # the transformer has no sample size; FLUX.1 is trained at 1024 px (tiny: 128)
+            return int(self.vae.config.sample_size)
         return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     @property
     def prediction_type(self) -> str:
-        return self.scheduler.config.get("prediction_type", "epsilon")
+        """"epsilon" or "v_prediction" (the scheduler's), or "flow" for a flow-matching family (FLUX)."""
+        return self.family.prediction_type or self.scheduler.config.get("prediction_type", "epsilon")
 
 
 def check_model_reference(model: str) -> None:
     """Fails fast (before any download) on a reference that can be nothing: a missing path or a .ckpt file."""
-    if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
+    if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID, TINY_FLUX_MODEL_ID):
         return
     if model == SHAPES_MODEL_ID:
         shapes_folder()
@@ -122,7 +131,7 @@ def load_components(
 def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type: str | None) -> Components:
     requested = check_prediction_type(prediction_type)
     source = "from --prediction-type" if requested is not None else None
-    if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
+    if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID, TINY_FLUX_MODEL_ID):
         return _tiny_components(model, requested, source)
 
     from diffusers.loaders.single_file_utils import SingleFileComponentError
@@ -168,8 +177,12 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
             f"could not load --model {model}: {first_line(error)} (a Hub id is downloaded once and needs network "
             "access then; or pass a local diffusers folder or a .safetensors file)"
         ) from error
-    if pipe.unet.config.in_channels != 4:
-        raise ConfigError(f"--model {model} has a {pipe.unet.config.in_channels}-channel UNet; use a text-to-image model")
+    if family is FLUX:
+        _check_flux_prediction_type(requested)
+    denoiser = pipe.components[family.denoiser_name]
+    if denoiser.config.in_channels != family.denoiser_input_channels(pipe.vae):
+        raise ConfigError(f"--model {model} has a {denoiser.config.in_channels}-channel {type(denoiser).__name__} (an "
+                          "inpainting or other conditioned model?); use a text-to-image model")
     scheduler = pipe.scheduler
     if info is not None:
         # Never what the config's scheduler says: that belongs to the config repo, not to this file.
@@ -178,8 +191,13 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
         scheduler = _with_prediction_type(scheduler, requested)
     else:
         source = "from the model's scheduler config"
-    parts = {name: value for name, value in pipe.components.items() if name in family.pipeline_components(pipe)}
-    return Components(**{**parts, "scheduler": scheduler}, prediction_source=source, family=family)
+    parts = {name: pipe.components[name] for name in COMPONENT_NAMES if pipe.components.get(name) is not None}
+    return Components(**parts, unet=denoiser, scheduler=scheduler, prediction_source=source, family=family)
+
+
+def _check_flux_prediction_type(requested: str | None) -> None:
+    if requested is not None:
+        raise ConfigError(f"--prediction-type {requested} does not apply to FLUX.1, a flow-matching model; leave it out")
 
 
 def _check_model_folder(model: str, path: Path) -> None:
@@ -190,7 +208,12 @@ def _check_model_folder(model: str, path: Path) -> None:
 
 
 def _tiny_components(model: str, prediction_type: str | None, source: str | None) -> Components:
-    """builtin:tiny or builtin:tiny-sdxl, built in code."""
+    """builtin:tiny, builtin:tiny-sdxl or builtin:tiny-flux, built in code."""
+    if model == TINY_FLUX_MODEL_ID:
+        _check_flux_prediction_type(prediction_type)
+        parts = build_tiny_flux_components()
+        transformer = parts.pop("transformer")
+        return Components(**parts, unet=transformer, family=FLUX)
     if model == TINY_SDXL_MODEL_ID:
         return Components(**build_tiny_sdxl_components(prediction_type=prediction_type or "epsilon"),
                           prediction_source=source, family=STABLE_DIFFUSION_XL)
@@ -224,7 +247,8 @@ def native_resolution(model: str) -> int | None:
     (a Hub id that is not in the local cache).
 
     builtin:tiny: its :data:`~breakascene.models.tiny.TINY_RESOLUTION`; a diffusers folder (or a cached Hub id): the
-    UNet's ``sample_size`` times the VAE's scale; a single file: 768 for SD 2.x v-prediction, else 512.
+    UNet's ``sample_size`` times the VAE's scale, or for FLUX the VAE's ``sample_size`` (1024); a single file: 768
+    for SD 2.x v-prediction, else 512.
     """
     import json
 
@@ -234,6 +258,8 @@ def native_resolution(model: str) -> int | None:
         return TINY_RESOLUTION
     if model == TINY_SDXL_MODEL_ID:
         return TINY_SDXL_RESOLUTION
+    if model == TINY_FLUX_MODEL_ID:
+        return TINY_FLUX_RESOLUTION
     if model == SHAPES_MODEL_ID:
         from .shapes import SHAPES_RESOLUTION
 
@@ -244,39 +270,47 @@ def native_resolution(model: str) -> int | None:
         if info.family == SDXL:
             return 1024
         return 768 if (info.family, info.prediction_type) == (SD2, "v_prediction") else 512
-    if path.is_dir():
-        unet_config, vae_config = path / "unet" / "config.json", path / "vae" / "config.json"
-    else:
-        from huggingface_hub import try_to_load_from_cache
+    config_files = {}
+    for part in ("unet", "transformer", "vae"):
+        if path.is_dir():
+            config_files[part] = path / part / "config.json"
+        else:
+            from huggingface_hub import try_to_load_from_cache
 
-        cached = [try_to_load_from_cache(model, f"{part}/config.json") for part in ("unet", "vae")]
-        if not all(isinstance(c, str) for c in cached):
-            return None
-        unet_config, vae_config = (Path(c) for c in cached)
+            cached = try_to_load_from_cache(model, f"{part}/config.json")
+            config_files[part] = Path(cached) if isinstance(cached, str) else path / "not cached"
     try:
-        sample_size = json.loads(unet_config.read_text())["sample_size"]
-        levels = len(json.loads(vae_config.read_text())["block_out_channels"])
+        vae = json.loads(config_files["vae"].read_text())
+        if config_files["transformer"].is_file():  # FLUX: its transformer has no sample size, its VAE has the image's
+            return int(vae["sample_size"])
+        sample_size = json.loads(config_files["unet"].read_text())["sample_size"]
+        levels = len(vae["block_out_channels"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # loading the model will say what is wrong with it
+        return None  # loading the model will say what is wrong with it (or a Hub id is not cached)
     return int(sample_size if isinstance(sample_size, int) else sample_size[0]) * 2 ** (levels - 1)
 
 
-def is_sdxl_model(model: str) -> bool:
-    """Whether ``model`` is SDXL, told without loading weights: ``builtin:tiny-sdxl``, a single file by its keys,
-    a folder (or a Hub id) by its model_index.json (a Hub id's is downloaded if not cached; offline and not
-    cached: False)."""
-    if model == TINY_SDXL_MODEL_ID:
-        return True
-    if model in (TINY_MODEL_ID, SHAPES_MODEL_ID):
-        return False
+def model_family(model: str) -> ModelFamily | None:
+    """The family of ``model``, told without loading weights: a built-in model by its name, a single file by its
+    keys, a folder (or a Hub id) by its model_index.json (a Hub id's is downloaded if not cached). None when it
+    cannot be told (no such model, offline and not cached, damaged): loading it will say what is wrong."""
+    builtin = {TINY_MODEL_ID: STABLE_DIFFUSION, SHAPES_MODEL_ID: STABLE_DIFFUSION, TINY_SDXL_MODEL_ID: STABLE_DIFFUSION_XL,
+               TINY_FLUX_MODEL_ID: FLUX}
+    if model in builtin:
+        return builtin[model]
     path = Path(model).expanduser()
     try:
         if path.is_file():
-            return inspect_single_file(path).family == SDXL
+            return STABLE_DIFFUSION_XL if inspect_single_file(path).family == SDXL else STABLE_DIFFUSION
         class_name = pipeline_class_name(str(path), {}) if path.is_dir() else pipeline_class_name(model, hub_options(model))
-    except (OSError, ValueError):  # no such model, offline, damaged: loading it will say what is wrong
-        return False
-    return family_of_pipeline_class(class_name) is STABLE_DIFFUSION_XL
+    except (OSError, ValueError, ConfigError):
+        return None
+    return family_of_pipeline_class(class_name)
+
+
+def is_sdxl_model(model: str) -> bool:
+    """Whether ``model`` is SDXL (:func:`model_family`; False when it cannot be told)."""
+    return model_family(model) is STABLE_DIFFUSION_XL
 
 
 def default_resolution(model: str) -> int:

@@ -28,7 +28,7 @@ TINY_RESOLUTION = 128
 defaults); it has cross-attention at 16x16, 8x8 and 4x4 latents there, the attention loss's grid being 4x4."""
 
 # Whole words get their own token so that prompts tokenize to few tokens, like with the real vocabulary.
-_WORDS = (
+PROMPT_WORDS = (
     "a an and at of on in the with photo picture painting sketch drawing black white red blue green "
     "yellow pink wooden floor fabric beach jungle snow street city mountain background water floating "
     "top eiffel tower object thing dog cat shirt bowl creature ball box bear bird chicken rabbit sheep "
@@ -36,7 +36,7 @@ _WORDS = (
 ).split()
 
 
-def tiny_vocabulary(words: tuple[str, ...] | list[str] = _WORDS) -> tuple[dict[str, int], list[str]]:
+def tiny_vocabulary(words: tuple[str, ...] | list[str] = PROMPT_WORDS) -> tuple[dict[str, int], list[str]]:
     """Returns ``(vocab, merges)`` for a byte-level BPE tokenizer in CLIP's format (``</w>`` ends a word): every
     ASCII letter, digit and punctuation mark, and a whole-word token for each of ``words``."""
     vocab: dict[str, int] = {}
@@ -145,8 +145,9 @@ def build_random_components(shape: dict, seed: int = 0, prediction_type: str = "
             "scheduler": ddim_scheduler(prediction_type)}
 
 
-def random_vae(shape: dict, sample_size: int, **extra) -> AutoencoderKL:
-    """A 4-channel VAE with four levels (it divides by 8) of ``shape``'s widths; ``extra``: more config."""
+def random_vae(shape: dict, sample_size: int, latent_channels: int = 4, **extra) -> AutoencoderKL:
+    """A VAE with four levels (it divides by 8) of ``shape``'s widths and ``latent_channels`` (4 for SD, 16 for
+    FLUX); ``extra``: more config."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -154,7 +155,7 @@ def random_vae(shape: dict, sample_size: int, **extra) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=shape["vae_channels"],
         layers_per_block=shape["vae_layers"],
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=shape["vae_groups"],
         sample_size=sample_size * 8,
         **extra,

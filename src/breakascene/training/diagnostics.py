@@ -34,7 +34,7 @@ def attention_snapshot(trainer: "Trainer") -> tuple[torch.Tensor, torch.Tensor]:
         t.store.reset()
         with memory.autocast(t.device, t.config.mixed_precision):
             conditioning = family.encode_prompt(c, input_ids, t.device, size)
-            family.denoise(c.unet, t.noise_scheduler.add_noise(latents, noise, timesteps), timesteps, conditioning)
+            family.denoise(c.unet, family.add_noise(t.noise_scheduler, latents, noise, timesteps), timesteps, conditioning)
         maps.append(t.store.mean_map(*t.grid)[0][..., positions].permute(2, 0, 1).float())
     t.store.reset()
     maps = torch.stack(maps).mean(dim=0).cpu()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..handles import layer_parameters
+
 GB = 1024**3
 
 
@@ -33,8 +35,8 @@ class MemoryEstimate:
                 f"{self.optimizer:.1f}; activations not counted)")
 
 
-def _count(model: torch.nn.Module, skip: str | None = None) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if skip is None or skip not in n)
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def estimate_phase2(components, config) -> MemoryEstimate:
@@ -43,7 +45,7 @@ def estimate_phase2(components, config) -> MemoryEstimate:
     unet = _count(components.unet)
     encoders = components.family.text_encoders(components)
     text = sum(_count(e) for e in encoders)
-    text_layers = sum(_count(e, skip="token_embedding") for e in encoders)  # the tables never train
+    text_layers = sum(p.numel() for e in encoders for _, p in layer_parameters(e))  # the tables never train
     if config.lora_rank:
         trained = 0
     elif config.phase2_params == "cross_attention_kv":

@@ -59,8 +59,9 @@ def write_run(partial: Path, scene: Scene, config: ExtractConfig, components: Co
     text_lora_files = []
     if config.lora_rank:
         # Small output: the adapters in diffusers' LoRA format; the base model is loaded again to generate.
-        text_lora_files = save_lora(partial, c.family.pipeline_class, c.unet,
-                                    encoders if config.lora_text_encoder else [], config.lora_rank, alpha)
+        text_lora_files = save_lora(partial, c.family.pipeline_class, c.family.denoiser_name, c.unet,
+                                    c.family.named_text_encoders(c) if config.lora_text_encoder else [],
+                                    config.lora_rank, alpha, c.family.text_lora_targets)
     else:
         c.family.remove_capture(c.unet)  # drop the capture hooks: the saved UNet is stock
         c.family.make_pipeline(c).save_pretrained(partial, safe_serialization=True)
@@ -71,7 +72,8 @@ def write_run(partial: Path, scene: Scene, config: ExtractConfig, components: Co
     scene.save(partial / "scene", concepts, background=background)
     lora = None
     if config.lora_rank:
-        lora = LoraInfo(config.lora_rank, alpha, LORA_WEIGHTS_FILE, *(text_lora_files + [None, None])[:2])
+        files = dict(zip([name for name, _ in c.family.named_text_encoders(c)], text_lora_files))
+        lora = LoraInfo(config.lora_rank, alpha, LORA_WEIGHTS_FILE, files.get("text_encoder"), files.get("text_encoder_2"))
     RunInfo(
         base_model=config.model,
         vae=config.vae,

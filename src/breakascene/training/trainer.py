@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from .. import masks as mask_ops
@@ -31,7 +30,7 @@ from ..attention import AttentionStore, attention_grid
 from ..config import ExtractConfig, PhaseConfig
 from ..errors import RunError, first_line
 from ..handles import Handle, HandleEmbedding, attach_handles_to_each, find_handle_positions, handle_table_names
-from ..handles import resolve_init_words
+from ..handles import layer_parameters, resolve_init_words
 from ..lora import add_lora, lora_parameters
 from ..losses import cross_attention_loss, diffusion_loss, reconstruction_loss, total_loss
 from ..models.loading import Components
@@ -70,10 +69,10 @@ class TrainBatch:
     """
 
     noisy_latents: torch.Tensor  # (B, C, h, w) float32 on the device: latents noised at ``timesteps``
-    timesteps: torch.Tensor  # (B,) int64 on the device
+    timesteps: torch.Tensor  # (B,) on the device: int64 steps 0..999, or float (flow matching: 1000 * sigma)
     target: torch.Tensor  # (B, C, h, w): what the denoiser should predict (noise, or velocity)
     prompts: list[str]  # B prompts: "a photo of <asset0> and <bg>" [, the class prompt]
-    input_ids: torch.Tensor  # (B, T), or (B, E, T) with E text encoders, int64 on the CPU: the prompts tokenized
+    input_ids: object  # the prompts tokenized on the CPU (family.tokenize): (B, T), (B, E, T), FLUX's FluxTokens
     latent_mask: torch.Tensor | None  # (1, h, w) float {0,1}: the union of the subset's masks; None: unmasked loss
     grid_masks: torch.Tensor | None  # (k, gh, gw) float {0,1}: the subset's masks; None: no attention loss
     handle_positions: list[int]  # k token positions of the subset's handles in ``input_ids[0]``
@@ -98,7 +97,7 @@ class Trainer:
         # recorded in every checkpoint, checked on resume (training_inputs; extract has it already)
         self.inputs = inputs if inputs is not None else training_inputs(scene, collection)
         self.device = torch.device(device)
-        self.noise_scheduler = DDPMScheduler.from_config(components.scheduler.config)
+        self.noise_scheduler = self.family.training_scheduler(components.scheduler)
         # One generator for host-side choices (subset, flip, class image), one on the device for tensors.
         self.host_rng = torch.Generator().manual_seed(config.seed)
         self.device_rng = torch.Generator(self.device).manual_seed(config.seed + 1)
@@ -126,7 +125,8 @@ class Trainer:
         self.handle_ids = self.embedding.handle_ids.tolist()
         if cfg.lora_rank:
             add_lora(c.unet, encoders, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank,
-                     on_text_encoder=cfg.lora_text_encoder)
+                     on_text_encoder=cfg.lora_text_encoder, targets=self.family.lora_targets,
+                     text_targets=self.family.text_lora_targets)
         frozen = ([c.unet] if not cfg.trains_unet else []) + (encoders if not cfg.trains_text_encoder_weights else [])
         memory.store_frozen_weights_in_half(frozen, cfg.mixed_precision)
         for embedding in self.embeddings:
@@ -166,7 +166,7 @@ class Trainer:
         c.vae.to("cpu")  # not needed again until the pipeline is saved
 
         latent_h, latent_w = self.latent_mean.shape[-2:]
-        self.grid = attention_grid(latent_h, latent_w, cfg.attention_divisor)
+        self.grid = attention_grid(latent_h, latent_w, self.family.attention_divisor or cfg.attention_divisor)
         self.store.query_tokens = self.grid[0] * self.grid[1]
         flat = self.pixel_masks.flatten(0, 2)
         self.latent_masks = mask_ops.resize(flat, latent_h, latent_w).view(*self.pixel_masks.shape[:3], latent_h, latent_w).to(self.device)
@@ -206,14 +206,12 @@ class Trainer:
             latents = torch.cat([latents, self.sample_latents(self.class_mean[pick : pick + 1], self.class_std[pick : pick + 1], self.device_rng)])
             prompts.append(cfg.class_prompt)
         noise = torch.randn(latents.shape, generator=self.device_rng, device=self.device)
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.device_rng, device=self.device
-        )
+        timesteps = self.family.sample_timesteps(self.noise_scheduler, latents.shape[0], self.device_rng, self.device)
         input_ids = self.family.tokenize(self.components, prompts)
         size_conditioning = None if self.size_conditioning is None else torch.stack(  # a class image: R x R
             [self.size_conditioning[e, flip], self.full_size_conditioning][: len(prompts)])
         return TrainBatch(
-            noisy_latents=self.noise_scheduler.add_noise(latents, noise, timesteps),
+            noisy_latents=self.family.add_noise(self.noise_scheduler, latents, noise, timesteps),
             timesteps=timesteps,
             target=self.family.prediction_target(self.noise_scheduler, latents, noise, timesteps),
             prompts=prompts,
@@ -269,8 +267,7 @@ class Trainer:
         elif trains in ("unet", "full"):
             named = [(f"unet.{n}", p) for n, p in c.unet.named_parameters()]
             if trains == "full":  # ordinary words keep their meaning; the handle rows are "handles" above
-                named += [(f"{prefix}.{n}", p) for prefix, encoder in encoders for n, p in encoder.named_parameters()
-                          if "token_embedding." not in n]
+                named += [(f"{prefix}.{n}", p) for prefix, encoder in encoders for n, p in layer_parameters(encoder)]
         for name, p in named:
             p.requires_grad_(True)
             params[name] = p

@@ -3,7 +3,8 @@
 The recipe and the attention capture never call a pipeline class, a text encoder or the denoiser directly;
 they call the :class:`ModelFamily` that :class:`~breakascene.models.loading.Components` carries. Adding a family
 means one module here that subclasses it, plus its tiny model; not editing the recipe. :mod:`.sd` (SD 1.x/2.x,
-one text encoder) is the reference, :mod:`.sdxl` the first family with two.
+one text encoder) is the reference, :mod:`.sdxl` the first family with two, :mod:`.flux` the first with a
+transformer, joint attention and flow matching.
 
 Shapes: B batch, E text encoders, T tokens, C latent channels, h x w the latent grid, R the image side.
 """
@@ -14,6 +15,8 @@ import abc
 
 import torch
 
+from ...lora import LORA_TEXT_TARGETS, LORA_UNET_TARGETS
+
 
 class ModelFamily(abc.ABC):
     """The interface a family fills (abstract methods must be overridden)."""
@@ -23,6 +26,11 @@ class ModelFamily(abc.ABC):
     inpaint_pipeline_class: type = object  # the one local editing (Blended Latent Diffusion) runs through
     pipeline_names: tuple[str, ...] = ()  # model_index.json's _class_name values this family loads
     pipeline_options: dict = {}  # keyword arguments every pipeline_class(...) / from_pretrained(...) gets
+    prediction_type: str | None = None  # what the denoiser predicts when fixed by the family ("flow"); None: the scheduler's
+    denoiser_name: str = "unet"  # the pipeline component ``Components.unet`` holds (FLUX: "transformer")
+    attention_divisor: int | None = None  # the maps' grid is latent / this; None: the config's (4, App. B.1)
+    lora_targets: list[str] = LORA_UNET_TARGETS  # the denoiser's modules that get LoRA adapters
+    text_lora_targets: list[str] = LORA_TEXT_TARGETS  # the text encoders' (``--lora-text-encoder``)
 
     def text_encoders(self, components) -> list[torch.nn.Module]:
         """Every text encoder of ``components``, in the order of :meth:`tokenizers`; a handle is a row in each."""
@@ -97,6 +105,20 @@ class ModelFamily(abc.ABC):
     def denoise(self, unet, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning) -> torch.Tensor:
         """One denoiser call: (B, C, h, w), (B,), :meth:`encode_prompt`'s result -> the prediction (B, C, h, w)."""
 
+    def training_scheduler(self, scheduler):
+        """The scheduler training noises with, from the pipeline's sampling ``scheduler``: DDPM on its config."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(scheduler.config)
+
+    def sample_timesteps(self, scheduler, batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
+        """(B,) training timesteps drawn from ``generator`` (on ``device``): uniform over the training steps."""
+        return torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator, device=device)
+
+    def add_noise(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``latents`` (B, C, h, w) noised with ``noise`` to ``timesteps`` (the forward process)."""
+        return scheduler.add_noise(latents, noise, timesteps)
+
     @abc.abstractmethod
     def prediction_target(self, scheduler, latents: torch.Tensor, noise: torch.Tensor,
                           timesteps: torch.Tensor) -> torch.Tensor:
@@ -109,6 +131,10 @@ class ModelFamily(abc.ABC):
     @abc.abstractmethod
     def remove_capture(self, unet) -> None:
         """Puts the stock attention back, so that a saved denoiser is the library's own."""
+
+    def denoiser_input_channels(self, vae) -> int:
+        """The input channels a text-to-image denoiser of this family has over ``vae`` (an inpainting one has more)."""
+        return vae.config.latent_channels
 
     @abc.abstractmethod
     def pipeline_components(self, components) -> dict:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from . import ModelFamily
+from .flux import FLUX
 from .sd import STABLE_DIFFUSION
 from .sdxl import STABLE_DIFFUSION_XL
 
-FAMILIES: tuple[ModelFamily, ...] = (STABLE_DIFFUSION, STABLE_DIFFUSION_XL)
+FAMILIES: tuple[ModelFamily, ...] = (STABLE_DIFFUSION, STABLE_DIFFUSION_XL, FLUX)
 
 
 def family_of_pipeline_class(class_name: str) -> ModelFamily | None:
@@ -15,5 +16,7 @@ def family_of_pipeline_class(class_name: str) -> ModelFamily | None:
 
 
 def family_of_pipeline(pipe) -> ModelFamily:
-    """The family of a loaded pipeline (an SDXL pipeline has a second text encoder)."""
+    """The family of a loaded pipeline (FLUX's denoiser is a transformer; SDXL has a second text encoder)."""
+    if getattr(pipe, "transformer", None) is not None:
+        return FLUX
     return STABLE_DIFFUSION_XL if getattr(pipe, "text_encoder_2", None) is not None else STABLE_DIFFUSION

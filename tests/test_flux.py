@@ -1,0 +1,207 @@
+"""FLUX.1 through the family seam, on the tiny random FLUX model: handles as T5 tokens, prompts encoded as FluxPipeline
+does, the joint-attention maps, the packed grid, flow matching, LoRA on the transformer, and run folders that stock
+``FluxPipeline`` loads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from breakascene.attention import AttentionStore
+from breakascene.handles import load_handles, make_handles
+from breakascene.losses import reconstruction_loss
+from breakascene.models.families import flux_attention
+from breakascene.models.families.flux import FLUX, pack, unpack
+from breakascene.models.loading import Components, load_components, native_resolution
+from breakascene.models.tiny_flux import TINY_FLUX_MODEL_ID, TINY_FLUX_RESOLUTION, build_tiny_flux_components
+from breakascene.training.recipe import extract
+from breakascene.training.trainer import Trainer
+from helpers.tiny import shapes_scene, tiny_config
+
+PROMPT = "a photo of a dog on the beach"
+
+
+def flux() -> Components:
+    parts = build_tiny_flux_components()
+    transformer = parts.pop("transformer")
+    return Components(**parts, unet=transformer, family=FLUX)
+
+
+def flux_config(**overrides):
+    return tiny_config(model=TINY_FLUX_MODEL_ID, **overrides)
+
+
+def test_builtin_tiny_flux_loads_as_the_flux_family_at_its_native_size():
+    c = load_components(TINY_FLUX_MODEL_ID)
+    assert c.family is FLUX and type(c.unet).__name__ == "FluxTransformer2DModel"
+    assert c.native_resolution == TINY_FLUX_RESOLUTION == native_resolution(TINY_FLUX_MODEL_ID)
+    assert c.prediction_type == "flow"
+
+
+def test_prompt_encoding_is_the_flux_pipelines():
+    """T5's states and CLIP's pooled vector equal FluxPipeline.encode_prompt's, bit for bit."""
+    c = flux()
+    pipe = FLUX.make_pipeline(c)
+    with torch.no_grad():
+        hidden, pooled, _ = pipe.encode_prompt(PROMPT, prompt_2=None, device="cpu")
+        ours = FLUX.encode_prompt(c, FLUX.tokenize(c, [PROMPT]), "cpu")
+    assert ours.hidden.shape == (1, 512, 32) and torch.equal(ours.hidden, hidden)
+    assert torch.equal(ours.pooled, pooled)
+
+
+def test_handles_are_single_t5_tokens_found_in_the_t5_ids():
+    c = flux()
+    trainer = Trainer(shapes_scene(), flux_config(), c, make_handles(2), "cpu")
+    trainer.setup()
+    tokenizer = c.tokenizer_2
+    ids = FLUX.tokenize(c, ["a photo of <asset0> and <bg>"])
+    assert ids.t5.shape == (1, 512) and ids.clip.shape == (1, 77)
+    pieces = tokenizer.convert_ids_to_tokens(ids.t5[0, :6].tolist())
+    assert pieces == ["▁a", "▁photo", "▁of", "<asset0>", "▁and", "<bg>"]  # no stray "▁" before a handle, no BOS
+    assert trainer.handle_ids == tokenizer.convert_tokens_to_ids(["<asset0>", "<asset1>", "<bg>"])
+    batch = trainer.sample_batch()
+    t5 = FLUX.handle_search_ids(batch.input_ids)[0]
+    assert [int(t5[p]) for p in batch.handle_positions] == [trainer.handle_ids[i] for i in batch.subset]
+    # the handles are rows of T5's table only: CLIP has no handle tokens
+    assert c.tokenizer.convert_tokens_to_ids("<asset0>") == c.tokenizer.unk_token_id
+
+
+def _run_captured_block(transformer):
+    """The (first) captured dual-stream block on fixed inputs, 12 text and 8x8 image tokens: (text out, image out)."""
+    from breakascene.models.families.flux import image_ids
+
+    torch.manual_seed(1)
+    name = flux_attention.capture_block_names(transformer)[0]
+    block = transformer.transformer_blocks[int(name.split(".")[1])]
+    dim = transformer.inner_dim
+    image, text, temb = torch.randn(1, 64, dim), torch.randn(1, 12, dim), torch.randn(1, dim)
+    rotary = transformer.pos_embed(torch.cat([torch.zeros(12, 3), image_ids(16, 16, "cpu")]))
+    with torch.no_grad():
+        return block(hidden_states=image, encoder_hidden_states=text, temb=temb, image_rotary_emb=rotary)
+
+
+def test_the_capture_leaves_the_block_output_unchanged_and_records_softmax_of_its_own_q_and_k(monkeypatch):
+    transformer = flux().unet
+    stock = _run_captured_block(transformer)
+
+    seen = []
+    original = flux_attention.dispatch_attention_fn
+
+    def spy(query, key, value, **kwargs):  # the Q and K the block attends with: normed and RoPE'd
+        seen.append((query, key))
+        return original(query, key, value, **kwargs)
+
+    monkeypatch.setattr(flux_attention, "dispatch_attention_fn", spy)
+    store = AttentionStore(query_tokens=64)
+    flux_attention.install_flux_capture(transformer, store)
+    captured = _run_captured_block(transformer)
+    assert all(torch.equal(a, b) for a, b in zip(stock, captured))  # text and image outputs, bit for bit
+
+    assert len(store.maps) == 1 and len(seen) == 1
+    query, key = seen[0]  # (1, 12 + 64, heads, d)
+    d = query.shape[-1]
+    probs = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", query[:, 12:], key[:, :12]) / math.sqrt(d), dim=-1)
+    assert store.maps[0].shape == (1, 64, 12)
+    torch.testing.assert_close(store.maps[0], probs.mean(dim=1))
+    torch.testing.assert_close(store.maps[0].sum(-1), torch.ones(1, 64))
+
+
+def test_the_maps_come_from_the_later_dual_stream_blocks():
+    assert flux_attention.capture_block_names(flux().unet) == ["transformer_blocks.1.attn.processor"]
+
+    class Nineteen:
+        transformer_blocks = [None] * 19
+
+    assert [n.split(".")[1] for n in flux_attention.capture_block_names(Nineteen)] == ["15", "16", "17", "18"]
+
+
+def test_packing_is_flux_pipelines_and_a_quadrant_mask_weighs_exactly_its_tokens():
+    latents = torch.randn(2, 16, 16, 16)
+    assert torch.equal(pack(latents), FluxPipeline._pack_latents(latents, 2, 16, 16, 16))
+    assert torch.equal(unpack(pack(latents), 16, 16), latents)
+
+    pred, target = torch.randn(1, 16, 16, 16), torch.randn(1, 16, 16, 16)
+    mask = torch.zeros(1, 16, 16)
+    mask[:, :8, 8:] = 1  # the top-right quadrant of the latent grid
+    tokens = torch.arange(64).view(8, 8)[:4, 4:].flatten()  # the packed tokens of that quadrant, row by row
+    packed_loss = (pack(pred) - pack(target))[0, tokens].pow(2).mean()
+    torch.testing.assert_close(reconstruction_loss(pred, target, mask, normalize_by_area=True), packed_loss)
+
+
+def test_training_is_flow_matching_on_the_packed_grid():
+    c = flux()
+    trainer = Trainer(shapes_scene(), flux_config(), c, make_handles(2), "cpu")
+    trainer.setup()
+    assert trainer.grid == (8, 8)  # 128 px -> 16x16 latent -> 8x8 image tokens: one map cell per token
+    batch = trainer.sample_batch()
+    assert batch.timesteps.dtype == torch.float32 and 0 < float(batch.timesteps) <= 1000
+    sigma = float(batch.timesteps) / 1000
+    # target is noise - x0 and the input (1 - sigma) x0 + sigma noise: so input + (1 - sigma) * target = noise
+    noise = batch.noisy_latents + (1 - sigma) * batch.target
+    x0 = noise - batch.target
+    torch.testing.assert_close(batch.noisy_latents, (1 - sigma) * x0 + sigma * noise)
+    terms = trainer.loss_step(batch)
+    assert set(terms) == {"rec", "attention", "total"} and torch.isfinite(terms["total"])
+    assert trainer.store.layer_names == ["transformer_blocks.1.attn.processor"]
+
+
+def test_phase1_changes_only_the_handle_rows_of_t5(tmp_path):
+    before = flux()
+    result = extract(shapes_scene(), flux_config(phase1_steps=3, phase2_steps=0, phase1_lr=1e-2), tmp_path / "run",
+                     components=flux(), progress=False)
+    trained = FluxPipeline.from_pretrained(tmp_path / "run")
+    table = trained.text_encoder_2.get_input_embeddings().weight.detach()
+    old = before.text_encoder_2.get_input_embeddings().weight
+    assert torch.equal(table[: old.shape[0]], old)  # every pre-existing T5 row, bit for bit
+    ids = trained.tokenizer_2.convert_tokens_to_ids(result.tokens)
+    assert ids == list(range(old.shape[0], old.shape[0] + 3)) and torch.equal(table[ids], result.handle_vectors)
+    models = {"text_encoder": before.text_encoder, "transformer": before.unet, "vae": before.vae,
+              "text_encoder_2": before.text_encoder_2}
+    for name, model in models.items():  # everything but T5's table (its "shared" embedding), bit for bit
+        saved = getattr(trained, name).state_dict()
+        assert all(torch.equal(p, saved[n]) for n, p in model.state_dict().items()
+                   if "shared" not in n and "embed_tokens" not in n), name
+
+
+@pytest.mark.parametrize("lora_t5", [False, True], ids=["transformer", "transformer+t5"])
+def test_lora_phase2_trains_the_attention_projections_and_loads_with_the_handles(tmp_path, lora_t5):
+    from breakascene.inference.pipeline import load_pipeline
+
+    out = tmp_path / "run"
+    extract(shapes_scene(), flux_config(lora_rank=4, lora_text_encoder=lora_t5, phase2_lr=1e-2), out,
+            components=flux(), progress=False)
+    from safetensors.torch import load_file
+
+    keys = load_file(out / "pytorch_lora_weights.safetensors").keys()
+    for module in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"):
+        assert f"transformer.transformer_blocks.0.attn.{module}.lora_A.weight" in keys, module  # peft's, as diffusers'
+    assert all(k.startswith("transformer.") for k in keys)
+    assert (out / "text_encoder_2_lora.safetensors").is_file() == lora_t5
+    pipe, info = load_pipeline(out, "cpu")
+    assert isinstance(pipe, FluxPipeline) and info.lora.text_encoder_2 == ("text_encoder_2_lora.safetensors" if lora_t5 else None)
+    tokens, vectors = load_handles(out / "handles.safetensors")
+    rows = pipe.text_encoder_2.get_input_embeddings().weight.detach()[pipe.tokenizer_2.convert_tokens_to_ids(tokens)]
+    assert torch.equal(rows, vectors)
+    fresh = flux().unet
+    changed = [n for n, p in fresh.state_dict().items() if not torch.equal(p, pipe.transformer.state_dict()[n])]
+    assert any(".attn.add_k_proj." in n for n in changed) and not any(".ff." in n for n in changed)
+
+
+def test_stock_flux_pipeline_loads_a_full_run_and_prompts_with_the_handles(tmp_path):
+    out = tmp_path / "run"
+    result = extract(shapes_scene(), flux_config(phase2_lr=1e-4), out, components=flux(), progress=False)
+    pipe, fresh = FluxPipeline.from_pretrained(out), flux()
+    # a full phase 2 trained the transformer and T5's layers, never T5's other rows
+    old = fresh.text_encoder_2.get_input_embeddings().weight
+    assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[: old.shape[0]], old)
+    assert not torch.equal(pipe.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight,
+                           fresh.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight)
+    assert not torch.equal(pipe.transformer.proj_out.weight, fresh.unet.proj_out.weight)
+    assert load_handles(out / "handles.safetensors")[0] == result.tokens
+    ids = pipe.tokenizer_2("a photo of <asset0> at <bg>").input_ids
+    assert pipe.tokenizer_2.convert_tokens_to_ids("<asset0>") in ids and pipe.tokenizer_2.convert_tokens_to_ids("▁") not in ids
+    image = pipe("a photo of <asset0> at <bg>", num_inference_steps=2, height=128, width=128, output_type="np").images[0]
+    assert image.shape == (128, 128, 3) and (image >= 0).all() and (image <= 1).all()
