@@ -458,6 +458,7 @@ def test_explicit_setting_overrides_preset():
 # a real process
 
 
+@pytest.mark.slow  # a real process (about 10 s): `make test-slow`
 def test_real_process_prints_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "breakascene.cli", "generate", str(tmp_path / "missing"), "a photo of <asset0>"],

@@ -153,6 +153,7 @@ def test_a_checkpoint_save_replaces_a_half_deleted_previous_one(tmp_path):
     assert not stale.exists() and not (tmp_path / "checkpoint.tmp").exists()
 
 
+@pytest.mark.slow  # a real process interrupted (about 12 s): `make test-slow`
 def test_sigint_exits_130_and_keeps_the_checkpoint(scene_dir, tmp_path):
     out = tmp_path / "interrupted"
     process = _extract_process(scene_dir, out)

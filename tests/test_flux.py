@@ -205,3 +205,32 @@ def test_stock_flux_pipeline_loads_a_full_run_and_prompts_with_the_handles(tmp_p
     assert pipe.tokenizer_2.convert_tokens_to_ids("<asset0>") in ids and pipe.tokenizer_2.convert_tokens_to_ids("▁") not in ids
     image = pipe("a photo of <asset0> at <bg>", num_inference_steps=2, height=128, width=128, output_type="np").images[0]
     assert image.shape == (128, 128, 3) and (image >= 0).all() and (image <= 1).all()
+
+
+def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
+    """extract on FLUX defaults to LoRA and says so; generate samples with FLUX's own sampler; flags that mean nothing
+    to FLUX are one-line errors."""
+    import json
+
+    from helpers.cli import assert_one_error, run_cli
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(["extract", str(scene_dir), "--model", TINY_FLUX_MODEL_ID, "--phase1-steps", "1",
+                            "--phase2-steps", "1", "--quiet", "--out", str(run)])
+    assert code == 0, err
+    assert "FLUX.1: phase 2 trains LoRA rank 16" in err
+    info = json.loads((run / "scene.json").read_text())
+    assert (info["pipeline"], info["resolution"], info["lora"]["rank"], info["prediction_type"]) == (
+        "FluxPipeline", TINY_FLUX_RESOLUTION, 16, "flow")
+    code, _, err = run_cli(["generate", str(run), "a photo of <asset0> at <bg>", "--steps", "2", "--guidance", "3.5",
+                            "--quiet", "--out", str(tmp_path / "images")])
+    assert code == 0, err
+    assert len(list((tmp_path / "images").glob("*.png"))) == 1
+    for extra, fragment in ((["--negative", "blurry"], "--negative"), (["--scheduler", "ddim"], "--scheduler ddim")):
+        code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--steps", "1", *extra,
+                                "--out", str(tmp_path / "none")])
+        assert_one_error(code, err, fragment, "FLUX.1")
+        assert not (tmp_path / "none").exists()
+    code, _, err = run_cli(["extract", str(scene_dir), "--model", TINY_FLUX_MODEL_ID, "--prediction-type",
+                            "v_prediction", "--out", str(tmp_path / "bad")])
+    assert_one_error(code, err, "--prediction-type v_prediction", "FLUX.1")

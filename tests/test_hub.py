@@ -44,6 +44,7 @@ def test_a_model_not_in_the_cache_fails_at_once_in_one_line(scene_dir, tmp_path)
     assert not (tmp_path / "m").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # a real process (about 10 s): `make test-slow`
 def test_the_python_api_is_quiet(scene_dir, tmp_path):
     script = (
         "from breakascene import ExtractConfig, extract, generate, load_scene_folder\n"

@@ -188,7 +188,8 @@ def straight_training(tmp_path_factory):
     return train.train_world_model(out, train.WorldTrainConfig(**TINY_TRAINING), log=lambda *_: None)
 
 
-@pytest.mark.parametrize("stop_stage", [2, 3])
+# (a stop in stage 3 is a slow test: about 9 s more)
+@pytest.mark.parametrize("stop_stage", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_world_train_resumes_exactly_where_it_stopped(straight_training, tmp_path, monkeypatch, stop_stage):
     from breakascene.world import train
 
@@ -213,6 +214,7 @@ def test_world_train_resumes_exactly_where_it_stopped(straight_training, tmp_pat
     assert_same_pipeline_weights(straight_training, resumed)
 
 
+@pytest.mark.slow  # two more tiny world trainings (about 9 s): `make test-slow`
 def test_world_train_from_a_stage_two_pipeline_gives_the_weights_of_a_run_from_scratch(straight_training, tmp_path):
     """The shipped weights were made this way: stage 3 from the stage-2 pipeline folder (``--init``)."""
     from breakascene.world import train

@@ -112,10 +112,13 @@ def _shapes_settings(overrides: dict) -> dict:
 
 def _family_settings(model: str, overrides: dict) -> dict:
     """FLUX.1: phase 2 trains LoRA adapters unless --lora-rank says otherwise (0: the whole transformer), printed."""
-    from ..models.families.flux import DEFAULT_LORA_RANK, FLUX
+    from ..models.families.flux import DEFAULT_LORA_RANK, FLUX, check_flux_prediction_type
     from ..models.loading import model_family
 
-    if overrides.get("lora_rank") is not None or model_family(model) is not FLUX:
+    if model_family(model) is not FLUX:
+        return overrides
+    check_flux_prediction_type(overrides.get("prediction_type"))
+    if overrides.get("lora_rank") is not None:
         return overrides
     print(f"FLUX.1: phase 2 trains LoRA rank {DEFAULT_LORA_RANK} on the transformer's attention (--lora-rank 0: "
           "the whole 12 B-parameter transformer, which needs far more memory)", file=sys.stderr)

@@ -17,7 +17,7 @@ from ..hub import hub_options, is_hub_id, not_downloadable
 from ..run_folder import check_pipeline_folder
 from ..quiet import quiet_libraries
 from .families import ModelFamily
-from .families.flux import FLUX
+from .families.flux import FLUX, check_flux_prediction_type
 from .families.registry import FAMILIES, family_of_pipeline_class
 from .families.sd import STABLE_DIFFUSION
 from .families.sdxl import STABLE_DIFFUSION_XL
@@ -178,7 +178,7 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
             "access then; or pass a local diffusers folder or a .safetensors file)"
         ) from error
     if family is FLUX:
-        _check_flux_prediction_type(requested)
+        check_flux_prediction_type(requested)
     denoiser = pipe.components[family.denoiser_name]
     if denoiser.config.in_channels != family.denoiser_input_channels(pipe.vae):
         raise ConfigError(f"--model {model} has a {denoiser.config.in_channels}-channel {type(denoiser).__name__} (an "
@@ -195,11 +195,6 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
     return Components(**parts, unet=denoiser, scheduler=scheduler, prediction_source=source, family=family)
 
 
-def _check_flux_prediction_type(requested: str | None) -> None:
-    if requested is not None:
-        raise ConfigError(f"--prediction-type {requested} does not apply to FLUX.1, a flow-matching model; leave it out")
-
-
 def _check_model_folder(model: str, path: Path) -> None:
     try:
         check_pipeline_folder(path, "give a diffusers folder with .safetensors weights")
@@ -210,7 +205,7 @@ def _check_model_folder(model: str, path: Path) -> None:
 def _tiny_components(model: str, prediction_type: str | None, source: str | None) -> Components:
     """builtin:tiny, builtin:tiny-sdxl or builtin:tiny-flux, built in code."""
     if model == TINY_FLUX_MODEL_ID:
-        _check_flux_prediction_type(prediction_type)
+        check_flux_prediction_type(prediction_type)
         parts = build_tiny_flux_components()
         transformer = parts.pop("transformer")
         return Components(**parts, unet=transformer, family=FLUX)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import ConfigError
 from . import ModelFamily
 from .flux_attention import install_flux_capture, remove_flux_capture
 from .sd import StableDiffusion, tokenize_with
@@ -32,6 +33,12 @@ TRAINING_GUIDANCE = 1.0
 DEFAULT_LORA_RANK = 16  # extract's phase 2 on FLUX unless --lora-rank is given (ai-toolkit's FLUX default)
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 T5_LORA_TARGETS = ["q", "k", "v", "o"]  # T5's attention projections
+
+
+def check_flux_prediction_type(requested: str | None) -> None:
+    """``--prediction-type`` is SD's choice; FLUX.1 always predicts the flow: a given one is a ConfigError."""
+    if requested is not None:
+        raise ConfigError(f"--prediction-type {requested} does not apply to FLUX.1, a flow-matching model; leave it out")
 
 
 @dataclass
