@@ -91,7 +91,8 @@ def memory_options(p: argparse.ArgumentParser) -> None:
                    help="step each parameter as soon as its gradient exists (torchtune's optimizer-in-backward): a full "
                    "phase 2 never holds the whole gradient buffer; not with --max-grad-norm or fp16")
     g.add_argument("--lora-rank", type=int, metavar="R", help="phase 2 trains rank-R LoRA adapters (peft) instead of the whole "
-                   "UNet: small output, far less memory; not the paper's method (default: 0, full fine-tuning)")
+                   "UNet: small output, far less memory; not the paper's method (default: 0, full fine-tuning; FLUX.1: "
+                   "16, and 0 trains the whole transformer)")
     g.add_argument("--lora-alpha", type=finite_float, help="LoRA scale numerator (default: the rank)")
     g.add_argument("--lora-text-encoder", action="store_true", default=None, help="with --lora-rank: LoRA on the text encoder too")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (slow first steps, faster after; GPU)")
