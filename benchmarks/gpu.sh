@@ -15,7 +15,8 @@
 # it: the pipeline folder, its sample grids and check.txt come back in $OUT/world. WORLD_ARGS adds flags to
 # `world train`, WORLD_CHECK_ARGS to `world check` (the CPU test of this script makes both tiny).
 # GPU_GROUPS=sdxl measures SDXL-base's architecture (random weights) at 1024 px: the research code's attention,
-# the default full phase 2, --low-vram (the 16 GB claim: its peak memory) and LoRA; SDXL_ARGS adds flags to it
+# the default full phase 2, with the optimiser in the backward pass, --low-vram (the 16 GB claim: its peak memory)
+# and LoRA; SDXL_ARGS adds flags to it
 # (the CPU test uses the tiny SDXL model). Each configuration builds the 3.5 B-parameter model first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 # 4. (GPU_GROUPS=sdxl only) SDXL at its native size; SDXL_ARGS come last, so they can replace the model.
 if [[ $groups == *" sdxl "* ]]; then
     read -r -a sdxl_extra <<< "${SDXL_ARGS:-}"
-    bench --model random:sdxl-base --resolution 1024 --compare explicit-everywhere default low-vram lora \
+    bench --model random:sdxl-base --resolution 1024 --compare explicit-everywhere default optim-in-backward low-vram lora \
         --steps 3 --warmup 1 --json "$OUT/sdxl.json" "${sdxl_extra[@]}"
 fi
 # 5. (GPU_GROUPS=world only) builtin:shapes, trained on the GPU with scene-drawing processes, then checked.

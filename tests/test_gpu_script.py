@@ -30,9 +30,10 @@ def test_gpu_script_writes_its_reports(tmp_path):
     assert (tmp_path / "out" / "env.txt").read_text().strip()
     assert not (tmp_path / "out" / "compile.json").exists()
     sdxl = json.loads((tmp_path / "out" / "sdxl.json").read_text())
-    assert [r["name"] for r in sdxl["results"]] == ["explicit-everywhere", "default", "low-vram", "lora"]
+    assert [r["name"] for r in sdxl["results"]] == ["explicit-everywhere", "default", "optim-in-backward", "low-vram",
+                                                     "lora"]
     assert all(r["ok"] for r in sdxl["results"]) and sdxl["model"].startswith("builtin:tiny-sdxl")
-    assert sdxl["results"][2]["config"]["lora_rank"] == 4  # --low-vram on SDXL adds LoRA
+    assert sdxl["results"][3]["config"]["lora_rank"] == 4  # --low-vram on SDXL adds LoRA
 
 
 @pytest.mark.slow  # trains and checks a 2-step world model (about 2 min): `make test-slow`

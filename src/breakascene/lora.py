@@ -68,7 +68,9 @@ def save_lora(folder: Path, pipeline_class, denoiser_name: str, unet, text_encod
         # The key layout diffusers' own training scripts write: the UNet scripts convert peft's lora_A/lora_B
         # names to diffusers' lora.down/lora.up, the FLUX script keeps peft's (which ComfyUI reads as they are).
         state = get_peft_model_state_dict(model)
-        return {k: v.float() for k, v in (convert_state_dict_to_diffusers(state) if denoiser_name == "unet" else state).items()}
+        if denoiser_name == "unet":
+            state = convert_state_dict_to_diffusers(state)
+        return {k: v.float() for k, v in state.items()}
 
     pipeline_class.save_lora_weights(
         folder,

@@ -33,6 +33,7 @@ quiet_libraries()  # every path that loads, trains or saves a model comes throug
 # A pipeline's parts that Components holds under the same name (the denoiser goes to Components.unet)
 COMPONENT_NAMES = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "vae")
 
+
 @dataclass
 class Components:
     """The pieces of a pipeline that training touches; passed in explicitly, never global."""
@@ -48,14 +49,8 @@ class Components:
     text_encoder_2: torch.nn.Module | None = None
 
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
     def native_resolution(self) -> int:
-        if self.family is FLUX:  # the transformer has no sample size; FLUX.1 is trained at 1024 px (tiny: 128)
-            return int(self.vae.config.sample_size)
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
+        return self.family.native_resolution(self.unet, self.vae)
 
     @property
     def prediction_type(self) -> str:
@@ -265,22 +260,23 @@ def native_resolution(model: str) -> int | None:
         if info.family == SDXL:
             return 1024
         return 768 if (info.family, info.prediction_type) == (SD2, "v_prediction") else 512
-    config_files = {}
-    for part in ("unet", "transformer", "vae"):
+    def config_of(part: str) -> dict | None:  # a component's config.json, from the folder or the Hub cache
         if path.is_dir():
-            config_files[part] = path / part / "config.json"
+            file = path / part / "config.json"
         else:
             from huggingface_hub import try_to_load_from_cache
 
             cached = try_to_load_from_cache(model, f"{part}/config.json")
-            config_files[part] = Path(cached) if isinstance(cached, str) else path / "not cached"
+            file = Path(cached) if isinstance(cached, str) else None
+        return json.loads(file.read_text()) if file is not None and file.is_file() else None
+
     try:
-        vae = json.loads(config_files["vae"].read_text())
-        if config_files["transformer"].is_file():  # FLUX: its transformer has no sample size, its VAE has the image's
+        vae, transformer = config_of("vae"), config_of("transformer")
+        if transformer is not None:  # FLUX: its transformer has no sample size, its VAE has the image's
             return int(vae["sample_size"])
-        sample_size = json.loads(config_files["unet"].read_text())["sample_size"]
+        sample_size = config_of("unet")["sample_size"]
         levels = len(vae["block_out_channels"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: a config that is missing (None)
         return None  # loading the model will say what is wrong with it (or a Hub id is not cached)
     return int(sample_size if isinstance(sample_size, int) else sample_size[0]) * 2 ** (levels - 1)
 

@@ -165,6 +165,9 @@ class Flux(ModelFamily):
         """The flow-matching velocity ``noise - x_0``, what FLUX predicts."""
         return noise - latents
 
+    def native_resolution(self, unet, vae) -> int:
+        return int(vae.config.sample_size)  # the transformer has no sample size; the VAE's is FLUX.1's 1024
+
     def denoiser_input_channels(self, vae) -> int:
         return 4 * vae.config.latent_channels  # 2x2 patches of the 16 latent channels
 
