@@ -27,9 +27,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# The slow tests (the attention mechanism over seeds, the GPU script on the CPU, torch.compile, real-process
-# fault and Hub tests, the whole browser
-# session, SDXL's resume, exports and editing): opt-in, run by CI.
+# The slow tests (the attention mechanism over seeds, the GPU script on the CPU, torch.compile, tests that start
+# real processes, the whole browser session, SDXL's resume, exports and editing, world train's resume and --init,
+# world bench): opt-in, run by CI.
 test-slow: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m slow
 

@@ -188,8 +188,8 @@ def straight_training(tmp_path_factory):
     return train.train_world_model(out, train.WorldTrainConfig(**TINY_TRAINING), log=lambda *_: None)
 
 
-# (a stop in stage 3 is a slow test: about 9 s more)
-@pytest.mark.parametrize("stop_stage", [2, pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.slow  # three tiny world trainings each (about 16 s with the straight one): `make test-slow`
+@pytest.mark.parametrize("stop_stage", [2, 3])
 def test_world_train_resumes_exactly_where_it_stopped(straight_training, tmp_path, monkeypatch, stop_stage):
     from breakascene.world import train
 

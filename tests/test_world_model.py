@@ -61,6 +61,7 @@ def test_extract_on_builtin_shapes_takes_and_prints_its_scaled_settings(world_sc
     assert [h["init_word"] for h in handles if not h["background"]] == ["object", "object"]
 
 
+@pytest.mark.slow  # trains, generates and scores (about 9 s): `make test-slow`
 def test_world_bench_trains_generates_scores_and_reports(tmp_path):
     out = tmp_path / "bench"
     argv = ["world", "bench", "--out", str(out), "--num", "1", "--methods", "ours", "ti-m", "--phase1-steps", "2",
