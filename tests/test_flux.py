@@ -226,11 +226,23 @@ def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
                             "--quiet", "--out", str(tmp_path / "images")])
     assert code == 0, err
     assert len(list((tmp_path / "images").glob("*.png"))) == 1
-    for extra, fragment in ((["--negative", "blurry"], "--negative"), (["--scheduler", "ddim"], "--scheduler ddim")):
+    for extra, fragment in ((["--negative", "blurry"], "--negative"), (["--scheduler", "ddim"], "--scheduler ddim"),
+                            (["--attention-maps"], "--attention-maps")):
         code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--steps", "1", *extra,
                                 "--out", str(tmp_path / "none")])
         assert_one_error(code, err, fragment, "FLUX.1")
         assert not (tmp_path / "none").exists()
+    # what FLUX runs do not have yet says so in one line; the diffusers export is there (the LoRA fused in)
+    code, _, err = run_cli(["edit", str(run), str(scene_dir / "img.png"), "--region", str(scene_dir / "mask0.png"),
+                            "a photo of <asset0>", "--out", str(tmp_path / "none")])
+    assert_one_error(code, err, "edit is not available for FLUX.1 runs yet")
+    code, _, err = run_cli(["export", str(run), "--format", "comfyui", "--out", str(tmp_path / "none")])
+    assert_one_error(code, err, "--format comfyui", "FLUX.1")
+    assert not (tmp_path / "none").exists()
+    code, _, err = run_cli(["export", str(run), "--format", "diffusers", "--out", str(tmp_path / "full")])
+    assert code == 0, err
+    exported = FluxPipeline.from_pretrained(tmp_path / "full").tokenizer_2
+    assert exported.convert_tokens_to_ids("<asset0>") != exported.unk_token_id
     code, _, err = run_cli(["extract", str(scene_dir), "--model", TINY_FLUX_MODEL_ID, "--prediction-type",
                             "v_prediction", "--out", str(tmp_path / "bad")])
     assert_one_error(code, err, "--prediction-type v_prediction", "FLUX.1")

@@ -54,7 +54,7 @@ from ..models.loading import check_device
 from ..run_folder import check_clear_of_inputs, check_clear_of_run
 from ..run_info import RunInfo
 from .options import EditOptions, with_settings
-from .pipeline import load_pipeline
+from .pipeline import load_pipeline, refuse_for_flux
 from .progress import StepProgress
 from .prompts import check_prompt_handles
 
@@ -225,6 +225,7 @@ def edit(
     """
     options = with_settings(options, EditOptions, settings)
     info = RunInfo.read(run)
+    refuse_for_flux(info, "edit")
     _check_request(regions, options, info.tokens)
     if pipeline is None:
         device = check_device(device)

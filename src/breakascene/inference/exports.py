@@ -35,6 +35,7 @@ from ..handles import load_handles
 from ..run_folder import HANDLES_FILE, SCENE_FILE, check_clear_of_inputs, written_atomically
 from ..run_info import RunInfo
 from .loading_code import base_pipeline_lines, python_literal
+from .pipeline import refuse_for_flux
 from .webui import WEBUI_FORMATS, export_name, write_webui
 
 FORMATS = ("textual-inversion", "diffusers", "comfyui", "a1111", "kohya")
@@ -184,6 +185,8 @@ def export(
     run, out = Path(run), Path(out)
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format != "diffusers":
+        refuse_for_flux(info, f"export --format {format} (use --format diffusers)")
     if fp16 and format not in WEIGHT_FORMATS:
         raise ConfigError(f"--fp16 is for --format {', '.join(WEIGHT_FORMATS)}; textual-inversion vectors are kept "
                           "exactly (fp32)")

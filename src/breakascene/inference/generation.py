@@ -18,7 +18,7 @@ from ..run_folder import check_clear_of_run
 from ..run_info import RunInfo
 from .options import VARIATIONS_NUM_IMAGES, GenerationOptions, with_settings
 from .outputs import GeneratedImage, append_metadata, attention_path, contact_sheet, free_grid_path, image_name
-from .pipeline import SCHEDULERS, dtype_name, load_pipeline, resolve_dtype, sampling_scheduler
+from .pipeline import SCHEDULERS, dtype_name, load_pipeline, refuse_for_flux, resolve_dtype, sampling_scheduler
 from .progress import StepProgress, own_bar_off
 from .prompts import check_prompt_handles, read_prompts_file, variations_prompt
 
@@ -120,16 +120,18 @@ def _checked_prompts(prompts: list[str] | None, prompts_file: str | Path | None,
 
 def _check_family_options(options: GenerationOptions, info: RunInfo) -> None:
     """Options that mean nothing to the run's model family are errors, not silently ignored."""
-    if info.pipeline != "FluxPipeline":
+    from ..models.families.flux import FLUX
+
+    if info.pipeline not in FLUX.pipeline_names:
         return
+    if options.attention_maps:
+        refuse_for_flux(info, "--attention-maps")
     if options.negative:
         raise ConfigError("--negative does not apply to FLUX.1: its guidance is distilled into the model, there is "
                           "no negative prompt; leave it out")
     if options.scheduler != "default":
         raise ConfigError(f"--scheduler {options.scheduler} does not apply to FLUX.1, a flow-matching model; leave it "
                           "out (its own flow-matching Euler sampler)")
-    if options.attention_maps:
-        raise ConfigError("--attention-maps is not available for FLUX.1 runs yet; leave it out")
 
 
 def _checked_dtype(options: GenerationOptions, device) -> torch.dtype:
