@@ -222,10 +222,12 @@ def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
     info = json.loads((run / "scene.json").read_text())
     assert (info["pipeline"], info["resolution"], info["lora"]["rank"], info["prediction_type"]) == (
         "FluxPipeline", TINY_FLUX_RESOLUTION, 16, "flow")
-    code, _, err = run_cli(["generate", str(run), "a photo of <asset0> at <bg>", "--steps", "2", "--guidance", "3.5",
-                            "--quiet", "--out", str(tmp_path / "images")])
+    code, _, err = run_cli(["generate", str(run), "a photo of <asset0> at <bg>", "--quiet", "--out",
+                            str(tmp_path / "images")])
     assert code == 0, err
     assert len(list((tmp_path / "images").glob("*.png"))) == 1
+    record = json.loads((tmp_path / "images" / "metadata.jsonl").read_text().splitlines()[0])
+    assert (record["steps"], record["guidance"]) == (28, 3.5)  # FLUX.1-dev's own defaults, not SD's 50 and 7.5
     for extra, fragment in ((["--negative", "blurry"], "--negative"), (["--scheduler", "ddim"], "--scheduler ddim"),
                             (["--attention-maps"], "--attention-maps")):
         code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--steps", "1", *extra,

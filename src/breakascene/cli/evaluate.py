@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..inference.options import GenerationOptions
+from ..inference.options import SD_GUIDANCE, SD_STEPS
 from .arguments import finite_float
 from .shared import common_options
 
@@ -74,10 +74,9 @@ def add_run_parser(sub) -> None:
     r.add_argument("--seed", type=int, default=0, help="training seed; image i of a prompt uses seed+i (default: 0)")
     r.add_argument("--templates", type=int, help="use only the first N of the 10 templates (default: all)")
     r.add_argument("--images-per-prompt", type=int, default=1, help="(default: 1)")
-    r.add_argument("--steps", type=int, default=GenerationOptions.steps,
-                   help=f"sampling steps (default: {GenerationOptions.steps})")
-    r.add_argument("--guidance", type=finite_float, default=GenerationOptions.guidance,
-                   help=f"classifier-free guidance (default: {GenerationOptions.guidance})")
+    r.add_argument("--steps", type=int, default=SD_STEPS, help=f"sampling steps (default: {SD_STEPS})")
+    r.add_argument("--guidance", type=finite_float, default=SD_GUIDANCE,
+                   help=f"classifier-free guidance (default: {SD_GUIDANCE})")
     r.add_argument("--scheduler", default="default", metavar="{default,ddim,dpm}", help="sampler (default: the run's)")
     r.add_argument("--prompts-per-batch", type=int, default=10, help="prompts per generation work item (default: 10)")
     r.add_argument("--collection-size", type=int, default=10, help="baselines: images in the Fig. 6 collection (default: 10)")

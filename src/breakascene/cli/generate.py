@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..inference.options import VARIATIONS_NUM_IMAGES, GenerationOptions
+from ..inference.options import SD_GUIDANCE, SD_STEPS, VARIATIONS_NUM_IMAGES, GenerationOptions
 from .arguments import finite_float
 from .shared import common_options
 
@@ -19,9 +19,10 @@ def generation_options() -> argparse.ArgumentParser:
                    help=f"images per prompt (default: {DEFAULTS.num_images}; variations: {VARIATIONS_NUM_IMAGES})")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help=f"seed of the first image; image i uses seed+i (default: {DEFAULTS.seed})")
-    g.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"denoising steps (default: {DEFAULTS.steps})")
-    g.add_argument("--guidance", type=finite_float, default=DEFAULTS.guidance,
-                   help=f"classifier-free guidance scale (default: {DEFAULTS.guidance})")
+    g.add_argument("--steps", type=int, help=f"denoising steps (default: the model's: {SD_STEPS} for SD and SDXL, "
+                   "28 for FLUX.1-dev, 4 for FLUX.1-schnell)")
+    g.add_argument("--guidance", type=finite_float, help=f"guidance scale (default: the model's: {SD_GUIDANCE} for SD "
+                   "and SDXL, 3.5 for FLUX.1-dev (its distilled guidance), 0 for FLUX.1-schnell)")
     g.add_argument("--negative", help="negative prompt")
     g.add_argument("--scheduler", default=DEFAULTS.scheduler, metavar="{default,ddim,dpm}",
                    help="sampler: default (the run's saved scheduler), ddim (DDIM, as the research code), "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..config import DEFAULT_MODEL
 from ..errors import ConfigError
-from ..inference.options import GenerationOptions
+from ..inference.options import SD_GUIDANCE, SD_STEPS
 from .collection import DEFAULT_COLLECTION_SIZE
 from .prompts import choose_templates
 
@@ -26,8 +26,8 @@ class EvalSettings:
     seed: int = 0  # training seed of every scene; image i of every prompt uses seed + i
     templates: int | None = None  # the first N of the 10 templates; None: all
     images_per_prompt: int = 1
-    steps: int = GenerationOptions.steps  # sampling steps
-    guidance: float = GenerationOptions.guidance
+    steps: int = SD_STEPS  # sampling steps (the evaluation is the paper's, on SD)
+    guidance: float = SD_GUIDANCE
     scheduler: str = "default"
     prompts_per_batch: int = 10  # prompts in one generation work item
     collection_size: int = DEFAULT_COLLECTION_SIZE  # baselines: images in the Fig. 6 collection

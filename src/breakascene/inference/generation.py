@@ -8,7 +8,7 @@ prompt "a photo of <asset0> and <asset1> ..." over the run's handles (the paper'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -86,6 +86,7 @@ def generate(
     pipe = pipeline if pipeline is not None else load_pipeline(run, device, torch_dtype, info=info)[0]
     if pipeline is not None and pipe.dtype != torch_dtype:
         pipe = pipe.to(dtype=torch_dtype)
+    options = with_family_defaults(options, pipe)
     out.mkdir(parents=True, exist_ok=True)
     results, pictures = [], []
     sampling = dict(negative_prompt=options.negative, num_inference_steps=options.steps,
@@ -118,6 +119,16 @@ def _checked_prompts(prompts: list[str] | None, prompts_file: str | Path | None,
     return prompts
 
 
+def with_family_defaults(options: GenerationOptions, pipe) -> GenerationOptions:
+    """``options`` with the steps and guidance not given set to the pipeline's family's defaults."""
+    from ..models.families.registry import family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name])
+    return replace(options, steps=steps if options.steps is None else options.steps,
+                               guidance=guidance if options.guidance is None else options.guidance)
+
+
 def _check_family_options(options: GenerationOptions, info: RunInfo) -> None:
     """Options that mean nothing to the run's model family are errors, not silently ignored."""
     from ..models.families.flux import FLUX
@@ -136,7 +147,7 @@ def _check_family_options(options: GenerationOptions, info: RunInfo) -> None:
 
 def _checked_dtype(options: GenerationOptions, device) -> torch.dtype:
     """The numbers and names of ``options`` checked; their dtype on ``device`` (checked too, before loading)."""
-    if options.num_images < 1 or options.steps < 1:
+    if options.num_images < 1 or (options.steps is not None and options.steps < 1):
         raise ConfigError(f"--num-images and --steps must be >= 1 (got {options.num_images} and {options.steps})")
     if options.batch_size is not None and options.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1 (got {options.batch_size})")

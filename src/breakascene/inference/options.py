@@ -20,7 +20,8 @@ Options = TypeVar("Options", "GenerationOptions", "EditOptions")
 class GenerationOptions:
     """How :func:`~breakascene.inference.generation.generate` samples: image i of every prompt uses ``seed + i``.
 
-    ``height``/``width`` None: the run's resolution. ``scheduler``: ``default`` (the run's saved scheduler),
+    ``steps``/``guidance`` None: the run's model family's (50 and 7.5 for SD and SDXL, 28 and 3.5 for FLUX.1-dev,
+    4 and 0 for FLUX.1-schnell). ``height``/``width`` None: the run's resolution. ``scheduler``: ``default`` (the run's saved scheduler),
     ``ddim`` or ``dpm`` (DPM-Solver++). ``dtype``: ``fp32``, ``fp16`` (GPU only) or ``bf16``. ``batch_size``
     None: all images of a prompt in one pipeline call on a GPU, one at a time on CPU. ``grid``: also write the
     contact sheet ``grids/grid.png``; ``attention_maps``: also ``<name>-attention.png`` per image.
@@ -28,8 +29,8 @@ class GenerationOptions:
 
     num_images: int = 1
     seed: int = 0
-    steps: int = 50
-    guidance: float = 7.5
+    steps: int | None = None  # None: the model family's (ModelFamily.sampling_defaults; 50 for SD and SDXL)
+    guidance: float | None = None  # None: the model family's (7.5 for SD and SDXL)
     negative: str | None = None
     height: int | None = None
     width: int | None = None
@@ -39,6 +40,10 @@ class GenerationOptions:
     grid: bool = True
     attention_maps: bool = False
 
+
+SD_STEPS, SD_GUIDANCE = 50, 7.5
+"""Sampling steps and guidance of SD 1.x/2.x and SDXL (diffusers' pipelines' defaults, the research code's):
+editing's, the evaluation's, and generation's for those families."""
 
 VARIATIONS_NUM_IMAGES = 4
 """Images :func:`~breakascene.inference.generation.variations` makes unless told (generate makes 1)."""
@@ -50,8 +55,8 @@ class EditOptions:
     the first ``blend_start`` fraction of the ``steps`` skipped (0 <= blend_start < 1)."""
 
     seed: int = 0
-    steps: int = 50
-    guidance: float = 7.5
+    steps: int = SD_STEPS
+    guidance: float = SD_GUIDANCE
     blend_start: float = 0.25
 
 

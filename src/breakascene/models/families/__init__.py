@@ -132,6 +132,10 @@ class ModelFamily(abc.ABC):
     def remove_capture(self, unet) -> None:
         """Puts the stock attention back, so that a saved denoiser is the library's own."""
 
+    def sampling_defaults(self, unet) -> tuple[int, float]:
+        """(steps, guidance) that ``generate`` uses when not given: diffusers' SD and SDXL defaults."""
+        return 50, 7.5
+
     def native_resolution(self, unet, vae) -> int:
         """The image side the model was trained at: the UNet's latent ``sample_size`` times the VAE's downscale."""
         return int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)

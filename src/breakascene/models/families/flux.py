@@ -165,6 +165,11 @@ class Flux(ModelFamily):
         """The flow-matching velocity ``noise - x_0``, what FLUX predicts."""
         return noise - latents
 
+    def sampling_defaults(self, unet) -> tuple[int, float]:
+        """FLUX.1-dev: 28 steps at distilled guidance 3.5 (FluxPipeline's documented use); schnell, distilled to few
+        steps and without a guidance embedding: 4 steps, guidance 0."""
+        return (28, 3.5) if unet.config.guidance_embeds else (4, 0.0)
+
     def native_resolution(self, unet, vae) -> int:
         return int(vae.config.sample_size)  # the transformer has no sample size; the VAE's is FLUX.1's 1024
 

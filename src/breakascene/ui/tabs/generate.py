@@ -26,7 +26,9 @@ def _gallery(images):
 
 
 def _generation_kwargs(seed, num_images, steps, guidance, scheduler, attention):
-    return dict(num_images=int(num_images), seed=int(seed), steps=int(steps), guidance=float(guidance),
+    # an empty steps or guidance field (None) takes the run's model family's default
+    return dict(num_images=int(num_images), seed=int(seed), steps=int(steps) if steps else None,
+                guidance=float(guidance) if guidance is not None else None,
                 scheduler=scheduler, attention_maps=bool(attention), progress=False)
 
 
@@ -104,8 +106,9 @@ def build_generate_tab(app, run_choice: gr.Dropdown) -> tuple[gr.Dataset, gr.Mar
         with gr.Row():
             seed = gr.Number(defaults.seed, label="Seed of the first image", precision=0, elem_id="gen-seed")
             num_images = gr.Number(2, label="Images per prompt", precision=0, minimum=1, elem_id="num-images")
-            steps = gr.Number(defaults.steps, label="Steps", precision=0, minimum=1, elem_id="gen-steps")
-            guidance = gr.Number(defaults.guidance, label="Guidance", elem_id="guidance")
+            steps = gr.Number(defaults.steps, label="Steps (empty: the model's)", precision=0, minimum=1,
+                              elem_id="gen-steps")
+            guidance = gr.Number(defaults.guidance, label="Guidance (empty: the model's)", elem_id="guidance")
             scheduler = gr.Dropdown(["default", "ddim", "dpm"], value=defaults.scheduler, label="Sampler")
         show_attention = gr.Checkbox(False, label="show where each handle looks (attention view)",
                                      elem_id="show-attention")
