@@ -41,6 +41,15 @@ def test_builtin_tiny_flux_loads_as_the_flux_family_at_its_native_size():
     assert c.prediction_type == "flow"
 
 
+def test_the_full_size_shape_is_flux_dev_s_transformer():
+    from breakascene.models.tiny_flux import FLUX_DEV_SHAPE, flux_transformer
+
+    with torch.device("meta"):  # counted, not allocated
+        transformer = flux_transformer(FLUX_DEV_SHAPE)
+    assert sum(p.numel() for p in transformer.parameters()) == 11_901_408_320  # FLUX.1-dev's transformer
+    assert (len(transformer.transformer_blocks), len(transformer.single_transformer_blocks)) == (19, 38)
+
+
 def test_prompt_encoding_is_the_flux_pipelines():
     """T5's states and CLIP's pooled vector equal FluxPipeline.encode_prompt's, bit for bit."""
     c = flux()
