@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from ...errors import BreakASceneError
-from ...inference.options import GenerationOptions
+from ...inference.options import SD_GUIDANCE, SD_STEPS, GenerationOptions
 from ..messages import markdown_code, markdown_text
 from ..names import background_prompt, insert_handle, split_prompts
 from ..runs import finished_run, stamp
@@ -26,9 +26,7 @@ def _gallery(images):
 
 
 def _generation_kwargs(seed, num_images, steps, guidance, scheduler, attention):
-    # an empty steps or guidance field (None) takes the run's model family's default
-    return dict(num_images=int(num_images), seed=int(seed), steps=int(steps) if steps else None,
-                guidance=float(guidance) if guidance is not None else None,
+    return dict(num_images=int(num_images), seed=int(seed), steps=int(steps), guidance=float(guidance),
                 scheduler=scheduler, attention_maps=bool(attention), progress=False)
 
 
@@ -106,9 +104,9 @@ def build_generate_tab(app, run_choice: gr.Dropdown) -> tuple[gr.Dataset, gr.Mar
         with gr.Row():
             seed = gr.Number(defaults.seed, label="Seed of the first image", precision=0, elem_id="gen-seed")
             num_images = gr.Number(2, label="Images per prompt", precision=0, minimum=1, elem_id="num-images")
-            steps = gr.Number(defaults.steps, label="Steps (empty: the model's)", precision=0, minimum=1,
-                              elem_id="gen-steps")
-            guidance = gr.Number(defaults.guidance, label="Guidance (empty: the model's)", elem_id="guidance")
+            # (SD's and SDXL's defaults; gradio sends an emptied number field as 0, so it cannot mean "the model's")
+            steps = gr.Number(SD_STEPS, label="Steps", precision=0, minimum=1, elem_id="gen-steps")
+            guidance = gr.Number(SD_GUIDANCE, label="Guidance", elem_id="guidance")
             scheduler = gr.Dropdown(["default", "ddim", "dpm"], value=defaults.scheduler, label="Sampler")
         show_attention = gr.Checkbox(False, label="show where each handle looks (attention view)",
                                      elem_id="show-attention")
