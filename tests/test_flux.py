@@ -175,7 +175,8 @@ def test_phase1_changes_only_the_handle_rows_of_t5(tmp_path):
                    if "shared" not in n and "embed_tokens" not in n), name
 
 
-@pytest.mark.parametrize("lora_t5", [False, True], ids=["transformer", "transformer+t5"])
+# (with LoRA on T5 too: a slow test, about 2 s more)
+@pytest.mark.parametrize("lora_t5", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["transformer", "transformer+t5"])
 def test_lora_phase2_trains_the_attention_projections_and_loads_with_the_handles(tmp_path, lora_t5):
     from breakascene.inference.pipeline import load_pipeline
 

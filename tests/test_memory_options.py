@@ -184,6 +184,7 @@ def test_tf32_is_set_only_on_cuda(monkeypatch):
     assert seen == ["high", "highest"]
 
 
+@pytest.mark.slow  # three runs (about 5 s): `make test-slow`
 def test_optimizer_in_backward_trains_the_same_weights_and_resumes(tmp_path, scene128):
     """Adam per parameter in the backward pass is Adam over all of them: the same run, the same weights; and
     its checkpoints are those of the plain loop (a run stopped with it resumes without it)."""

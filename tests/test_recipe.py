@@ -190,6 +190,7 @@ def test_no_phase1_ablation_skips_it(tmp_path, scene128):
     assert info["steps"] == {"phase2": 2} and set(result.attention_scores) == {"phase2"}
 
 
+@pytest.mark.slow  # two runs and class-image generation (about 5 s): `make test-slow`
 def test_prior_preservation_with_given_and_generated_class_images(tmp_path, scene128):
     from PIL import Image
 

@@ -144,6 +144,7 @@ def test_phase1_changes_only_the_handle_rows_in_both_tables(tmp_path):
     assert all(torch.equal(p, trained.unet.state_dict()[n]) for n, p in fresh.unet.state_dict().items())
 
 
+@pytest.mark.slow  # an SDXL run (about 4 s): `make test-slow`; SD's phase-2 test runs by default
 def test_phase2_trains_the_unet_and_both_text_encoders_but_not_other_words(tmp_path):
     extract(shapes_scene(), sdxl_config(phase1_steps=1, phase2_steps=2, phase2_lr=1e-3), tmp_path / "run",
             components=sdxl(), progress=False)
@@ -207,6 +208,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(bitwise_repro
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+@pytest.mark.slow  # an SDXL LoRA run and its loading (about 3 s): `make test-slow`
 def test_a_lora_run_loads_with_the_handles_in_both_text_encoders(tmp_path):
     out = tmp_path / "run"
     extract(shapes_scene(), sdxl_config(lora_rank=4, lora_text_encoder=True, phase2_lr=1e-2), out,
