@@ -217,6 +217,52 @@ def test_stock_flux_pipeline_loads_a_full_run_and_prompts_with_the_handles(tmp_p
     assert image.shape == (128, 128, 3) and (image >= 0).all() and (image <= 1).all()
 
 
+def test_editing_is_blended_latent_diffusion_through_flux_inpainting_and_keeps_the_outside(tmp_path):
+    """edit on a FLUX run: FluxInpaintPipeline with FLUX's own sampler and defaults; after the last step the latents
+    outside the region are the photo's whatever the prompt (the blend), and the pixels outside come back exactly."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from breakascene.inference.editing import edit, edit_pipeline
+    from breakascene.inference.pipeline import load_pipeline
+
+    out = tmp_path / "run"
+    extract(shapes_scene(), flux_config(), out, components=flux(), progress=False)
+    photo = Image.fromarray((torch.rand(120, 168, 3) * 255).to(torch.uint8).numpy())  # rounded to 128 x 160
+    region = Image.new("L", (168, 120), 0)
+    region.paste(255, (48, 32, 112, 96))
+    with pytest.warns(UserWarning, match="multiples of 16"):
+        paths = edit(out, photo, [(region, "a photo of <asset0>")], steps=4, device="cpu", progress=False)
+    final = torch.from_numpy(np.asarray(Image.open(paths[-1]).convert("RGB")))
+    original = torch.from_numpy(np.asarray(photo.resize((160, 128), Image.LANCZOS)))
+    inside = torch.zeros(128, 160, dtype=torch.bool)
+    inside[34:102, 46:114] = True  # the mask resized with the photo, with a margin for its soft edge
+    outside = ~torch.from_numpy(np.asarray(region.resize((160, 128), Image.BILINEAR)) >= 128)
+    assert torch.equal(final[outside], original[outside]) and not torch.equal(final[inside], original[inside])
+    record = json.loads((paths[-1].parent / "edit.json").read_text())
+    assert "(FluxInpaintPipeline," in record["method"] and record["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+    assert (record["steps"], record["steps_run"], record["guidance"]) == (4, 3, 3.5)
+
+    pipe = edit_pipeline(load_pipeline(out, "cpu")[0])
+    last = {}
+
+    def keep_last(pipeline, step, timestep, tensors):
+        last[prompt] = tensors["latents"]
+        return tensors
+
+    square = Image.new("L", (128, 128), 0)
+    square.paste(255, (0, 0, 64, 64))  # the top-left quarter: packed tokens of rows 0-3, columns 0-3 of the 8 x 8
+    for prompt in ("a photo of <asset0>", "a photo of <bg> in the snow"):
+        pipe(prompt, image=Image.new("RGB", (128, 128), (90, 140, 200)), mask_image=square, height=128, width=128,
+             strength=0.75, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+             callback_on_step_end=keep_last)
+    a, b = (last[p].view(8, 8, -1) for p in last)
+    assert torch.equal(a[4:], b[4:]) and torch.equal(a[:, 4:], b[:, 4:])  # outside: the photo's latents
+    assert not torch.equal(a[:4, :4], b[:4, :4])  # inside: what each prompt made
+
+
 def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
     """extract on FLUX defaults to LoRA and says so; generate samples with FLUX's own sampler; flags that mean nothing
     to FLUX are one-line errors."""
@@ -244,10 +290,11 @@ def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
                                 "--out", str(tmp_path / "none")])
         assert_one_error(code, err, fragment, "FLUX.1")
         assert not (tmp_path / "none").exists()
-    # what FLUX runs do not have yet says so in one line; the diffusers export is there (the LoRA fused in)
     code, _, err = run_cli(["edit", str(run), str(scene_dir / "img.png"), "--region", str(scene_dir / "mask0.png"),
-                            "a photo of <asset0>", "--out", str(tmp_path / "none")])
-    assert_one_error(code, err, "edit is not available for FLUX.1 runs yet")
+                            "a photo of <asset0>", "--steps", "2", "--quiet", "--out", str(tmp_path / "edit")])
+    assert code == 0, err
+    assert (tmp_path / "edit" / "final.png").is_file()
+    # what FLUX runs do not have yet says so in one line; the diffusers export is there (the LoRA fused in)
     code, _, err = run_cli(["export", str(run), "--format", "comfyui", "--out", str(tmp_path / "none")])
     assert_one_error(code, err, "--format comfyui", "FLUX.1")
     assert not (tmp_path / "none").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..inference.options import EditOptions
+from ..inference.options import SD_GUIDANCE, SD_STEPS, EditOptions
 from .arguments import finite_float
 from .shared import common_options
 
@@ -25,15 +25,16 @@ def add_edit_parser(subparsers) -> argparse.ArgumentParser:
         '  break-a-scene edit RUN photo.jpg --region dog.png "a photo of <asset0>" --region sky.png "a photo of <bg>"',
     )
     p.add_argument("run", help="a finished run folder (written by extract)")
-    p.add_argument("image", help="the photo to edit (kept at its size, rounded to multiples of 8)")
+    p.add_argument("image", help="the photo to edit (kept at its size, rounded to multiples of 8; 16 for FLUX.1)")
     p.add_argument("--region", nargs=2, action="append", required=True, metavar=("MASK", "PROMPT"),
                    help="a region mask and the prompt for it (repeat; applied in order)")
     p.add_argument("--out", help="output folder (default: a new numbered folder RUN/edits/NNN-<image stem>)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help=f"seed of region 1; region i uses seed+i-1 (default: {DEFAULTS.seed})")
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"DDIM steps (default: {DEFAULTS.steps})")
-    p.add_argument("--guidance", type=finite_float, default=DEFAULTS.guidance,
-                   help=f"classifier-free guidance scale (default: {DEFAULTS.guidance})")
+    p.add_argument("--steps", type=int, help=f"sampling steps, DDIM for SD and SDXL (default: the model's: {SD_STEPS} "
+                   "for SD and SDXL, 28 for FLUX.1-dev, 4 for FLUX.1-schnell)")
+    p.add_argument("--guidance", type=finite_float, help=f"guidance scale (default: the model's: {SD_GUIDANCE} for SD "
+                   "and SDXL, 3.5 for FLUX.1-dev, 0 for FLUX.1-schnell)")
     p.add_argument("--blend-start", type=finite_float, default=DEFAULTS.blend_start,
                    help=f"fraction of the steps skipped: start from the photo noised to that step (default: {DEFAULTS.blend_start})")
     p.add_argument("--device", help="cuda, mps or cpu (default: cuda if available, else mps, else cpu)")

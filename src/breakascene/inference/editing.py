@@ -6,7 +6,8 @@ with its own prompt, ONE AFTER THE OTHER: region 2 is edited in the result of re
 What BLD does per region, and who does it here:
 
 * DDIM sampling (50 steps, guidance 7.5 by default) with the run's model; the first ``blend_start`` (25 %) of the
-  steps are skipped: sampling starts from the source latents noised to that step (SDEdit-style start).
+  steps are skipped: sampling starts from the source latents noised to that step (SDEdit-style start). A FLUX.1
+  run samples with its own flow-matching Euler sampler and its family's steps and guidance (28 and 3.5 for dev).
 * The region mask is brought to the latent grid (nearest) and thresholded at 0.5; after every step the latents
   OUTSIDE it are replaced by the source latents noised to the next timestep (the clean source latents after the
   last step).
@@ -18,11 +19,17 @@ skipped), its ``mask_processor`` binarises the mask at 0.5 and ``prepare_mask_la
 with nearest interpolation, and its ``num_channels_unet == 4`` branch blends
 ``(1 - mask) * add_noise(image_latents, noise, t_next) + mask * latents`` after every scheduler step. So this
 module builds that pipeline from the run's components (``from_pipe``, no copy of the weights) with a
-``DDIMScheduler`` from the run's scheduler config, and writes only what it lacks:
+``DDIMScheduler`` from the run's scheduler config, and writes only what it lacks. For FLUX.1,
+``FluxInpaintPipeline`` does the same with a plain (64-input-channel) transformer: it starts from
+``scale_noise(source latents, first kept timestep, noise)``, binarises the mask, resizes it to the latent grid
+(nearest), packs it 2x2 like the latents, and after every step blends ``(1 - mask) * scale_noise(image_latents,
+t_next, noise) + mask * latents`` (the clean source latents after the last step).
+
+What this module adds:
 
 * input handling: the edit image is read like the scene photo (EXIF transpose, any mode -> RGB) but NOT cropped
-  to a square: it keeps its own size when both sides are multiples of 8, else it is resized (LANCZOS) to the
-  nearest multiples of 8 (with a warning), and the outputs have that size. A region mask must have the edit
+  to a square: it keeps its own size when both sides are multiples of 8 (16 for FLUX.1, which packs 2x2 latent
+  patches), else it is resized (LANCZOS) to the nearest multiples (with a warning), and the outputs have that size. A region mask must have the edit
   image's size; a mask of the same aspect ratio but another size is resized (with a warning), any other size is
   an error;
 * background preservation in pixels: decoding changes pixels outside the region too (the VAE round trip is lossy),
@@ -38,6 +45,7 @@ module builds that pipeline from the run's components (``from_pipe``, no copy of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -54,7 +62,7 @@ from ..models.loading import check_device
 from ..run_folder import check_clear_of_inputs, check_clear_of_run
 from ..run_info import RunInfo
 from .options import EditOptions, with_settings
-from .pipeline import load_pipeline, refuse_for_flux
+from .pipeline import load_pipeline
 from .progress import StepProgress
 from .prompts import check_prompt_handles
 
@@ -70,15 +78,16 @@ def _name(source: ImageInput, fallback: str) -> str:
     return getattr(source, "filename", "") or fallback
 
 
-def load_edit_image(source: ImageInput) -> tuple[Image.Image, tuple[int, int]]:
-    """The edit image as RGB at a size whose sides are multiples of 8; also returns its size as read (w, h)."""
+def load_edit_image(source: ImageInput, multiple: int = 8) -> tuple[Image.Image, tuple[int, int]]:
+    """The edit image as RGB at a size whose sides are multiples of ``multiple`` (the model family's
+    ``image_side_multiple``); also returns its size as read (w, h)."""
     img = to_rgb(open_image(source, "edit image"))
     size = img.size
-    width, height = (max(8, int(round(side / 8)) * 8) for side in size)
+    width, height = (max(multiple, int(round(side / multiple)) * multiple) for side in size)
     if (width, height) != size:
         warnings.warn(
             f"edit image {_name(source, 'image')} is {size[0]}x{size[1]}; resized to {width}x{height} "
-            "(both sides must be multiples of 8), so the outputs have that size",
+            f"(both sides must be multiples of {multiple}), so the outputs have that size",
             SceneWarning,
             stacklevel=2,
         )
@@ -117,15 +126,14 @@ def load_region_mask(source: ImageInput, image_size: tuple[int, int], work_size:
 
 
 def edit_pipeline(pipe):
-    """The family's inpainting pipeline (``StableDiffusionInpaintPipeline``, ``StableDiffusionXLInpaintPipeline``)
-    sharing ``pipe``'s components, with a DDIM scheduler (BLD's sampler). With a 4-channel UNet both blend the
-    latents inside the mask with the photo's, noised to the step's level: Blended Latent Diffusion."""
-    from diffusers import DDIMScheduler
-
+    """The family's inpainting pipeline (``StableDiffusionInpaintPipeline``, ``StableDiffusionXLInpaintPipeline``,
+    ``FluxInpaintPipeline``) sharing ``pipe``'s components, with the family's editing sampler (DDIM for the UNets,
+    BLD's). With a plain text-to-image denoiser each blends the latents inside the mask with the photo's, noised
+    to the step's level: Blended Latent Diffusion."""
     from ..models.families.registry import family_of_pipeline
 
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    inpaint = family_of_pipeline(pipe).inpaint_pipeline_class.from_pipe(pipe, scheduler=scheduler)
+    family = family_of_pipeline(pipe)
+    inpaint = family.inpaint_pipeline_class.from_pipe(pipe, scheduler=family.edit_scheduler(pipe.scheduler))
     inpaint.set_progress_bar_config(disable=True)
     return inpaint
 
@@ -203,8 +211,8 @@ def edit(
         regions: ``(mask, prompt)`` pairs, applied in order, each to the previous result.
         options: the sampling settings (:class:`EditOptions`); ``settings``, its field names as keyword
             arguments, replace single ones: ``seed`` (region i, from 1, uses seed ``seed + i - 1``), ``steps``
-            (DDIM steps, of which the first ``blend_start`` fraction is skipped, 0 <= blend_start < 1),
-            ``guidance`` (classifier-free guidance scale).
+            (sampling steps, of which the first ``blend_start`` fraction is skipped, 0 <= blend_start < 1),
+            ``guidance`` (the guidance scale); ``steps``/``guidance`` None: the run's model family's.
         out: output folder; default a new ``RUN/edits/NNN-<image stem>`` (:func:`next_edit_folder`), never
             refused. An ``out`` given may hold earlier outputs only with ``overwrite``.
         overwrite: replace outputs already in ``out``.
@@ -223,13 +231,15 @@ def edit(
             of range.
         SceneError: the image or a mask is missing, unreadable, of the wrong size, or a mask is empty.
     """
+    from ..models.families.registry import family_of_pipeline_class
+
     options = with_settings(options, EditOptions, settings)
     info = RunInfo.read(run)
-    refuse_for_flux(info, "edit")
-    _check_request(regions, options, info.tokens)
+    family = family_of_pipeline_class(info.pipeline)
+    _check_request(regions, options, info.tokens, family)
     if pipeline is None:
         device = check_device(device)
-    photo, read_size = load_edit_image(image)
+    photo, read_size = load_edit_image(image, family.image_side_multiple)
     masks = [load_region_mask(mask, read_size, photo.size) for mask, _ in regions]
     stem = Path(image).stem if isinstance(image, (str, Path)) else "image"
     edits = Path(run) / "edits"
@@ -237,11 +247,12 @@ def edit(
     _check_outputs(planned, run, image, regions, overwrite)
 
     pipe = edit_pipeline(pipeline if pipeline is not None else load_pipeline(run, device, info=info)[0])
+    options = _with_family_defaults(options, family, pipe)
     if out is None:
         planned = _make_default_folder(edits, stem)
     else:
         planned.mkdir(parents=True, exist_ok=True)
-    steps_run = int(options.steps * (1.0 - options.blend_start))  # what diffusers' get_timesteps keeps, see the module
+    steps_run = family.edit_steps_run(options.steps, 1.0 - options.blend_start)  # what the pipeline runs
     with StepProgress(steps_run * len(regions), "edit", enabled=progress) as bar:
         current, paths, records = _edit_regions(pipe, photo, regions, masks, options, planned, steps_run, bar)
         final = planned / "final.png"
@@ -250,25 +261,36 @@ def edit(
         paths.append(final)
         record = {
             "run": str(run), "image": _name(image, "image"), "size": list(photo.size), "input_size": list(read_size),
-            "method": f"blended latent diffusion ({type(pipe).__name__}, 4-channel UNet) + pixel composite",
-            "scheduler": "DDIM", "steps": options.steps, "steps_run": steps_run,
+            "method": f"blended latent diffusion ({type(pipe).__name__}, text-to-image denoiser) + pixel composite",
+            "scheduler": type(pipe.scheduler).__name__, "steps": options.steps, "steps_run": steps_run,
             "guidance": options.guidance, "blend_start": options.blend_start, "seed": options.seed, "regions": records,
         }
         (planned / "edit.json").write_text(json.dumps(record, indent=2) + "\n")
     return paths
 
 
-def _check_request(regions: Sequence[tuple[ImageInput, str]], options: EditOptions, tokens: list[str]) -> None:
+def _check_request(regions: Sequence[tuple[ImageInput, str]], options: EditOptions, tokens: list[str], family) -> None:
     if not regions:
         raise ConfigError("no region given; add --region MASK PROMPT")
     for _, prompt in regions:
         check_prompt_handles(prompt, tokens)
-    if options.steps < 1:
+    if options.steps is not None and options.steps < 1:
         raise ConfigError(f"--steps must be >= 1 (got {options.steps})")
     if not 0.0 <= options.blend_start < 1.0:
         raise ConfigError(f"--blend-start must be in [0, 1) (got {options.blend_start})")
-    if int(options.steps * (1.0 - options.blend_start)) < 1:
+    if options.steps is not None and family.edit_steps_run(options.steps, 1.0 - options.blend_start) < 1:
         raise ConfigError(f"--blend-start {options.blend_start} skips all {options.steps} steps; lower it or raise --steps")
+
+
+def _with_family_defaults(options: EditOptions, family, pipe) -> EditOptions:
+    """``options`` with the steps and guidance not given set to the family's (a FLUX.1 run's: 28 and 3.5 for dev);
+    the steps the pipeline then runs are checked again, since the defaults were not known before loading."""
+    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name])
+    options = dataclasses.replace(options, steps=steps if options.steps is None else options.steps,
+                                  guidance=guidance if options.guidance is None else options.guidance)
+    if family.edit_steps_run(options.steps, 1.0 - options.blend_start) < 1:
+        raise ConfigError(f"--blend-start {options.blend_start} skips all {options.steps} steps; lower it or raise --steps")
+    return options
 
 
 def _check_outputs(out: Path, run: str | Path, image: ImageInput, regions: Sequence[tuple[ImageInput, str]],

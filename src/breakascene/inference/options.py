@@ -51,12 +51,13 @@ VARIATIONS_NUM_IMAGES = 4
 
 @dataclass(frozen=True)
 class EditOptions:
-    """How :func:`~breakascene.inference.editing.edit` samples: DDIM, region i (from 1) with seed ``seed + i - 1``,
-    the first ``blend_start`` fraction of the ``steps`` skipped (0 <= blend_start < 1)."""
+    """How :func:`~breakascene.inference.editing.edit` samples: region i (from 1) with seed ``seed + i - 1``, the
+    first ``blend_start`` fraction of the ``steps`` skipped (0 <= blend_start < 1); DDIM for SD and SDXL, FLUX.1's
+    own sampler for FLUX. ``steps``/``guidance`` None: the model family's, as for :class:`GenerationOptions`."""
 
     seed: int = 0
-    steps: int = SD_STEPS
-    guidance: float = SD_GUIDANCE
+    steps: int | None = None  # None: the model family's (50 for SD and SDXL, 28 for FLUX.1-dev)
+    guidance: float | None = None  # None: the model family's (7.5 for SD and SDXL, 3.5 for FLUX.1-dev)
     blend_start: float = 0.25
 
 

@@ -136,6 +136,20 @@ class ModelFamily(abc.ABC):
         """(steps, guidance) that ``generate`` uses when not given: diffusers' SD and SDXL defaults."""
         return 50, 7.5
 
+    image_side_multiple: int = 8  # an image's sides must be multiples of this (the VAE's downscale; FLUX packs 2x2)
+
+    def edit_scheduler(self, scheduler):
+        """The sampler local editing (Blended Latent Diffusion) runs with, from the run's ``scheduler``: DDIM on its
+        config, BLD's and the research code's."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(scheduler.config)
+
+    def edit_steps_run(self, steps: int, strength: float) -> int:
+        """How many of ``steps`` an inpainting call at ``strength`` runs: the family's inpainting pipeline's
+        ``get_timesteps`` (SD's and SDXL's keep ``int(steps * strength)``)."""
+        return min(int(steps * strength), steps)
+
     def native_resolution(self, unet, vae) -> int:
         """The image side the model was trained at: the UNet's latent ``sample_size`` times the VAE's downscale."""
         return int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import SceneError
-from ...inference.options import EditOptions
+from ...inference.options import SD_GUIDANCE, SD_STEPS, EditOptions
 from ..mask_inputs import mask_image, masks_from_layers
 from ..names import split_prompts
 from ..runs import finished_run, stamp
@@ -54,8 +54,9 @@ def build_edit_tab(app, run_choice: gr.Dropdown) -> None:
         prompts = gr.Textbox(label="Prompt per region", lines=3, placeholder="a photo of <asset0>")
         with gr.Row():
             seed = gr.Number(defaults.seed, label="Seed", precision=0)
-            steps = gr.Number(defaults.steps, label="Steps", precision=0, minimum=1)
-            guidance = gr.Number(defaults.guidance, label="Guidance")
+            # SD's numbers, not empty: gradio sends an emptied field as 0 (the Generate tab does the same)
+            steps = gr.Number(SD_STEPS, label="Steps", precision=0, minimum=1)
+            guidance = gr.Number(SD_GUIDANCE, label="Guidance")
             blend_start = gr.Slider(0, 0.95, value=defaults.blend_start, step=0.05,
                                     label="Blend start (steps skipped)")
         edit_button = gr.Button("Apply the regions in order", variant="primary")
