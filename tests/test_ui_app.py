@@ -291,3 +291,16 @@ def test_cli_ui_rejects_a_bad_address_in_one_line(capsys):
 
     assert main(["ui", "--host", " ", "--runs-dir", "unused"]) == 2
     assert capsys.readouterr().err.strip() == "error: --host is empty; leave it out to listen on 127.0.0.1 only"
+
+
+def test_the_download_folder_goes_with_the_app(tmp_path):
+    """Each app makes a temporary folder for its zips; it is removed with the app (or at exit), not left in /tmp."""
+    import gc
+
+    app = ui.App(tmp_path / "runs", model="builtin:tiny")
+    downloads = app.downloads
+    (downloads / "run.zip").write_bytes(b"zip")
+    assert downloads.is_dir()
+    del app
+    gc.collect()
+    assert not downloads.exists()

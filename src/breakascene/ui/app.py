@@ -28,9 +28,11 @@ lives in the gradio-free modules of :mod:`breakascene.ui`, where it is tested wi
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home (and no hang on a closed network)
@@ -82,6 +84,8 @@ class App(SceneHandlers, ExtractHandlers, GenerateHandlers, EditHandlers, Downlo
         self.pipelines = PipelineCache()
         self.segmenters = SegmenterCache()
         self.downloads = Path(tempfile.mkdtemp(prefix="breakascene-ui-"))  # zips are made here, served from here
+        # removed with the app, or at exit: otherwise every launch (and every test's app) leaves a folder in /tmp
+        weakref.finalize(self, shutil.rmtree, self.downloads, ignore_errors=True)
         # The page's defaults need the model's native size (breakascene.models, which imports torch and diffusers:
         # seconds), so that is imported here, before the warm-up thread: diffusers' lazy imports are not safe from
         # two threads at once (building the page while the thread imported gave "cannot import name
