@@ -50,6 +50,24 @@ def test_the_full_size_shape_is_flux_dev_s_transformer():
     assert (len(transformer.transformer_blocks), len(transformer.single_transformer_blocks)) == (19, 38)
 
 
+def test_handles_take_t5_xxl_s_spare_rows_and_never_shrink_its_table():
+    """T5-XXL's table has 32128 rows for 32100 tokens: the handles get rows inside it, the table keeps its shape (the
+    checkpoint stays loadable with T5-XXL's own config), and every other row stays as it was."""
+    from breakascene.handles import attach_handles_to_each, resolve_init_words
+
+    c = flux()
+    spare = len(c.tokenizer_2) + 8
+    c.text_encoder_2.resize_token_embeddings(spare, mean_resizing=False)
+    before = c.text_encoder_2.get_input_embeddings().weight.detach().clone()
+    handles = resolve_init_words(c.tokenizer_2, make_handles(2), default="dog")
+    attach_handles_to_each([c.tokenizer_2], [c.text_encoder_2], handles)
+    table = c.text_encoder_2.get_input_embeddings().base.weight
+    ids = c.tokenizer_2.convert_tokens_to_ids([h.token for h in handles])
+    assert table.shape[0] == spare == c.text_encoder_2.config.vocab_size and max(ids) < spare
+    others = [i for i in range(spare) if i not in ids]
+    assert torch.equal(table[others], before[others])
+
+
 def test_prompt_encoding_is_the_flux_pipelines():
     """T5's states and CLIP's pooled vector equal FluxPipeline.encode_prompt's, bit for bit."""
     c = flux()

@@ -153,12 +153,20 @@ def add_handle_tokens(tokenizer, tokens: list[str]) -> list[int]:
     return list(ids)
 
 
+def grow_token_table(text_encoder, size: int) -> None:
+    """Makes the encoder's token table at least ``size`` rows (the tokenizer's length, handles included), never
+    smaller: T5-XXL's table (FLUX.1's) has 32128 rows for 32100 tokens, so the first handles take spare rows there,
+    and cutting it to the tokenizer's length would change the checkpoint's shape for every tool that loads it."""
+    if size > text_encoder.get_input_embeddings().num_embeddings:
+        text_encoder.resize_token_embeddings(size, mean_resizing=False)
+
+
 def add_learned_handles(tokenizer, text_encoder, tokens: list[str], vectors: torch.Tensor) -> None:
     """A finished run's handles put into a base model (a LoRA run is loaded this way): each token added as in
     training (:func:`add_handle_tokens`), the encoder's table grown, and the token's row set to its learned
     vector. ``vectors``: (K, dim), in ``tokens`` order."""
     ids = add_handle_tokens(tokenizer, tokens)
-    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    grow_token_table(text_encoder, len(tokenizer))
     table = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
         table[ids] = vectors.to(table.device, table.dtype)
@@ -219,7 +227,7 @@ def attach_handles(tokenizer, text_encoder, handles: list[Handle]) -> HandleEmbe
     if any(h.init_word is None for h in handles):
         raise ValueError("resolve_init_words() first: every handle needs its init word")
     ids = add_handle_tokens(tokenizer, [h.token for h in handles])
-    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set below
+    grow_token_table(text_encoder, len(tokenizer))  # rows set below
     base = text_encoder.get_input_embeddings()
     init = torch.stack([init_word_embedding(tokenizer, base, h.init_word) for h in handles])
     # The new rows of the base table get the initial vectors too, so the table alone is a sensible model.
