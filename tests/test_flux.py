@@ -281,6 +281,87 @@ def test_editing_is_blended_latent_diffusion_through_flux_inpainting_and_keeps_t
     assert not torch.equal(a[:4, :4], b[:4, :4])  # inside: what each prompt made
 
 
+def _readme_code(folder, generate: bool = True) -> dict:
+    """Runs the one Python block of an export's README, as a user would; returns its namespace. ``generate=False``
+    leaves out its last line, the 1024 px image (seconds, even for the tiny model)."""
+    import re
+
+    (block,) = re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), flags=re.DOTALL)
+    if not generate:
+        block, last = block.rstrip().rsplit("\n", 1)
+        assert last.startswith("image = pipe(")
+    namespace: dict = {}
+    exec(compile(block, "README", "exec"), namespace)
+    return namespace
+
+
+def test_a_lora_run_exports_for_comfyui_and_as_t5_embeddings_that_load_back_to_the_run(tmp_path):
+    """comfyui: the transformer's adapters in diffusers' PEFT keys with their alpha, T5's as lora_te3_*, one t5xxl
+    embedding per handle; textual-inversion: one t5 row per handle. Each README's code, run as written, rebuilds
+    the run's own weights and handles in a stock FluxPipeline."""
+    from safetensors.torch import load_file
+
+    from breakascene.inference.exports import export
+    from breakascene.inference.pipeline import load_pipeline
+
+    run = tmp_path / "run"
+    extract(shapes_scene(), flux_config(lora_rank=4, lora_alpha=8.0, lora_text_encoder=True, phase2_lr=1e-2), run,
+            components=flux(), progress=False)
+    tokens, vectors = load_handles(run / "handles.safetensors")
+    expected = load_pipeline(run, "cpu")[0]  # the run as generate loads it: the adapters fused
+
+    out = export(run, tmp_path / "comfy", format="comfyui", name="pets")
+    lora = load_file(out / "models" / "loras" / "pets.safetensors")
+    transformer_keys = [k for k in lora if k.startswith("transformer.")]
+    t5_keys = [k for k in lora if k.startswith("lora_te3_encoder_block_")]
+    assert transformer_keys and t5_keys and len(transformer_keys) + len(t5_keys) == len(lora)
+    assert "transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight" in lora
+    assert float(lora["transformer.transformer_blocks.0.attn.to_add_out.alpha"]) == 8.0
+    assert "lora_te3_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight" in lora
+    for token, vector in zip(tokens, vectors):
+        embedding = load_file(out / "models" / "embeddings" / f"pets_{token.strip('<>')}.safetensors")
+        assert list(embedding) == ["t5xxl"] and torch.equal(embedding["t5xxl"][0], vector)
+    readme = (out / "README.md").read_text()
+    assert "embedding:pets_asset0" in readme and "models/loras/" in readme and "4096 != 768" in readme
+    pipe = _readme_code(out, generate=False)["pipe"]
+    pipe.fuse_lora()  # the transformer's adapters as plain weights, to compare with the run's
+    pipe.unload_lora_weights()
+    for part in ("transformer", "text_encoder_2"):
+        actual = getattr(pipe, part).state_dict()  # the run's T5 keeps peft's merged layers (as base_layer)
+        wanted = {k.replace(".base_layer", ""): v for k, v in getattr(expected, part).state_dict().items()
+                  if "lora_" not in k}
+        shared = [k for k in wanted if "shared" not in k and "embed_tokens" not in k]
+        assert any(not torch.equal(wanted[k], v) for k, v in getattr(flux(), "unet" if part == "transformer"
+                                                                    else part).state_dict().items() if k in shared)
+        assert all(torch.allclose(actual[k], wanted[k], atol=1e-6) for k in shared), part
+    words = [f"pets_{t.strip('<>')}" for t in tokens]
+    ids = pipe.tokenizer_2("a photo of pets_asset0").input_ids
+    assert pipe.tokenizer_2.convert_tokens_to_ids("pets_asset0") in ids
+    assert pipe.tokenizer_2.convert_tokens_to_ids("▁") not in ids  # the word takes its space, as in training
+    table = pipe.text_encoder_2.get_input_embeddings().weight
+    assert torch.equal(table[pipe.tokenizer_2.convert_tokens_to_ids(words)], vectors)
+
+    out = export(run, tmp_path / "ti", format="textual-inversion")
+    assert all(list(load_file(out / f"{t.strip('<>')}.safetensors")) == ["t5"] for t in tokens)
+    namespace = _readme_code(out)
+    table = namespace["pipe"].text_encoder_2.get_input_embeddings().weight
+    assert torch.equal(table[namespace["pipe"].tokenizer_2.convert_tokens_to_ids(tokens)], vectors)
+    assert namespace["image"].size == (1024, 1024)  # FluxPipeline's own default size
+
+
+def test_flux_exports_that_cannot_be_are_one_line_errors(tmp_path):
+    from breakascene.errors import ConfigError
+    from breakascene.inference.exports import export
+
+    full = tmp_path / "full"
+    extract(shapes_scene(), flux_config(phase1_steps=1, phase2_steps=1), full, components=flux(), progress=False)
+    with pytest.raises(ConfigError, match="A1111 does not run FLUX.1"):
+        export(full, tmp_path / "a", format="a1111")
+    with pytest.raises(ConfigError, match="takes FLUX.1 LoRA runs"):
+        export(full, tmp_path / "c", format="comfyui")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
 def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
     """extract on FLUX defaults to LoRA and says so; generate samples with FLUX's own sampler; flags that mean nothing
     to FLUX are one-line errors."""
@@ -313,8 +394,8 @@ def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
     assert code == 0, err
     assert (tmp_path / "edit" / "final.png").is_file()
     # what FLUX runs do not have yet says so in one line; the diffusers export is there (the LoRA fused in)
-    code, _, err = run_cli(["export", str(run), "--format", "comfyui", "--out", str(tmp_path / "none")])
-    assert_one_error(code, err, "--format comfyui", "FLUX.1")
+    code, _, err = run_cli(["export", str(run), "--format", "a1111", "--out", str(tmp_path / "none")])
+    assert_one_error(code, err, "--format a1111", "FLUX.1")
     assert not (tmp_path / "none").exists()
     code, _, err = run_cli(["export", str(run), "--format", "diffusers", "--out", str(tmp_path / "full")])
     assert code == 0, err

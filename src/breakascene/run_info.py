@@ -66,6 +66,10 @@ class RunInfo:
         return self.pipeline == "StableDiffusionXLPipeline"
 
     @property
+    def is_flux(self) -> bool:
+        return self.pipeline == "FluxPipeline"
+
+    @property
     def tokens(self) -> list[str]:
         return [h.token for h in self.handles]
 

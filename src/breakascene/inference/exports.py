@@ -10,6 +10,9 @@
   file, or ``builtin:tiny`` built with :func:`breakascene.models.tiny.build_tiny_components`) and this export's absolute
   path (:func:`.loading_code.base_pipeline_lines`).
 
+A FLUX.1 run's files hold each handle's T5 row under ``t5`` (diffusers' FLUX scripts' key), and the README adds
+them to T5 as training did (:func:`.loading_code.t5_handle_lines`).
+
 The handles were trained jointly with the run's UNet and text encoder (phase 2), so on a stock base model they
 only look roughly right: load them into the run's own pipeline for faithful results.
 
@@ -18,7 +21,8 @@ only look roughly right: load them into the run's own pipeline for faithful resu
 path (or from the Hub repo it is pushed to).
 
 ``comfyui``, ``a1111`` and ``kohya`` write what those tools load (a single-file checkpoint or a WebUI LoRA, and
-one embedding per handle): :mod:`.webui`.
+one embedding per handle): :mod:`.webui`. FLUX.1 runs: ``comfyui`` and ``kohya`` for LoRA runs (A1111 runs no FLUX,
+and a full 12 B fine-tune goes as ``diffusers``).
 """
 
 from __future__ import annotations
@@ -34,8 +38,7 @@ from ..errors import ConfigError, RunError
 from ..handles import load_handles
 from ..run_folder import HANDLES_FILE, SCENE_FILE, check_clear_of_inputs, written_atomically
 from ..run_info import RunInfo
-from .loading_code import base_pipeline_lines, python_literal
-from .pipeline import refuse_for_flux
+from .loading_code import base_pipeline_lines, python_literal, t5_handle_lines
 from .webui import WEBUI_FORMATS, export_name, write_webui
 
 FORMATS = ("textual-inversion", "diffusers", "comfyui", "a1111", "kohya")
@@ -52,6 +55,8 @@ def _ti_readme(tokens: list[str], files: list[str], info: RunInfo, location: Pat
     """The textual-inversion export's README; ``location`` is where the export ends up (absolute)."""
     if info.is_sdxl:
         return _ti_readme_sdxl(tokens, files, info, location, run)
+    if info.is_flux:
+        return _ti_readme_flux(tokens, files, info, location, run)
     imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, vae=info.vae)
 
     def head(*more_imports: str) -> str:  # each block runs on its own (a token can be added only once)
@@ -124,6 +129,35 @@ Each `<name>.safetensors` holds the handle's row in both SDXL text encoders: `cl
 """
 
 
+def _ti_readme_flux(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
+    """The README of a FLUX.1 run's textual-inversion export: each file holds the handle's T5 row under ``t5``."""
+    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
+    handle_imports, handle_lines = t5_handle_lines(tokens, files, "t5")
+    code = "\n".join(["from pathlib import Path", "", *imports, *handle_imports, "",
+                      f"export = Path({python_literal(str(location))})  # this folder; change it if you move it", "",
+                      *make_pipe, *handle_lines, f'image = pipe("a photo of {tokens[0]} at the beach").images[0]'])
+    generate = shlex.join(["break-a-scene", "generate", str(run), f"a photo of {tokens[0]}"])
+    return f"""# Break-A-Scene handles as FLUX.1 textual-inversion embeddings
+
+Tokens: {", ".join(f"`{t}`" for t in tokens)} (base model: `{info.base_model}`).
+
+Each `<name>.safetensors` holds the handle's row in FLUX.1's T5 encoder (`text_encoder_2`) under `t5`, (1, 4096)
+on FLUX.1, the key diffusers' FLUX training scripts write. There is no `clip_l`: on FLUX a handle is a T5 token
+only (CLIP gives just the pooled vector, which carries no per-token meaning; docs/method.md). `handles.safetensors`
+holds all of them (`embeddings`) with the tokens in its metadata and in `tokens.txt`.
+
+{NOTE.replace("UNet", "transformer")} For faithful results generate with the run itself, `{generate}`.
+
+The code below adds each handle as training did: one T5 token that takes the space before it. diffusers'
+`load_textual_inversion` adds a plain token instead, before which T5's SentencePiece puts a token of its own for
+the space, a prompt the handles were not trained with.
+
+```python
+{code}
+```
+"""
+
+
 def _diffusers_readme(tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None,
                       pipeline: str = "StableDiffusionPipeline") -> str:
     """The diffusers export's README: loads it from ``location`` (absolute), or from ``repo_id`` once pushed."""
@@ -144,6 +178,17 @@ image = pipe("a photo of {tokens[0]} at the beach").images[0]
 The handle tokens are already in the tokenizer(s) and text encoder(s). This folder is also a break-a-scene run
 folder (`scene.json`, `handles.safetensors`): `{generate}`.
 """
+
+
+def _check_flux_format(info: RunInfo, format: str) -> None:
+    """What a FLUX.1 run exports to: diffusers, textual inversion (``t5``), and for a LoRA run (FLUX's default)
+    ComfyUI's and kohya's layout; A1111 runs no FLUX, and a full fine-tune's 12 B parameters go as a diffusers
+    folder."""
+    if format == "a1111":
+        raise ConfigError("--format a1111: A1111 does not run FLUX.1; use --format comfyui, or --format diffusers")
+    if format in WEBUI_FORMATS and info.lora is None:
+        raise ConfigError(f"--format {format} takes FLUX.1 LoRA runs (extract's default on FLUX); export this full "
+                          "fine-tune with --format diffusers")
 
 
 def _check_push(repo_id: str | None) -> None:
@@ -185,8 +230,8 @@ def export(
     run, out = Path(run), Path(out)
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if format != "diffusers":
-        refuse_for_flux(info, f"export --format {format} (use --format diffusers)")
+    if info.is_flux:
+        _check_flux_format(info, format)
     if fp16 and format not in WEIGHT_FORMATS:
         raise ConfigError(f"--fp16 is for --format {', '.join(WEIGHT_FORMATS)}; textual-inversion vectors are kept "
                           "exactly (fp32)")
@@ -227,8 +272,9 @@ def _write_textual_inversion(
 
     from ..handles import embedding_files, load_second_handles
 
-    # SD: the token as the one key, diffusers' own layout (load_textual_inversion(file) finds the token)
-    tensors = embedding_files(vectors, load_second_handles(run / HANDLES_FILE), lambda k: tokens[k])
+    # SD: the token as the one key, diffusers' own layout (load_textual_inversion(file) finds the token); FLUX: "t5"
+    tensors = embedding_files(vectors, load_second_handles(run / HANDLES_FILE),
+                              (lambda k: "t5") if info.is_flux else (lambda k: tokens[k]))
     files = [token.strip("<>") + ".safetensors" for token in tokens]
     for name, file_tensors in zip(files, tensors):
         save_file(file_tensors, str(folder / name))

@@ -1,4 +1,5 @@
-"""Exports for the WebUI tools: ``comfyui``, ``a1111`` (also Forge) and ``kohya``, for SD 1.x / 2.x and SDXL runs.
+"""Exports for the WebUI tools: ``comfyui``, ``a1111`` (also Forge) and ``kohya``, for SD 1.x / 2.x and SDXL runs,
+and ``comfyui`` and ``kohya`` for FLUX.1 LoRA runs (:func:`flux_lora_state_dict`, embeddings under ``t5xxl``).
 
 All three write the same files, in the folder tree of the tool they are named after (so that the export's
 contents can be copied into that tool's folder as they are; ``kohya`` is flat, like sd-scripts' output):
@@ -29,7 +30,7 @@ import torch
 
 from ..errors import ConfigError, RunError
 from ..run_info import RunInfo
-from .loading_code import base_pipeline_lines, python_literal, single_file_config
+from .loading_code import base_pipeline_lines, python_literal, single_file_config, t5_handle_lines
 
 WEBUI_FORMATS = ("comfyui", "a1111", "kohya")
 
@@ -40,6 +41,8 @@ FOLDERS = {
     "kohya": {"checkpoint": ".", "lora": ".", "embedding": "."},
 }
 EMBEDDING_KEY = "emb_params"
+FLUX_EMBEDDING_KEY = "t5xxl"  # what ComfyUI's T5-XXL tokenizer reads from an embedding file
+T5_LORA_PREFIX = "lora_te3_"  # kohya sd-scripts' name for FLUX's T5 adapters, which ComfyUI and Forge map to T5-XXL
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -73,19 +76,42 @@ def webui_lora_state_dict(run: Path, info: RunInfo, dtype: torch.dtype = torch.f
     lora = info.lora
     te_prefixes = ["lora_te1_", "lora_te2_"] if info.is_sdxl else ["lora_te_"]
     out: dict[str, torch.Tensor] = {}
-
-    def add(module: str, up: bool, value: torch.Tensor) -> None:
-        out[f"{module}.lora_{'up' if up else 'down'}.weight"] = value.to(dtype).contiguous()
-        out[f"{module}.alpha"] = torch.tensor(float(lora.alpha))  # one tensor each: safetensors refuses shared ones
-
     for key, value in load_file(str(run / lora.weights)).items():  # unet.<module>.lora.{down,up}.weight
         module, kind = key.removeprefix("unet.").rsplit(".lora.", 1)
-        add("lora_unet_" + module.replace(".", "_"), kind.startswith("up"), value)
+        _add_kohya(out, "lora_unet_" + module.replace(".", "_"), kind.startswith("up"), value, lora.alpha, dtype)
     for prefix, file in zip(te_prefixes, (lora.text_encoder, lora.text_encoder_2)):
         for key, value in load_file(str(run / file)).items() if file else ():  # peft's keys:
             module, kind = key.removeprefix("text_model.").split(".lora_", 1)  # [text_model.]<m>.lora_A.default.weight
-            add(prefix + "text_model_" + module.replace(".", "_"), kind.startswith("B"), value)
+            _add_kohya(out, prefix + "text_model_" + module.replace(".", "_"), kind.startswith("B"), value,
+                       lora.alpha, dtype)
     return out
+
+
+def flux_lora_state_dict(run: Path, info: RunInfo, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A FLUX.1 LoRA run's adapters in one file that ComfyUI and diffusers read.
+
+    The transformer's keep diffusers' PEFT keys, ``transformer.<module>.lora_A.weight`` / ``lora_B``, which ComfyUI
+    maps onto FLUX's fused layers itself (diffusers' FLUX script writes them so), each with a ``.alpha`` (the run's);
+    T5's (``--lora-text-encoder``) get kohya sd-scripts' FLUX names, ``lora_te3_<module>`` with
+    ``lora_down``/``lora_up``, which ComfyUI maps to its T5-XXL.
+    """
+    from safetensors.torch import load_file
+
+    lora = info.lora
+    out: dict[str, torch.Tensor] = {}
+    for key, value in load_file(str(run / lora.weights)).items():  # transformer.<module>.lora_{A,B}.weight
+        out[key] = value.to(dtype).contiguous()
+        out[key.rsplit(".lora_", 1)[0] + ".alpha"] = torch.tensor(float(lora.alpha))
+    for key, value in load_file(str(run / lora.text_encoder_2)).items() if lora.text_encoder_2 else ():
+        module, kind = key.split(".lora_", 1)  # peft's keys: <module>.lora_A.default.weight
+        _add_kohya(out, T5_LORA_PREFIX + module.replace(".", "_"), kind.startswith("B"), value, lora.alpha, dtype)
+    return out
+
+
+def _add_kohya(out: dict, module: str, up: bool, value: torch.Tensor, alpha: float, dtype: torch.dtype) -> None:
+    """One adapter matrix under kohya's names, ``<module>.lora_up`` (peft's B) or ``.lora_down`` (A), and its alpha."""
+    out[f"{module}.lora_{'up' if up else 'down'}.weight"] = value.to(dtype).contiguous()
+    out[f"{module}.alpha"] = torch.tensor(float(alpha))  # one tensor each: safetensors refuses shared ones
 
 
 def checkpoint_state_dict(pipe, tokens: list[str], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -138,7 +164,8 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
     for place in places.values():
         place.mkdir(parents=True, exist_ok=True)
     if info.lora is not None:
-        weights, kind = webui_lora_state_dict(run, info, dtype), "lora"
+        lora_state_dict = flux_lora_state_dict if info.is_flux else webui_lora_state_dict
+        weights, kind = lora_state_dict(run, info, dtype), "lora"
         metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(info.lora.rank),
                     "ss_network_alpha": str(info.lora.alpha)}
     else:
@@ -149,10 +176,12 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
             weights["v_pred"] = torch.tensor([])  # ComfyUI's own marker of a v-prediction checkpoint
     save_file(weights, str(places[kind] / f"{name}.safetensors"), metadata=metadata)
     triggers = trigger_words(info, name)
-    tensors = embedding_files(vectors, load_second_handles(run / HANDLES_FILE), lambda k: EMBEDDING_KEY)
+    key = FLUX_EMBEDDING_KEY if info.is_flux else EMBEDDING_KEY
+    tensors = embedding_files(vectors, load_second_handles(run / HANDLES_FILE), lambda k: key)
     for token, file_tensors in zip(tokens, tensors):
         save_file(file_tensors, str(places["embedding"] / f"{triggers[token]}.safetensors"))
-    (folder / "README.md").write_text(_readme(info, format, kind, name, triggers, location))
+    readme = _flux_readme if info.is_flux else _readme
+    (folder / "README.md").write_text(readme(info, format, kind, name, triggers, location))
 
 
 def _readme(info: RunInfo, format: str, kind: str, name: str, triggers: dict[str, str], location: Path) -> str:
@@ -208,6 +237,73 @@ other weights they give at best a rough likeness.
 {_diffusers_code(info, lora, here, name, triggers, location, prompt)}
 ```
 """
+
+
+def _flux_readme(info: RunInfo, format: str, kind: str, name: str, triggers: dict[str, str], location: Path) -> str:
+    """The README of a FLUX.1 LoRA run's ``comfyui`` or ``kohya`` export: where each file goes, and diffusers code."""
+    here = {k: ("" if sub == "." else f"{sub}/") for k, sub in FOLDERS[format].items()}
+    weights, first = f"{here['lora']}{name}.safetensors", next(iter(triggers.values()))
+    table = "\n".join(f"| `{token}` | `{word}` | `{here['embedding']}{word}.safetensors` |"
+                      for token, word in triggers.items())
+    t5 = " and T5's (`lora_te3_*`, kohya's names)" if info.lora.text_encoder_2 else ""
+    clip = " and clip" if info.lora.text_encoder_2 else " (its clip strength does nothing: T5 has no adapters)"
+    guidance = ("**FluxGuidance** 3.5 (FLUX.1-dev's distilled guidance, as `generate` samples it), "
+                if "schnell" not in info.base_model.lower() else "")
+    return f"""# Break-A-Scene run `{name}` for ComfyUI (FLUX.1)
+
+This folder is laid out like {"a kohya sd-scripts output (flat)" if format == "kohya" else
+"ComfyUI's folder: copy its contents into it"}.
+
+- `{weights}`: a FLUX.1 LoRA, the transformer's adapters in diffusers' keys (`transformer.*.lora_A`/`lora_B`, with
+  `.alpha`){t5}. Put it in `models/loras/`.
+- One embedding per handle, its row in T5-XXL under `t5xxl`. Put them in `models/embeddings/`:
+
+| handle | trigger word | file |
+|---|---|---|
+{table}
+
+**The handles only work with the weights they were trained with:** this LoRA on `{info.base_model}`, the base
+model this run was trained on. Phase 2 of Break-A-Scene trains them together with the LoRA.
+
+## ComfyUI
+
+Load the base model's transformer with **Load Diffusion Model** and its text encoders with **DualCLIPLoader**
+(`clip_l` and `t5xxl`, type `flux`); add **LoraLoader** with `{name}.safetensors` at strength 1.0 for model{clip};
+{guidance}and write the handles as `embedding:{first}`, e.g. `a photo of embedding:{first}`.
+
+On FLUX a handle is a T5 token only (docs/method.md): ComfyUI's CLIP-L pass logs "shape mismatch when trying to
+apply embedding, embedding will be ignored 4096 != 768" for it, which is expected.
+
+A1111 does not run FLUX.1, so there is no `--format a1111` for FLUX runs.
+
+## diffusers
+
+```python
+{_flux_diffusers_code(info, here, name, triggers, location, f"a photo of {first} at the beach")}
+```
+"""
+
+
+def _flux_diffusers_code(info: RunInfo, here: dict[str, str], name: str, triggers: dict[str, str], location: Path,
+                         prompt: str) -> str:
+    """Python that loads a FLUX.1 LoRA export into a stock ``FluxPipeline`` and prompts with a handle."""
+    imports, make_pipe = base_pipeline_lines(info.base_model, None, info.pipeline, info.vae)
+    files = [here["embedding"] + word + ".safetensors" for word in triggers.values()]
+    handle_imports, handle_lines = t5_handle_lines(list(triggers.values()), files, FLUX_EMBEDDING_KEY)
+    lora = [f"lora = load_file(str(export / {python_literal(here['lora'] + name + '.safetensors')}))",
+            'pipe.load_lora_weights({k: v for k, v in lora.items() if k.startswith("transformer.")})']
+    if info.lora.text_encoder_2:
+        lora += ["# T5's adapters (kohya's lora_te3_ names) merged into its weights: W += alpha / rank * up @ down",
+                 'modules = {n.replace(".", "_"): m for n, m in pipe.text_encoder_2.named_modules()}',
+                 f'for key in [k for k in lora if k.startswith("{T5_LORA_PREFIX}") and k.endswith(".lora_down.weight")]:',
+                 "    module = key.removesuffix(\".lora_down.weight\")",
+                 '    down, up = lora[key], lora[module + ".lora_up.weight"]',
+                 "    with torch.no_grad():",
+                 f'        modules[module.removeprefix("{T5_LORA_PREFIX}")].weight += '
+                 'lora[module + ".alpha"] / down.shape[0] * up @ down']
+    export = f"export = Path({python_literal(str(location))})  # this folder; change it if you move it"
+    return "\n".join(["from pathlib import Path", "", *imports, *handle_imports, "", export, "", *make_pipe, *lora,
+                      *handle_lines, f"image = pipe({python_literal(prompt)}).images[0]"])
 
 
 def _diffusers_code(info: RunInfo, lora: bool, here: dict[str, str], name: str, triggers: dict[str, str],
