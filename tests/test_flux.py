@@ -281,6 +281,33 @@ def test_editing_is_blended_latent_diffusion_through_flux_inpainting_and_keeps_t
     assert not torch.equal(a[:4, :4], b[:4, :4])  # inside: what each prompt made
 
 
+def test_attention_views_read_the_capture_blocks_on_the_packed_grid_and_leave_the_image_unchanged(tmp_path):
+    """generate --attention-maps on FLUX: one map per handle in the prompt, found in the T5 ids, on the packed grid
+    (8 x 8 for 128 px); over all 512 text tokens each pixel's maps sum to 1; the image is the one made without
+    capture, bit for bit, and the stock processors are back afterwards."""
+    import numpy as np
+
+    from breakascene.inference.attention_view import generate_with_attention
+    from breakascene.inference.pipeline import load_pipeline
+
+    run = tmp_path / "run"
+    extract(shapes_scene(), flux_config(phase1_steps=1, phase2_steps=1), run, components=flux(), progress=False)
+    pipe = load_pipeline(run, "cpu")[0]
+    stock = {k: type(v) for k, v in pipe.transformer.attn_processors.items()}
+    prompt, settings = "a photo of <asset1> at <bg>", dict(num_inference_steps=2, height=128, width=128)
+    image, maps, full = generate_with_attention(pipe, prompt, ["<asset0>", "<asset1>", "<bg>"], return_full=True,
+                                                generator=torch.Generator().manual_seed(0), **settings)
+    assert list(maps) == ["<asset1>", "<bg>"] and all(m.shape == (8, 8) for m in maps.values())
+    assert full.shape == (8, 8, 512)
+    torch.testing.assert_close(full.sum(dim=-1), torch.ones(8, 8), atol=1e-4, rtol=0)
+    ids = pipe.tokenizer_2(prompt, padding="max_length", max_length=512, return_tensors="pt").input_ids[0]
+    position = int((ids == pipe.tokenizer_2.convert_tokens_to_ids("<bg>")).nonzero())
+    assert torch.equal(maps["<bg>"], full[..., position])
+    plain = pipe(prompt, generator=torch.Generator().manual_seed(0), **settings).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(plain))
+    assert {k: type(v) for k, v in pipe.transformer.attn_processors.items()} == stock
+
+
 def _readme_code(folder, generate: bool = True) -> dict:
     """Runs the one Python block of an export's README, as a user would; returns its namespace. ``generate=False``
     leaves out its last line, the 1024 px image (seconds, even for the tiny model)."""
@@ -383,8 +410,11 @@ def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
     assert len(list((tmp_path / "images").glob("*.png"))) == 1
     record = json.loads((tmp_path / "images" / "metadata.jsonl").read_text().splitlines()[0])
     assert (record["steps"], record["guidance"]) == (28, 3.5)  # FLUX.1-dev's own defaults, not SD's 50 and 7.5
-    for extra, fragment in ((["--negative", "blurry"], "--negative"), (["--scheduler", "ddim"], "--scheduler ddim"),
-                            (["--attention-maps"], "--attention-maps")):
+    code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--steps", "1", "--attention-maps", "--quiet",
+                            "--out", str(tmp_path / "views")])
+    assert code == 0, err
+    assert len(list((tmp_path / "views").glob("*-attention.png"))) == 1
+    for extra, fragment in ((["--negative", "blurry"], "--negative"), (["--scheduler", "ddim"], "--scheduler ddim")):
         code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--steps", "1", *extra,
                                 "--out", str(tmp_path / "none")])
         assert_one_error(code, err, fragment, "FLUX.1")

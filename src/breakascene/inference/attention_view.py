@@ -31,17 +31,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from ..attention import AttentionStore, attention_grid, install_capture, normalize_maps
+from ..attention import AttentionStore, attention_grid, normalize_maps
+from ..config import ExtractConfig
 from ..figures import heat_colors
 
 __all__ = ["generate_with_attention", "attention_view_image", "token_positions"]
 
 
-def token_positions(tokenizer, prompt: str, tokens: list[str]) -> dict[str, list[int]]:
-    """Positions (0..76, the start token included) of each of ``tokens`` in the tokenized prompt; absent ones omitted."""
-    ids = tokenizer(
-        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids[0]
+def token_positions(tokenizer, prompt: str, tokens: list[str], ids: torch.Tensor | None = None) -> dict[str, list[int]]:
+    """Positions (0..76 for SD, the start token included) of each of ``tokens`` in the tokenized prompt, or in
+    ``ids`` (T,) when given (FLUX's 512 T5 ids); absent ones omitted."""
+    if ids is None:
+        ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids[0]
     found = {}
     for token in tokens:
         token_id = tokenizer.convert_tokens_to_ids(token)
@@ -53,11 +55,12 @@ def token_positions(tokenizer, prompt: str, tokens: list[str]) -> dict[str, list
     return found
 
 
-def _latent_size(pipe, pipe_kwargs: dict) -> tuple[int, int]:
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    height = pipe_kwargs.get("height") or native
-    width = pipe_kwargs.get("width") or native
-    return int(height) // pipe.vae_scale_factor, int(width) // pipe.vae_scale_factor
+def _map_grid(pipe, family, pipe_kwargs: dict) -> tuple[int, int]:
+    """The maps' (h, w): the latent grid of the image to make over the family's divisor (the loss's grid)."""
+    native = family.native_resolution(pipe.components[family.denoiser_name], pipe.vae)
+    height = int(pipe_kwargs.get("height") or native) // pipe.vae_scale_factor
+    width = int(pipe_kwargs.get("width") or native) // pipe.vae_scale_factor
+    return attention_grid(height, width, family.attention_divisor or ExtractConfig.attention_divisor)
 
 
 def generate_with_attention(
@@ -66,7 +69,8 @@ def generate_with_attention(
     """Generates one image of ``prompt`` and each handle's cross-attention map, averaged over steps.
 
     Args:
-        pipe: a (Stable Diffusion) pipeline whose UNet has down/up cross-attention layers at the latent/4 grid.
+        pipe: a run's pipeline (SD, SDXL: cross-attention at the latent/4 grid; FLUX.1: the image-to-text part of
+            joint attention in the later dual-stream blocks, on the packed latent/2 grid).
         prompt: one prompt string.
         tokens: handle tokens, e.g. ``["<asset0>", "<bg>"]``; those not in the prompt are left out of the result.
         return_full: also return the full ``(h, w, T)`` average over all T text tokens (each pixel sums to 1).
@@ -85,29 +89,35 @@ def generate_with_attention(
         raise ValueError("generate_with_attention uses callback_on_step_end itself; pass on_step_end instead")
     if pipe_kwargs.get("num_images_per_prompt", 1) != 1:
         raise ValueError("generate_with_attention makes one image at a time")
-    grid = attention_grid(*_latent_size(pipe, pipe_kwargs))
+    from ..models.families.registry import family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    denoiser = pipe.components[family.denoiser_name]
+    grid = _map_grid(pipe, family, pipe_kwargs)
     store = AttentionStore(query_tokens=grid[0] * grid[1])
     total: list[torch.Tensor] = []  # running sum, kept in a list so the callback can replace it
 
     def collect(pipeline, step, timestep, callback_kwargs):
-        maps = store.mean_map(*grid).detach().float()  # (B, h, w, T): B = 2 with guidance ([uncond, cond])
+        maps = store.mean_map(*grid).detach().float()  # (B, h, w, T): B = 2 with guidance ([uncond, cond]), FLUX 1
         conditional = maps[-1]
         total[:] = [conditional if not total else total[0] + conditional]
         store.reset()
         return (on_step_end(pipeline, step, timestep, callback_kwargs) or {}) if on_step_end is not None else {}
 
-    previous = dict(pipe.unet.attn_processors)
-    install_capture(pipe.unet, store)
+    previous = dict(denoiser.attn_processors)
+    family.install_capture(denoiser, store)
     try:
         store.reset()
         result = pipe(prompt, callback_on_step_end=collect, **pipe_kwargs)
     finally:
-        pipe.unet.set_attn_processor(previous)
+        denoiser.set_attn_processor(previous)
     steps = getattr(pipe, "num_timesteps", None) or 1
     if not total:
         raise RuntimeError("no denoising step ran, so no attention was recorded")
     full = (total[0] / steps).cpu()  # (h, w, T)
-    positions = token_positions(pipe.tokenizer, prompt, tokens)
+    # the handles where training found them: SD's 77 CLIP ids, FLUX's 512 T5 ids
+    ids = family.handle_search_ids(family.tokenize(pipe, [prompt]))[0]
+    positions = token_positions(family.tokenizers(pipe)[0], prompt, tokens, ids)
     maps = {token: full[..., where].mean(dim=-1) for token, where in positions.items()}
     image = result.images[0]
     return (image, maps, full) if return_full else (image, maps)

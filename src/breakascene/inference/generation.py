@@ -18,7 +18,7 @@ from ..run_folder import check_clear_of_run
 from ..run_info import RunInfo
 from .options import VARIATIONS_NUM_IMAGES, GenerationOptions, with_settings
 from .outputs import GeneratedImage, append_metadata, attention_path, contact_sheet, free_grid_path, image_name
-from .pipeline import SCHEDULERS, dtype_name, load_pipeline, refuse_for_flux, resolve_dtype, sampling_scheduler
+from .pipeline import SCHEDULERS, dtype_name, load_pipeline, resolve_dtype, sampling_scheduler
 from .progress import StepProgress, own_bar_off
 from .prompts import check_prompt_handles, read_prompts_file, variations_prompt
 
@@ -135,8 +135,6 @@ def _check_family_options(options: GenerationOptions, info: RunInfo) -> None:
 
     if info.pipeline not in FLUX.pipeline_names:
         return
-    if options.attention_maps:
-        refuse_for_flux(info, "--attention-maps")
     if options.negative:
         raise ConfigError("--negative does not apply to FLUX.1: its guidance is distilled into the model, there is "
                           "no negative prompt; leave it out")

@@ -97,15 +97,6 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
     return pipe, info
 
 
-def refuse_for_flux(info: RunInfo, what: str) -> None:
-    """A FLUX.1 run asked for something FLUX does not have yet: one ConfigError line, not a failure deep inside a
-    pipeline that was built for UNets."""
-    from ..models.families.flux import FLUX
-
-    if info.pipeline in FLUX.pipeline_names:
-        raise ConfigError(f"{what} is not available for FLUX.1 runs yet (docs/method.md, FLUX.1)")
-
-
 def run_family(run: Path):
     """The model family of a full run folder, by its model_index.json."""
     from ..models.families.registry import family_of_pipeline_class
