@@ -18,6 +18,9 @@
 # the default full phase 2, with the optimiser in the backward pass, --low-vram (the 16 GB claim: its peak memory)
 # and LoRA; SDXL_ARGS adds flags to it
 # (the CPU test uses the tiny SDXL model). Each configuration builds the 3.5 B-parameter model first.
+# GPU_GROUPS=flux measures FLUX.1-dev's architecture (random weights, 12 B + 4.8 B T5) at 1024 px with gradient
+# checkpointing: LoRA rank 16 in bf16, the same on an NF4 transformer, and --low-vram (the 24 GB claim: its peak
+# memory); FLUX_ARGS adds flags to it (the CPU test uses the tiny FLUX model, where NF4 is refused: no CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -53,7 +56,13 @@ if [[ $groups == *" sdxl "* ]]; then
     bench --model random:sdxl-base --resolution 1024 --compare explicit-everywhere default optim-in-backward low-vram lora \
         --steps 3 --warmup 1 --json "$OUT/sdxl.json" "${sdxl_extra[@]}"
 fi
-# 5. (GPU_GROUPS=world only) builtin:shapes, trained on the GPU with scene-drawing processes, then checked.
+# 5. (GPU_GROUPS=flux only) FLUX.1-dev at its native size; FLUX_ARGS come last, so they can replace the model.
+if [[ $groups == *" flux "* ]]; then
+    read -r -a flux_extra <<< "${FLUX_ARGS:-}"
+    bench --model random:flux-dev --resolution 1024 --gradient-checkpointing --compare lora16 lora16+nf4 low-vram \
+        --steps 3 --warmup 1 --json "$OUT/flux.json" "${flux_extra[@]}"
+fi
+# 6. (GPU_GROUPS=world only) builtin:shapes, trained on the GPU with scene-drawing processes, then checked.
 if [[ $groups == *" world "* ]]; then
     read -r -a world_extra <<< "${WORLD_ARGS:-}"
     read -r -a check_extra <<< "${WORLD_CHECK_ARGS:-}"

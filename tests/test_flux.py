@@ -19,6 +19,7 @@ from breakascene.models.loading import Components, load_components, native_resol
 from breakascene.models.tiny_flux import TINY_FLUX_MODEL_ID, TINY_FLUX_RESOLUTION, build_tiny_flux_components
 from breakascene.training.recipe import extract
 from breakascene.training.trainer import Trainer
+from helpers.ablations import ABLATION_METHODS, check_ablation
 from helpers.tiny import shapes_scene, tiny_config
 
 PROMPT = "a photo of a dog on the beach"
@@ -66,6 +67,43 @@ def test_handles_take_t5_xxl_s_spare_rows_and_never_shrink_its_table():
     assert table.shape[0] == spare == c.text_encoder_2.config.vocab_size and max(ids) < spare
     others = [i for i in range(spare) if i not in ids]
     assert torch.equal(table[others], before[others])
+
+
+@pytest.mark.parametrize("method", ABLATION_METHODS)
+def test_the_papers_four_ablations_switch_off_their_part_on_flux(method):
+    check_ablation(method, flux_config, flux(), shapes_scene())
+
+
+def test_clip_gives_the_pooled_vector_only_and_never_trains():
+    """FLUX's CLIP carries no handle: frozen, stored in the half dtype with the other frozen weights, and no
+    gradient reaches it (the pooled vector is a constant of the prompt)."""
+    c = flux()
+    trainer = Trainer(shapes_scene(), flux_config(mixed_precision="bf16"), c, make_handles(2), "cpu")
+    trainer.setup()
+    assert not any(p.requires_grad for p in c.text_encoder.parameters())
+    assert c.text_encoder.dtype == torch.bfloat16
+    trainer.loss_step(trainer.sample_batch())["total"].backward()
+    assert all(p.grad is None for p in c.text_encoder.parameters())
+    assert trainer.embedding.handle_vectors.grad is not None
+
+
+def test_flux_dev_fits_24_gb_only_with_an_nf4_transformer():
+    """The phase-2 estimate (weights, gradients, Adam state) of FLUX.1-dev's full architecture, counted on the meta
+    device: LoRA on a bf16 transformer holds over 24 GB before any activation; on an NF4 one it leaves room."""
+    from breakascene.config import ExtractConfig
+    from breakascene.models.tiny_flux import FLUX_DEV_SHAPE, build_flux_components
+    from breakascene.training.memory_estimate import estimate_phase2
+
+    with torch.device("meta"):
+        parts = build_flux_components(FLUX_DEV_SHAPE)
+    c = Components(**{k: v for k, v in parts.items() if k != "transformer"}, unet=parts["transformer"], family=FLUX)
+    lora = dict(model=TINY_FLUX_MODEL_ID, lora_rank=16, mixed_precision="bf16")
+    bf16 = estimate_phase2(c, ExtractConfig(**lora))
+    nf4 = estimate_phase2(c, ExtractConfig(**lora, quantize_base="nf4"))
+    assert bf16.total * 1024**3 > 24e9 > nf4.total * 1024**3 + 6e9  # 6 GB left for activations and adapters
+    assert bf16.gradients == nf4.gradients == bf16.optimizer == 0  # LoRA adapters count as nothing here
+    t5_and_clip = 2 * sum(p.numel() for p in (*c.text_encoder.parameters(), *c.text_encoder_2.parameters()))
+    assert nf4.weights * 1024**3 > t5_and_clip  # both encoders are held, CLIP too
 
 
 def test_prompt_encoding_is_the_flux_pipelines():
@@ -218,6 +256,42 @@ def test_lora_phase2_trains_the_attention_projections_and_loads_with_the_handles
     assert any(".attn.add_k_proj." in n for n in changed) and not any(".ff." in n for n in changed)
 
 
+class _Kill(Exception):
+    pass
+
+
+def test_a_resumed_lora_run_ends_with_the_same_weights_as_an_uninterrupted_one(bitwise_reproducible, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = flux_config(phase1_steps=2, phase2_steps=3, phase2_lr=1e-3, checkpoint_every=2, lora_rank=4,
+                      lora_text_encoder=True)
+    extract(shapes_scene(), cfg, tmp_path / "straight", components=flux(), progress=False)
+
+    def kill(progress):
+        if progress.global_step == 4:
+            raise _Kill
+
+    out = tmp_path / "killed"
+    with pytest.raises(_Kill):
+        extract(shapes_scene(), cfg, out, components=flux(), progress=False, callback=kill)
+    steps_seen = []
+    extract(shapes_scene(), cfg, out, components=flux(), progress=False, resume=True,
+            callback=lambda p: steps_seen.append(p.global_step))
+    assert steps_seen[0] == 5  # after the phase-2 checkpoint at its step 2
+    for name in ("handles.safetensors", "pytorch_lora_weights.safetensors", "text_encoder_2_lora.safetensors"):
+        straight, resumed = load_file(tmp_path / "straight" / name), load_file(out / name)
+        assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+@pytest.mark.slow  # class images made with the FLUX pipeline, then a run (about 5 s): `make test-slow`
+def test_prior_preservation_makes_class_images_with_flux_itself(tmp_path):
+    out = tmp_path / "run"
+    result = extract(shapes_scene(), flux_config(lora_rank=4, prior_preservation=True, num_class_images=2), out,
+                     components=flux(), progress=False)
+    assert len(list((out / "class_images").glob("*.png"))) == 2
+    assert all("prior" in entry for entry in result.losses)
+
+
 def test_stock_flux_pipeline_loads_a_full_run_and_prompts_with_the_handles(tmp_path):
     out = tmp_path / "run"
     result = extract(shapes_scene(), flux_config(phase2_lr=1e-4), out, components=flux(), progress=False)
@@ -233,6 +307,13 @@ def test_stock_flux_pipeline_loads_a_full_run_and_prompts_with_the_handles(tmp_p
     assert pipe.tokenizer_2.convert_tokens_to_ids("<asset0>") in ids and pipe.tokenizer_2.convert_tokens_to_ids("▁") not in ids
     image = pipe("a photo of <asset0> at <bg>", num_inference_steps=2, height=128, width=128, output_type="np").images[0]
     assert image.shape == (128, 128, 3) and (image >= 0).all() and (image <= 1).all()
+    # what generate samples with when not told (and the web app shows), read from the run's transformer config
+    from breakascene.inference.generation import run_sampling_defaults
+
+    assert run_sampling_defaults(out) == (28, 3.5)  # dev: the guidance embedding
+    config = out / "transformer" / "config.json"
+    config.write_text(config.read_text().replace('"guidance_embeds": true', '"guidance_embeds": false'))
+    assert run_sampling_defaults(out) == (4, 0.0)  # schnell
 
 
 def test_editing_is_blended_latent_diffusion_through_flux_inpainting_and_keeps_the_outside(tmp_path):
@@ -394,6 +475,7 @@ def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
     to FLUX are one-line errors."""
     import json
 
+    from breakascene.inference.generation import run_sampling_defaults
     from helpers.cli import assert_one_error, run_cli
 
     run = tmp_path / "run"
@@ -410,10 +492,15 @@ def test_extract_and_generate_through_the_cli(scene_dir, tmp_path):
     assert len(list((tmp_path / "images").glob("*.png"))) == 1
     record = json.loads((tmp_path / "images" / "metadata.jsonl").read_text().splitlines()[0])
     assert (record["steps"], record["guidance"]) == (28, 3.5)  # FLUX.1-dev's own defaults, not SD's 50 and 7.5
+    assert run_sampling_defaults(run) == (28, 3.5)  # what the web app's fields show for this run
     code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--steps", "1", "--attention-maps", "--quiet",
                             "--out", str(tmp_path / "views")])
     assert code == 0, err
     assert len(list((tmp_path / "views").glob("*-attention.png"))) == 1
+    code, _, err = run_cli(["variations", str(run), "--num-images", "2", "--steps", "1", "--quiet", "--out",
+                            str(tmp_path / "variations")])
+    assert code == 0, err
+    assert len(list((tmp_path / "variations").glob("*.png"))) == 2
     for extra, fragment in ((["--negative", "blurry"], "--negative"), (["--scheduler", "ddim"], "--scheduler ddim")):
         code, _, err = run_cli(["generate", str(run), "a photo of <asset0>", "--steps", "1", *extra,
                                 "--out", str(tmp_path / "none")])

@@ -17,7 +17,8 @@ def test_gpu_script_writes_its_reports(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(Path(os.sys.executable)),
                BENCH_ARGS="--model builtin:tiny --resolution 64 --device cpu --steps 1 --warmup 0",
                SDXL_ARGS="--model builtin:tiny-sdxl --resolution 128",
-               GPU_GROUPS="modes explicit sdxl")  # the compile group needs a GPU to be worth its build time
+               FLUX_ARGS="--model builtin:tiny-flux --resolution 128",
+               GPU_GROUPS="modes explicit sdxl flux")  # the compile group needs a GPU to be worth its build time
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -34,6 +35,11 @@ def test_gpu_script_writes_its_reports(tmp_path):
                                                      "lora"]
     assert all(r["ok"] for r in sdxl["results"]) and sdxl["model"].startswith("builtin:tiny-sdxl")
     assert sdxl["results"][3]["config"]["lora_rank"] == 4  # --low-vram on SDXL adds LoRA
+    flux = json.loads((tmp_path / "out" / "flux.json").read_text())
+    assert [r["name"] for r in flux["results"]] == ["lora16", "lora16+nf4", "low-vram"]
+    lora, nf4, low_vram = flux["results"]
+    assert lora["ok"] and low_vram["ok"] and low_vram["config"]["lora_rank"] == 16
+    assert not nf4["ok"] and "needs a CUDA GPU" in nf4["error"]  # this rehearsal has no GPU
 
 
 @pytest.mark.slow  # trains and checks a 2-step world model (about 2 min): `make test-slow`

@@ -142,6 +142,32 @@ def test_low_vram_choices_per_machine():
     assert cfg.mixed_precision == "no" and cfg.gradient_checkpointing and not cfg.train_text_encoder
 
 
+def test_low_vram_on_flux_quantizes_the_transformer_where_it_can_and_says_so():
+    """FLUX.1's budget is 24 GB: with CUDA and bitsandbytes an NF4 transformer under LoRA rank 16; without them the
+    same LoRA run on a bf16 transformer, and a note that it does not fit."""
+    options, notes = low_vram_options("cuda", True, True, flux=True)
+    assert options["quantize_base"] == "nf4" and options["lora_rank"] == 16 and options["use_8bit_adam"]
+    assert any("4-bit NF4" in n for n in notes)
+    options, notes = low_vram_options("cuda", True, False, flux=True)
+    assert "quantize_base" not in options and any("does not fit a 24 GB GPU" in n and "bitsandbytes" in n for n in notes)
+    chosen = with_low_vram({"low_vram": True, "model": "builtin:tiny-flux", "device": "cpu"})
+    assert chosen["lora_rank"] == 16 and chosen["gradient_checkpointing"] and "quantize_base" not in chosen
+    assert "lora_rank" not in with_low_vram({"low_vram": True, "model": "builtin:tiny", "device": "cpu"})
+
+
+def test_quantize_base_needs_lora_and_a_cuda_gpu(tmp_path):
+    from breakascene.examples import write_shapes_example
+    from helpers.cli import assert_one_error, run_cli
+
+    with pytest.raises(ConfigError, match="--lora-rank"):
+        ExtractConfig(quantize_base="nf4").validate()
+    scene = write_shapes_example(tmp_path / "shapes")
+    code, _, err = run_cli(["extract", str(scene), "--model", "builtin:tiny-flux", "--quantize-base", "nf4", "--lora-rank", "16",
+                            "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert_one_error(code, err, "--quantize-base nf4 needs a CUDA GPU")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
 def test_low_vram_extract_through_the_cli_says_what_it_chose(tmp_path, capsys, monkeypatch):
     from breakascene.examples import write_shapes_example
 

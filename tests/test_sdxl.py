@@ -10,7 +10,6 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
 from breakascene.attention import AttentionStore, attention_grid, capture_layer_names, install_capture
-from breakascene.evaluation.methods import METHODS
 from breakascene.handles import load_handles, load_second_handles, make_handles
 from breakascene.inference.pipeline import load_pipeline
 from breakascene.models.families.sdxl import STABLE_DIFFUSION_XL
@@ -20,6 +19,7 @@ from breakascene.run_folder import partial_path
 from breakascene.scene import load_scene
 from breakascene.training.recipe import extract
 from breakascene.training.trainer import Trainer
+from helpers.ablations import ABLATION_METHODS, check_ablation
 from helpers.tiny import shapes_scene, tiny_config
 
 PROMPT = "a photo of a dog on the beach"
@@ -96,26 +96,10 @@ def test_size_conditioning_follows_the_photos_resize_and_crop():
     assert batch.size_conditioning.shape == (1, 6) and batch.input_ids.shape == (1, 2, 77)
 
 
-@pytest.mark.parametrize("method", ["ours", "ours-no-phase1", "ours-no-masked-loss", "ours-no-attention-loss",
-                                    "ours-no-union-sampling"])
+@pytest.mark.parametrize("method", ABLATION_METHODS)
 def test_the_papers_four_ablations_switch_off_their_part_on_sdxl(method):
     """The evaluation's ablations (their switches from METHODS) act on SDXL as on SD: each removes its part only."""
-    config = sdxl_config(**METHODS[method].overrides)
-    trainer = Trainer(shapes_scene(), config, sdxl(), make_handles(2), "cpu")
-    trainer.setup()
-    trainer.trainable_parameters("handles")
-    batches = [trainer.sample_batch() for _ in range(12)]
-    terms = trainer.loss_step(batches[0])
-    assert [p.name for p in config.phases] == (["phase2"] if method == "ours-no-phase1" else ["phase1", "phase2"])
-    assert all((b.latent_mask is None) == (method == "ours-no-masked-loss") for b in batches)
-    assert ("attention" in terms) == (method != "ours-no-attention-loss") == bool(trainer.store.maps)
-    sizes = {len(b.subset) for b in batches}
-    if method == "ours-no-union-sampling":
-        assert sizes == {1}
-    else:
-        assert len(sizes) > 1  # union sampling: subsets of one, two and three handles
-    assert {i for b in batches for i in b.subset} == {0, 1, 2}  # both concepts and <bg> are trained either way
-    assert torch.isfinite(terms["total"])
+    check_ablation(method, sdxl_config, sdxl(), shapes_scene())
 
 
 def test_phase1_changes_only_the_handle_rows_in_both_tables(tmp_path):

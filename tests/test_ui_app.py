@@ -176,8 +176,8 @@ def test_generate_variations_background_with_attention(app):
     assert items[0][1] == "a photo of <asset0> and <asset1> · seed 0" and not attention.visible
     items, _, _ = app.on_background("shapes", "a car", 0, 1, 2, 7.5, "default", False)
     assert items[0][1] == "a photo of a car at <bg> · seed 0"
-    chips, about = app.on_run_selected("shapes")
-    assert "`<asset0>`" in about
+    chips, about, *sampling = app.on_run_selected("shapes")
+    assert "`<asset0>`" in about and sampling == [50, 7.5, 50, 7.5]  # an SD run: SD's, in both tabs
     assert app.on_chip(["<bg>"], "a photo at") == "a photo at <bg>"
 
 

@@ -422,3 +422,11 @@ def test_worker_cancel_raises_in_the_callback(tmp_path):
     partial.mkdir(parents=True)
     (partial / "state.json").write_text(json.dumps({"phase_index": 1, "step": 4}))
     assert "checkpoint at step 4 of phase 2 is kept" in cancel_message(tmp_path / "run")
+
+
+def test_a_flux_model_brings_lora_as_its_phase_2_in_the_app_too():
+    """The Extract tab takes a FLUX.1 model's LoRA rank 16 as the command line does; other models the paper's."""
+    from breakascene.ui.training_defaults import scaled_settings
+
+    assert scaled_settings("builtin:tiny-flux") == {"lora_rank": 16}
+    assert scaled_settings("builtin:tiny") == {} and "lora_rank" not in scaled_settings("builtin:shapes")

@@ -123,6 +123,9 @@ class ExtractConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False  # bitsandbytes' 8-bit Adam/AdamW (CUDA only): optimiser state 4x smaller
+    # "nf4": the denoiser's frozen weights loaded in 4-bit NF4 (QLoRA; bitsandbytes through diffusers, CUDA only),
+    # a quarter of bf16's memory; phase 2 must then be LoRA
+    quantize_base: Literal["nf4"] | None = None
     optimizer_in_backward: bool = False  # step each parameter in the backward pass: no whole gradient buffer
     compile: bool = False  # torch.compile the UNet (slow first steps; pays off over 800 steps on a GPU)
     allow_tf32: bool = True  # TF32 matmuls on Ampere+ GPUs (what PyTorch's "high" precision means)
@@ -196,6 +199,11 @@ class ExtractConfig:
             raise ConfigError(f"--lora-rank must be >= 0 (0: full fine-tuning), got {self.lora_rank}")
         if self.lora_text_encoder and not self.lora_rank:
             raise ConfigError("--lora-text-encoder needs --lora-rank N (LoRA on the UNet too)")
+        if self.quantize_base not in (None, "nf4"):
+            raise ConfigError(f"--quantize-base must be nf4, got {self.quantize_base!r}")
+        if self.quantize_base and not self.lora_rank:
+            raise ConfigError("--quantize-base nf4 keeps the denoiser frozen in 4 bits, so phase 2 must train LoRA "
+                              "adapters: add --lora-rank N")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ConfigError(f"--lora-alpha must be > 0, got {self.lora_alpha}")
         if self.total_steps == 0:

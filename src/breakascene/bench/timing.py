@@ -19,8 +19,9 @@ Configurations (``--compare``; join with ``+``, e.g. ``lora+bf16``), each on top
   kept with its graph (their ``AttentionStore``), and the VAE encodes the image every step.
 * ``research-defaults``: ``explicit-everywhere`` plus the research code's default run (``--preset official``:
   prior preservation, so batch 2, and AdamW).
-* ``checkpointing``, ``bf16``, ``fp16``, ``lora`` (rank 4), ``lora-te`` (rank 4, text encoder too),
-  ``8bit-adam``, ``compile``, ``frozen-text-encoder``, ``low-vram``: one option each.
+* ``checkpointing``, ``bf16``, ``fp16``, ``lora`` (rank 4), ``lora16`` (rank 16, FLUX's default), ``lora-te`` (rank 4, text encoder too),
+  ``8bit-adam``, ``compile``, ``frozen-text-encoder``, ``low-vram``, ``nf4`` (with a LoRA one, e.g. ``lora16+nf4``):
+  one option each.
 """
 
 from __future__ import annotations
@@ -42,14 +43,8 @@ import torch
 
 from ..config import ExtractConfig, PhaseConfig
 from ..errors import BreakASceneError, ConfigError
+from .models import build_components, is_random_model, random_model_family
 
-RANDOM_MODELS = {  # --model values that build an architecture with random weights:
-    # (module of breakascene.models, its shape, prediction type, latent size)
-    "random:sd2.1-base": ("tiny", "SD21_BASE_SHAPE", "epsilon", 64),
-    "random:sd2.1": ("tiny", "SD21_BASE_SHAPE", "v_prediction", 96),
-    "random:sdxl-base": ("tiny_sdxl", "SDXL_BASE_SHAPE", "epsilon", 128),
-}
-DEFAULT_BENCH_MODEL = "random:sd2.1-base"
 OPTIONS = {
     "default": {},
     "explicit-everywhere": {},
@@ -58,6 +53,8 @@ OPTIONS = {
     "bf16": {"mixed_precision": "bf16"},
     "fp16": {"mixed_precision": "fp16"},
     "lora": {"lora_rank": 4},
+    "lora16": {"lora_rank": 16},  # FLUX.1's phase 2 unless told otherwise
+    "nf4": {"quantize_base": "nf4"},  # with a LoRA configuration: the denoiser frozen in 4 bits (CUDA)
     "lora-te": {"lora_rank": 4, "lora_text_encoder": True},
     "8bit-adam": {"use_8bit_adam": True},
     "optim-in-backward": {"optimizer_in_backward": True},
@@ -141,21 +138,6 @@ def _malloc_trim() -> None:
 # One configuration
 
 
-def build_components(model: str):
-    """The model to measure: a random-weight architecture (``random:...``), ``builtin:tiny``, or a real one."""
-    from ..models import tiny, tiny_sdxl
-    from ..models.families.sdxl import STABLE_DIFFUSION_XL
-    from ..models.loading import Components, load_components
-
-    if model not in RANDOM_MODELS:
-        return load_components(model)
-    module, shape, prediction, latent = RANDOM_MODELS[model]
-    if module == "tiny_sdxl":
-        parts = tiny_sdxl.build_sdxl_components(getattr(tiny_sdxl, shape), prediction_type=prediction, sample_size=latent)
-        return Components(**parts, family=STABLE_DIFFUSION_XL)
-    return Components(**tiny.build_random_components(getattr(tiny, shape), prediction_type=prediction, sample_size=latent))
-
-
 def measure(name: str, base: dict, *, model: str, device: torch.device, resolution: int, steps: int, warmup: int,
             phases: list[int], profile: bool = False, progress=print) -> dict:
     """Runs ``warmup + steps`` steps of each phase in ``phases`` for configuration ``name``; returns its numbers.
@@ -172,9 +154,9 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
     from .research_attention import ExplicitEverywhereTrainer
 
     overrides, research, preset = parse_configuration(name)
-    sdxl = RANDOM_MODELS[model][0] == "tiny_sdxl" if model in RANDOM_MODELS else None  # None: tell from the model
+    sdxl, flux = random_model_family(model)
     given = with_low_vram({**base, **overrides, "model": model, "resolution": resolution, "device": str(device)},
-                          sdxl=sdxl)
+                          sdxl=sdxl, flux=flux)
     config = ExtractConfig.from_preset(preset, **given)
     resolve_device(config)  # the same checks as extract: fp16 on CPU, 8-bit Adam without CUDA, ...
     image, masks, _ = make_shapes_scene(resolution)
@@ -183,6 +165,10 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
     memory.reset()
     started = time.perf_counter()
     components = build_components(model)
+    if config.quantize_base:  # diffusers quantizes while loading only: a saved copy comes back in NF4
+        from ..models.quantization import quantized_copy
+
+        components.unet = quantized_copy(components.unet)
     trainer_class = ExplicitEverywhereTrainer if research else MeasuredTrainer
     trainer = trainer_class(scene, config, components, make_handles(scene.num_concepts), device)
     # One class image costs per step what the research code's 100 do (one is drawn each step).
@@ -316,7 +302,7 @@ def compare(names: list[str], base: dict, *, model: str, device: torch.device, r
             }
     return {
         "machine": machine_info(device),
-        "model": model + (" (random weights)" if model in RANDOM_MODELS else ""),
+        "model": model + (" (random weights)" if is_random_model(model) else ""),
         "resolution": resolution,
         "steps": steps,
         "warmup": warmup,

@@ -12,7 +12,8 @@ from .shared import MEMORY_FIELDS, common_options, memory_options
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    from ..bench.timing import DEFAULT_BENCH_MODEL, OPTIONS, RANDOM_MODELS
+    from ..bench.models import DEFAULT_BENCH_MODEL, RANDOM_MODELS
+    from ..bench.timing import OPTIONS
 
     p = subparsers.add_parser(
         "bench",
@@ -29,7 +30,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         "  break-a-scene bench --model builtin:tiny --resolution 128 --steps 1 --json   # a quick self-test",
     )
     p.add_argument("--model", default=DEFAULT_BENCH_MODEL, metavar="ID_OR_DIR",
-                   help=f"{', '.join(RANDOM_MODELS)} (random weights), builtin:tiny, or a real model like extract's "
+                   help=f"{', '.join(RANDOM_MODELS)}, random:flux-dev or random:flux-dev-<D>d<S>s[<T>t] (FLUX.1-dev's "
+                   "width with D dual-stream, S single-stream blocks and T T5 layers) (random weights), builtin:tiny, "
+                   "or a real model like extract's "
                    f"--model (default: {DEFAULT_BENCH_MODEL})")
     p.add_argument("--compare", nargs="+", default=["default"], metavar="CONFIG",
                    help=f"configurations to measure, in order; join options with '+' (e.g. lora+bf16). Known: "

@@ -90,10 +90,14 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _print_low_vram_choices(args) -> None:
-    from ..models.loading import is_sdxl_model
+    from ..models.families.flux import FLUX
+    from ..models.families.sdxl import STABLE_DIFFUSION_XL
+    from ..models.loading import model_family
     from ..training.memory import low_vram_options, machine_facts
 
-    options, notes = low_vram_options(*machine_facts(args.device), sdxl=bool(args.model) and is_sdxl_model(args.model))
+    family = model_family(args.model or DEFAULT_MODEL)
+    options, notes = low_vram_options(*machine_facts(args.device), sdxl=family is STABLE_DIFFUSION_XL,
+                                      flux=family is FLUX)
     print("--low-vram chose: " + "; ".join(notes), file=sys.stderr)
     overridden = sorted(name for name in options if getattr(args, name, None) is not None)
     if overridden:

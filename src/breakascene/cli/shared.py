@@ -94,15 +94,18 @@ def memory_options(p: argparse.ArgumentParser) -> None:
                    "UNet: small output, far less memory; not the paper's method (default: 0, full fine-tuning; FLUX.1: "
                    "16, and 0 trains the whole transformer)")
     g.add_argument("--lora-alpha", type=finite_float, help="LoRA scale numerator (default: the rank)")
+    g.add_argument("--quantize-base", choices=["nf4"], help="load the UNet/transformer frozen in 4-bit NF4 (QLoRA, "
+                   "bitsandbytes; CUDA only): a quarter of bf16's memory; needs --lora-rank (FLUX.1's default)")
     g.add_argument("--lora-text-encoder", action="store_true", default=None, help="with --lora-rank: LoRA on the text encoder too")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the UNet (slow first steps, faster after; GPU)")
     g.add_argument("--no-tf32", dest="allow_tf32", action="store_false", default=None, help="strict fp32 matmuls on Ampere+ GPUs (TF32 is on by default)")
     g.add_argument("--low-vram", action="store_true", default=None, help="pick the options that fit a 12 GB GPU (bf16, "
-                   "gradient checkpointing, 8-bit Adam, frozen text encoder in phase 2); prints what it chose; flags given "
-                   "explicitly win")
+                   "gradient checkpointing, 8-bit Adam, frozen text encoder in phase 2; SDXL: 16 GB, adds LoRA rank 4; "
+                   "FLUX.1: 24 GB, adds an NF4 transformer); prints what it chose; flags given explicitly win")
 
 
-MEMORY_FIELDS = "mixed_precision gradient_checkpointing use_8bit_adam optimizer_in_backward lora_rank lora_alpha lora_text_encoder compile allow_tf32 low_vram".split()
+MEMORY_FIELDS = ("mixed_precision gradient_checkpointing use_8bit_adam optimizer_in_backward lora_rank lora_alpha "
+                 "lora_text_encoder quantize_base compile allow_tf32 low_vram").split()
 
 
 def local_models(args) -> list[tuple[str, Path]]:

@@ -285,7 +285,7 @@ def _check_request(regions: Sequence[tuple[ImageInput, str]], options: EditOptio
 def _with_family_defaults(options: EditOptions, family, pipe) -> EditOptions:
     """``options`` with the steps and guidance not given set to the family's (a FLUX.1 run's: 28 and 3.5 for dev);
     the steps the pipeline then runs are checked again, since the defaults were not known before loading."""
-    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name])
+    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name].config)
     options = dataclasses.replace(options, steps=steps if options.steps is None else options.steps,
                                   guidance=guidance if options.guidance is None else options.guidance)
     if family.edit_steps_run(options.steps, 1.0 - options.blend_start) < 1:

@@ -124,9 +124,32 @@ def with_family_defaults(options: GenerationOptions, pipe) -> GenerationOptions:
     from ..models.families.registry import family_of_pipeline
 
     family = family_of_pipeline(pipe)
-    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name])
+    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name].config)
     return replace(options, steps=steps if options.steps is None else options.steps,
                                guidance=guidance if options.guidance is None else options.guidance)
+
+
+def run_sampling_defaults(run: str | Path, info: RunInfo | None = None) -> tuple[int, float]:
+    """(steps, guidance) that :func:`generate` uses for ``run`` when not told, found without loading its weights
+    (for forms that show them): the family's; for FLUX.1 whether dev or schnell is read from the transformer
+    config of the run (a full one) or of its base model (a LoRA run), dev's where that cannot be read."""
+    from ..models.families.flux import FLUX
+    from ..models.families.registry import family_of_pipeline_class
+
+    info = info if info is not None else RunInfo.read(run)
+    family = family_of_pipeline_class(info.pipeline)
+    if family is not FLUX:
+        return family.sampling_defaults({})
+    from diffusers import FluxTransformer2DModel
+
+    from ..hub import hub_options
+
+    where = str(run) if info.lora is None else info.base_model
+    try:
+        config = FluxTransformer2DModel.load_config(where, subfolder="transformer", **hub_options(where))
+    except (OSError, ValueError):  # a built-in base model, or a Hub id that is neither cached nor reachable
+        config = {}
+    return family.sampling_defaults(config)
 
 
 def _check_family_options(options: GenerationOptions, info: RunInfo) -> None:

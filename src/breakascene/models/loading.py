@@ -97,7 +97,7 @@ def _with_prediction_type(scheduler, prediction_type: str):
 
 def load_components(
     model: str, *, torch_dtype: torch.dtype = torch.float32, prediction_type: str | None = None,
-    vae: str | None = None,
+    vae: str | None = None, quantize_base: str | None = None,
 ) -> Components:
     """Loads the base model on the CPU. A Hub id needs network access the first time (then it is cached).
 
@@ -108,6 +108,8 @@ def load_components(
         prediction_type: ``"epsilon"`` or ``"v_prediction"`` to override the model's; None to keep the
             folder's own value, or for a single file to detect it (see :func:`inspect_single_file`).
         vae: ``--vae``, a VAE that replaces the model's (:func:`.vae.load_vae`); None keeps the model's.
+        quantize_base: ``"nf4"``: the denoiser in 4-bit NF4 on the current GPU (:mod:`.quantization`; the caller
+            has checked that there is one); not for a single file.
 
     Returns:
         The components; ``prediction_source`` says where the prediction type came from (None for the tiny
@@ -117,17 +119,25 @@ def load_components(
     check_model_reference(model)
     if vae is not None:
         check_vae_reference(vae)  # before the base model is loaded, which can take minutes
-    components = _load_base_components(model, torch_dtype, prediction_type)
+    if quantize_base and Path(model).expanduser().is_file():
+        raise ConfigError("--quantize-base nf4 needs the model as a diffusers folder or Hub id, not a single file")
+    components = _load_base_components(model, torch_dtype, prediction_type, quantize_base)
     if vae is not None:
         components.vae = load_vae(vae, like=components.vae).to(dtype=torch_dtype)
     return components
 
 
-def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type: str | None) -> Components:
+def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type: str | None,
+                          quantize_base: str | None = None) -> Components:
     requested = check_prediction_type(prediction_type)
     source = "from --prediction-type" if requested is not None else None
     if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID, TINY_FLUX_MODEL_ID):
-        return _tiny_components(model, requested, source)
+        components = _tiny_components(model, requested, source)
+        if quantize_base:
+            from .quantization import quantized_copy
+
+            components.unet = quantized_copy(components.unet)
+        return components
 
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
@@ -147,8 +157,10 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
         else:
             where = str(path) if path.exists() else model
             family = _folder_family(model, where, hub)
+            denoiser = _quantized_denoiser(family, where, hub) if quantize_base else None
             pipe = family.pipeline_class.from_pretrained(
-                where, torch_dtype=torch_dtype, use_safetensors=True, **family.pipeline_options, **hub
+                where, torch_dtype=torch_dtype, use_safetensors=True, **family.pipeline_options, **hub,
+                **({family.denoiser_name: denoiser} if denoiser is not None else {})
             )
     except ConfigError:  # _folder_family's own message
         raise
@@ -188,6 +200,19 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
         source = "from the model's scheduler config"
     parts = {name: pipe.components[name] for name in COMPONENT_NAMES if pipe.components.get(name) is not None}
     return Components(**parts, unet=denoiser, scheduler=scheduler, prediction_source=source, family=family)
+
+
+def _quantized_denoiser(family: ModelFamily, where: str, hub: dict):
+    """The folder's denoiser (its class as model_index.json names it) loaded in NF4 (computing in bf16, or fp16
+    on a GPU without it)."""
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    from .quantization import compute_dtype, load_quantized
+
+    _, class_name = DiffusionPipeline.load_config(where, **hub)[family.denoiser_name]
+    return load_quantized(getattr(diffusers, class_name), where, family.denoiser_name, compute_dtype(),
+                          use_safetensors=True, **hub)
 
 
 def _check_model_folder(model: str, path: Path) -> None:

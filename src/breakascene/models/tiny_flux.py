@@ -37,6 +37,14 @@ FLUX_DEV_SHAPE = dict(
 )
 
 
+def flux_dev_shape(dual: int | None = None, single: int | None = None, t5_layers: int | None = None) -> dict:
+    """FLUX.1-dev's full width at another depth: ``dual`` dual-stream and ``single`` single-stream blocks and
+    ``t5_layers`` T5 layers (None: FLUX.1-dev's 19, 38 and 24), for measuring what a block costs."""
+    return {**FLUX_DEV_SHAPE, "layers": FLUX_DEV_SHAPE["layers"] if dual is None else dual,
+            "single_layers": FLUX_DEV_SHAPE["single_layers"] if single is None else single,
+            "t5_layers": FLUX_DEV_SHAPE["t5_layers"] if t5_layers is None else t5_layers}
+
+
 def tiny_t5_tokenizer(max_length: int = T5_MAX_LENGTH) -> T5TokenizerFast:
     """A T5-style tokenizer (SentencePiece unigram, ``▁`` marks a word's start, ``</s>`` ends every prompt, no
     start token, ``<pad>`` pads) over the tiny vocabulary's words plus every ASCII character, so any prompt

@@ -49,6 +49,16 @@ def load_bitsandbytes(device: torch.device):
     return optional_bnb.load()
 
 
+def check_quantization(device: torch.device) -> None:
+    """``--quantize-base nf4`` on ``device``: a ConfigError that says what to do instead, before anything loads
+    (diffusers quantizes with bitsandbytes on a GPU only)."""
+    if device.type != "cuda":
+        raise ConfigError(f"--quantize-base nf4 needs a CUDA GPU (diffusers quantizes with bitsandbytes there), not "
+                          f"{device.type}; drop it")
+    if not optional_bnb.installed():
+        raise ConfigError("--quantize-base nf4 needs bitsandbytes: pip install 'break-a-scene[bnb]'")
+
+
 def enable_gradient_checkpointing(unet, text_encoders: list) -> None:
     unet.enable_gradient_checkpointing()
     for encoder in text_encoders:  # transformers 5 renamed it; 4.x only has the old name
@@ -88,6 +98,8 @@ def store_frozen_weights_in_half(models: list[torch.nn.Module], mixed_precision:
     if dtype is None:
         return
     for model in models:
+        if getattr(model, "is_quantized", False):  # a 4-bit base (--quantize-base) keeps its own storage
+            continue
         model.to(dtype)
         for name, p in model.named_parameters():
             if "lora_" in name:
@@ -121,7 +133,7 @@ SDXL_LOW_VRAM_LORA_RANK = 4  # diffusers' SDXL DreamBooth-LoRA default; its qual
 
 
 def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_available: bool,
-                     sdxl: bool = False) -> tuple[dict, list[str]]:
+                     sdxl: bool = False, flux: bool = False) -> tuple[dict, list[str]]:
     """What ``--low-vram`` sets, for this machine and model family: (config overrides, one line per choice).
 
     For SDXL the budget is a 16 GB GPU, which no full phase 2 fits (:mod:`.memory_estimate`: 25.7 GiB before
@@ -134,7 +146,11 @@ def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_availa
     6.9 GB. The text encoder (340 M parameters) stays frozen in phase 2, in half precision, which is the usual
     12 GB recipe (diffusers' and kohya's DreamBooth guides); the paper trains it, so this is a deviation.
     Gradient checkpointing keeps the activations of a 512 px step around 1 GB.
+
+    FLUX.1 (``flux``) has its own budget, a 24 GB GPU: :func:`flux_low_vram_options`.
     """
+    if flux:
+        return flux_low_vram_options(device_type, bf16_supported, bitsandbytes_available)
     options, notes = dict(LOW_VRAM_OPTIONS), []
     if device_type == "cuda" and not bf16_supported:
         options["mixed_precision"] = "fp16"
@@ -159,18 +175,63 @@ def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_availa
     return options, notes
 
 
-def with_low_vram(overrides: dict, sdxl: bool | None = None) -> dict:
+FLUX_BF16_TRANSFORMER_GIB = 11_901_408_320 * 2 / 1024**3  # FLUX.1-dev's transformer in bf16: 22.2 GiB (23.8 GB)
+
+
+def flux_low_vram_options(device_type: str, bf16_supported: bool,
+                          bitsandbytes_available: bool) -> tuple[dict, list[str]]:
+    """What ``--low-vram`` sets for FLUX.1, whose budget is a 24 GB GPU: (config overrides, one line per choice).
+
+    FLUX.1-dev's transformer alone is 23.8 GB in bf16 (11.9 B parameters), so no bf16 run fits 24 GB: the
+    transformer is loaded in 4-bit NF4 (about 6.7 GB, :mod:`breakascene.models.quantization`) and phase 2 trains
+    LoRA rank 16 on it (FLUX's default). T5-XXL (4.8 B parameters, 9.5 GB in bf16) stays frozen in bf16 except
+    the handle rows, which train through it. Gradient checkpointing on both; 8-bit Adam where it runs. NF4 needs
+    CUDA and bitsandbytes; without them the run keeps a bf16 transformer and says it will not fit 24 GB. Not yet
+    measured on a GPU (``GPU_GROUPS=flux benchmarks/gpu.sh`` does).
+    """
+    from ..models.families.flux import DEFAULT_LORA_RANK
+
+    options = {"mixed_precision": "bf16", "gradient_checkpointing": True, "train_text_encoder": False,
+               "lora_rank": DEFAULT_LORA_RANK, "use_8bit_adam": False}
+    notes = []
+    if device_type == "cuda" and not bf16_supported:
+        options["mixed_precision"] = "fp16"
+    if device_type != "cuda" and not bf16_supported:
+        options["mixed_precision"] = "no"
+        notes.append("fp32: this CPU has no native bf16 (AVX512-BF16 or AMX)")
+    else:
+        notes.append(f"mixed precision {options['mixed_precision']}: frozen weights stored in it, autocast compute")
+    notes.append("gradient checkpointing on the transformer and T5")
+    notes.append(f"FLUX.1: LoRA rank {DEFAULT_LORA_RANK} on the transformer's attention in phase 2, T5's layers frozen")
+    if device_type == "cuda" and bitsandbytes_available:
+        options["quantize_base"] = "nf4"
+        options["use_8bit_adam"] = True
+        notes.append("transformer in 4-bit NF4 (bitsandbytes, QLoRA): about 6.7 GB instead of 23.8 GB in bf16")
+        notes.append("8-bit Adam on the LoRA adapters")
+    else:
+        why = "no CUDA GPU" if device_type != "cuda" else "bitsandbytes is not installed (pip install 'break-a-scene[bnb]')"
+        notes.append(f"transformer not quantized ({why}): FLUX.1-dev's alone holds {FLUX_BF16_TRANSFORMER_GIB:.1f} GiB "
+                     "in bf16, which does not fit a 24 GB GPU")
+    return options, notes
+
+
+def with_low_vram(overrides: dict, sdxl: bool | None = None, flux: bool | None = None) -> dict:
     """``ExtractConfig.from_preset`` overrides with ``--low-vram``'s choices for this machine put in under them.
 
     When ``overrides["low_vram"]`` is set, the result is this machine's :func:`low_vram_options`, then every
     given (not None) override: the order preset < ``--low-vram`` < the user's own flags. Otherwise ``overrides``.
-    ``sdxl``: whether the model is SDXL (None: told from ``overrides["model"]``, :func:`is_sdxl_model`).
+    ``sdxl``, ``flux``: whether the model is SDXL or FLUX.1 (None: told from ``overrides["model"]``,
+    :func:`models.loading.model_family`).
     """
     if not overrides.get("low_vram"):
         return overrides
-    from ..models.loading import is_sdxl_model
+    if sdxl is None or flux is None:  # SDXL gets LoRA too, FLUX its own choices (low_vram_options)
+        from ..models.families.flux import FLUX
+        from ..models.families.sdxl import STABLE_DIFFUSION_XL
+        from ..models.loading import model_family
 
-    if sdxl is None:  # an SDXL model gets LoRA too (low_vram_options)
-        sdxl = bool(overrides.get("model")) and is_sdxl_model(overrides["model"])
-    chosen = low_vram_options(*machine_facts(overrides.get("device")), sdxl=sdxl)[0]
+        family = model_family(overrides["model"]) if overrides.get("model") else None
+        sdxl = family is STABLE_DIFFUSION_XL if sdxl is None else sdxl
+        flux = family is FLUX if flux is None else flux
+    chosen = low_vram_options(*machine_facts(overrides.get("device")), sdxl=sdxl, flux=flux)[0]
     return {**chosen, **{k: v for k, v in overrides.items() if v is not None}}

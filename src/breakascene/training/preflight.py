@@ -96,6 +96,8 @@ def resolve_device(config: ExtractConfig) -> torch.device:
                       "run hundreds of times slower than in fp32 here; --mixed-precision no is faster")
     if config.use_8bit_adam:
         memory.load_bitsandbytes(device)  # fail before any weights are loaded
+    if config.quantize_base:
+        memory.check_quantization(device)
     return device
 
 

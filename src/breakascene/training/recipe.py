@@ -150,7 +150,8 @@ def _warn_if_phase2_cannot_fit(config: ExtractConfig, components: Components, de
 def _ready_components(config: ExtractConfig, components: Components | None) -> Components:
     """``config.model`` loaded (or the given components), with the prediction type the config asks for."""
     if components is None:
-        components = load_components(config.model, prediction_type=config.prediction_type, vae=config.vae)
+        components = load_components(config.model, prediction_type=config.prediction_type, vae=config.vae,
+                                     quantize_base=config.quantize_base)
         if Path(config.model).expanduser().is_file():  # a single file's prediction type is a decision: say it
             print(f"{config.model}: {components.prediction_type} ({components.prediction_source}); "
                   "--prediction-type changes it", file=sys.stderr)

@@ -117,7 +117,9 @@ class Trainer:
         """
         c, cfg = self.components, self.config
         encoders = self.family.text_encoders(c)
-        for model in (c.vae, c.unet, *encoders):
+        # an encoder without handles (FLUX's CLIP: the pooled vector only) never trains, but runs every step
+        others = [m for m in (c.text_encoder, c.text_encoder_2) if m is not None and all(m is not e for e in encoders)]
+        for model in (c.vae, c.unet, *encoders, *others):
             model.requires_grad_(False)
         self.handles = resolve_init_words(c.tokenizer, self.handles, default=cfg.default_init_word)
         self.embeddings: list[HandleEmbedding] = attach_handles_to_each(self.family.tokenizers(c), encoders, self.handles)
@@ -128,7 +130,7 @@ class Trainer:
                      on_text_encoder=cfg.lora_text_encoder, targets=self.family.lora_targets,
                      text_targets=self.family.text_lora_targets)
         frozen = ([c.unet] if not cfg.trains_unet else []) + (encoders if not cfg.trains_text_encoder_weights else [])
-        memory.store_frozen_weights_in_half(frozen, cfg.mixed_precision)
+        memory.store_frozen_weights_in_half(frozen + others, cfg.mixed_precision)
         for embedding in self.embeddings:
             embedding.handle_vectors.data = embedding.handle_vectors.data.float()
         self.family.install_capture(c.unet, self.store)
@@ -138,7 +140,7 @@ class Trainer:
         if cfg.gradient_checkpointing:
             memory.enable_gradient_checkpointing(c.unet, encoders)
         self._cache_training_images(class_images)
-        for model in (c.unet, *encoders):
+        for model in (c.unet, *encoders, *others):
             model.to(self.device)
 
     def _cache_training_images(self, class_images: torch.Tensor | None) -> None:

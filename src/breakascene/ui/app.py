@@ -120,15 +120,17 @@ def build_app(app: App) -> gr.Blocks:
         with gr.Tabs():
             names, init_words = build_scene_tab(app, scene_state)
             progress, attention, resumable = build_extract_tab(app, scene_state, names, init_words, runs)
-            chips, about_run = build_generate_tab(app, run_choice)
-            build_edit_tab(app, run_choice)
+            chips, about_run, *generate_sampling = build_generate_tab(app, run_choice)
+            edit_sampling = build_edit_tab(app, run_choice)
             build_download_tab(app, run_choice)
 
         timer = gr.Timer(POLL_SECONDS)
         timer.tick(app.poll, shown_key, [progress, attention, shown_key, run_choice, resumable],
                    show_progress="hidden", queue=False)
         refresh.click(app.on_refresh, run_choice, [run_choice, resumable])
-        blocks.load(app.on_run_selected, run_choice, [chips, about_run])
+        about = [chips, about_run, *generate_sampling, *edit_sampling]  # the chosen run's handles and sampling
+        run_choice.change(app.on_run_selected, run_choice, about)
+        blocks.load(app.on_run_selected, run_choice, about)
     return blocks
 
 

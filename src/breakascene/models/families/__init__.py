@@ -132,8 +132,9 @@ class ModelFamily(abc.ABC):
     def remove_capture(self, unet) -> None:
         """Puts the stock attention back, so that a saved denoiser is the library's own."""
 
-    def sampling_defaults(self, unet) -> tuple[int, float]:
-        """(steps, guidance) that ``generate`` uses when not given: diffusers' SD and SDXL defaults."""
+    def sampling_defaults(self, denoiser_config) -> tuple[int, float]:
+        """(steps, guidance) that ``generate`` uses when not given, for a denoiser with ``denoiser_config`` (its
+        ``config``, or a dict of it): diffusers' SD and SDXL defaults."""
         return 50, 7.5
 
     image_side_multiple: int = 8  # an image's sides must be multiples of this (the VAE's downscale; FLUX packs 2x2)

@@ -165,10 +165,10 @@ class Flux(ModelFamily):
         """The flow-matching velocity ``noise - x_0``, what FLUX predicts."""
         return noise - latents
 
-    def sampling_defaults(self, unet) -> tuple[int, float]:
+    def sampling_defaults(self, denoiser_config) -> tuple[int, float]:
         """FLUX.1-dev: 28 steps at distilled guidance 3.5 (FluxPipeline's documented use); schnell, distilled to few
-        steps and without a guidance embedding: 4 steps, guidance 0."""
-        return (28, 3.5) if unet.config.guidance_embeds else (4, 0.0)
+        steps and without a guidance embedding: 4 steps, guidance 0. A config that does not say is dev's."""
+        return (28, 3.5) if denoiser_config.get("guidance_embeds", True) else (4, 0.0)
 
     image_side_multiple = 16  # 8x the VAE's downscale, then the 2x2 packing
 

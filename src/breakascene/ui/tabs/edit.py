@@ -42,8 +42,9 @@ class EditHandlers:
         return [(Image.open(p), c) for p, c in zip(paths, captions)]
 
 
-def build_edit_tab(app, run_choice: gr.Dropdown) -> None:
-    """The Edit tab, wired to ``app``'s handler for the run chosen in ``run_choice``."""
+def build_edit_tab(app, run_choice: gr.Dropdown) -> tuple[gr.Number, gr.Number]:
+    """The Edit tab, wired to ``app``'s handler for the run chosen in ``run_choice``. Returns its steps and
+    guidance fields (which follow the chosen run)."""
     defaults = EditOptions()
     with gr.Tab("Edit", id="edit"):
         gr.Markdown("Upload another photo, paint **one layer per region**, and write one prompt per line "
@@ -54,7 +55,7 @@ def build_edit_tab(app, run_choice: gr.Dropdown) -> None:
         prompts = gr.Textbox(label="Prompt per region", lines=3, placeholder="a photo of <asset0>")
         with gr.Row():
             seed = gr.Number(defaults.seed, label="Seed", precision=0)
-            # SD's numbers, not empty: gradio sends an emptied field as 0 (the Generate tab does the same)
+            # SD's numbers until a run is chosen, then its model's (as the Generate tab's)
             steps = gr.Number(SD_STEPS, label="Steps", precision=0, minimum=1)
             guidance = gr.Number(SD_GUIDANCE, label="Guidance")
             blend_start = gr.Slider(0, 0.95, value=defaults.blend_start, step=0.05,
@@ -64,3 +65,4 @@ def build_edit_tab(app, run_choice: gr.Dropdown) -> None:
                              elem_id="edit-gallery", object_fit="contain")
 
     edit_button.click(app.on_edit, [run_choice, editor, prompts, seed, steps, guidance, blend_start], gallery)
+    return steps, guidance

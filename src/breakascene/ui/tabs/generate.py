@@ -42,16 +42,20 @@ class GenerateHandlers:
     ``pipelines`` (:class:`breakascene.ui.loaded_models.PipelineCache`)."""
 
     def on_run_selected(self, name):
-        """The handle chips and a line about the chosen run."""
+        """The handle chips, a line about the chosen run, and its model's steps and guidance (50 and 7.5 for SD
+        and SDXL, 28 and 3.5 for FLUX.1-dev), for the Generate and the Edit tab's fields."""
+        from ...inference.generation import run_sampling_defaults
+
         try:
             run = finished_run(self.runs_dir, name)
             tokens, info = _tokens(run)
         except BreakASceneError:
-            return gr.Dataset(samples=[]), "no run chosen"
+            return gr.Dataset(samples=[]), "no run chosen", *[gr.skip()] * 4
         handles = ", ".join(markdown_code(t) for t in tokens)
         about = (f"{markdown_code(name)}: {handles} · base model {markdown_code(info.base_model)}"
                  f" · {markdown_text(info.resolution)} px")
-        return gr.Dataset(samples=[[t] for t in tokens]), about
+        steps, guidance = run_sampling_defaults(run, info)
+        return gr.Dataset(samples=[[t] for t in tokens]), about, steps, guidance, steps, guidance
 
     @staticmethod
     def on_chip(sample, prompt):
@@ -91,9 +95,9 @@ class GenerateHandlers:
         return _gallery(images)
 
 
-def build_generate_tab(app, run_choice: gr.Dropdown) -> tuple[gr.Dataset, gr.Markdown]:
-    """The Generate tab, wired to ``app``'s handlers for the run chosen in ``run_choice``. Returns the handle chips
-    and the line about the run (filled again when the page loads)."""
+def build_generate_tab(app, run_choice: gr.Dropdown) -> tuple:
+    """The Generate tab, wired to ``app``'s handlers for the run chosen in ``run_choice``. Returns the handle chips,
+    the line about the run, and the steps and guidance fields (which follow the chosen run)."""
     defaults = GenerationOptions()
     with gr.Tab("Generate", id="generate"):
         about_run = gr.Markdown("no run chosen", elem_id="about-run", latex_delimiters=[])
@@ -104,7 +108,8 @@ def build_generate_tab(app, run_choice: gr.Dropdown) -> tuple[gr.Dataset, gr.Mar
         with gr.Row():
             seed = gr.Number(defaults.seed, label="Seed of the first image", precision=0, elem_id="gen-seed")
             num_images = gr.Number(2, label="Images per prompt", precision=0, minimum=1, elem_id="num-images")
-            # (SD's and SDXL's defaults; gradio sends an emptied number field as 0, so it cannot mean "the model's")
+            # SD's and SDXL's until a run is chosen, then its model's (gradio sends an emptied field as 0, so the
+            # field cannot be left empty to mean "the model's")
             steps = gr.Number(SD_STEPS, label="Steps", precision=0, minimum=1, elem_id="gen-steps")
             guidance = gr.Number(SD_GUIDANCE, label="Guidance", elem_id="guidance")
             scheduler = gr.Dropdown(["default", "ddim", "dpm"], value=defaults.scheduler, label="Sampler")
@@ -120,11 +125,10 @@ def build_generate_tab(app, run_choice: gr.Dropdown) -> tuple[gr.Dataset, gr.Mar
         attention_view = gr.Gallery(label="Attention per handle", columns=2, format="png", visible=False,
                                     elem_id="attention-view", object_fit="contain")
 
-    run_choice.change(app.on_run_selected, run_choice, [chips, about_run])
     chips.click(app.on_chip, [chips, prompt], prompt)
     options = [seed, num_images, steps, guidance, scheduler, show_attention]
     outputs = [gallery, attention_view, listing]
     generate_button.click(app.on_generate, [run_choice, prompt, *options], outputs)
     variations_button.click(app.on_variations, [run_choice, *options], outputs)
     background_button.click(app.on_background, [run_choice, thing, *options], outputs)
-    return chips, about_run
+    return chips, about_run, steps, guidance
