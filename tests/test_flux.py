@@ -74,6 +74,25 @@ def test_the_papers_four_ablations_switch_off_their_part_on_flux(method):
     check_ablation(method, flux_config, flux(), shapes_scene())
 
 
+def test_t5_s_dropout_is_off_so_its_checkpointing_training_mode_changes_nothing():
+    """T5-XXL's config has dropout 0.1; transformers checkpoints T5's layers only in training mode. So training turns
+    the dropout off and runs T5 in training mode when checkpointing, phase 1 included: the loss of a batch is the
+    same every time, and the same as in eval mode."""
+    from transformers import T5Config, T5EncoderModel
+
+    c = flux()
+    config = T5Config(**{**c.text_encoder_2.config.to_dict(), "dropout_rate": 0.1})
+    c.text_encoder_2 = T5EncoderModel(config)  # the tiny T5 with T5-XXL's dropout
+    trainer = Trainer(shapes_scene(), flux_config(gradient_checkpointing=True), c, make_handles(2), "cpu")
+    trainer.setup()
+    assert all(m.p == 0 for m in c.text_encoder_2.modules() if isinstance(m, torch.nn.Dropout))
+    batch = trainer.sample_batch()
+    c.text_encoder_2.train()
+    losses = [trainer.loss_step(batch)["total"] for _ in range(2)]
+    c.text_encoder_2.eval()
+    assert torch.equal(losses[0], losses[1]) and torch.allclose(losses[0], trainer.loss_step(batch)["total"])
+
+
 def test_clip_gives_the_pooled_vector_only_and_never_trains():
     """FLUX's CLIP carries no handle: frozen, stored in the half dtype with the other frozen weights, and no
     gradient reaches it (the pooled vector is a constant of the prompt)."""

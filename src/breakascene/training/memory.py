@@ -59,6 +59,19 @@ def check_quantization(device: torch.device) -> None:
         raise ConfigError("--quantize-base nf4 needs bitsandbytes: pip install 'break-a-scene[bnb]'")
 
 
+def disable_dropout(models: list[torch.nn.Module]) -> None:
+    """Sets every dropout of ``models`` to p = 0: the ``nn.Dropout`` modules and the attention probabilities'
+    rate that transformers' attention layers keep as a float ``dropout``. SD's CLIP has none, but T5-XXL's config
+    (FLUX.1's) has 0.1, which would be active whenever a phase trains it, and transformers checkpoints layers
+    only in training mode."""
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            elif isinstance(getattr(module, "dropout", None), float):
+                module.dropout = 0.0
+
+
 def enable_gradient_checkpointing(unet, text_encoders: list) -> None:
     unet.enable_gradient_checkpointing()
     for encoder in text_encoders:  # transformers 5 renamed it; 4.x only has the old name

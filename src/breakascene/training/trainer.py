@@ -121,6 +121,7 @@ class Trainer:
         others = [m for m in (c.text_encoder, c.text_encoder_2) if m is not None and all(m is not e for e in encoders)]
         for model in (c.vae, c.unet, *encoders, *others):
             model.requires_grad_(False)
+        memory.disable_dropout([*encoders, *others])
         self.handles = resolve_init_words(c.tokenizer, self.handles, default=cfg.default_init_word)
         self.embeddings: list[HandleEmbedding] = attach_handles_to_each(self.family.tokenizers(c), encoders, self.handles)
         self.embedding = self.embeddings[0]
@@ -286,8 +287,11 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.mixed_precision == "fp16")
         if optimizer_state is not None:
             restore_optimizer(optimizer_state, optimizer)
-        for model in (self.components.unet, *self.family.text_encoders(self.components)):
-            model.train(phase.trains_model)
+        self.components.unet.train(phase.trains_model)
+        for encoder in self.family.text_encoders(self.components):
+            # transformers checkpoints a text encoder's layers only in training mode; with its dropout off
+            # (setup) that mode changes nothing else, so phase 1 gets the checkpointing it asked for too
+            encoder.train(phase.trains_model or cfg.gradient_checkpointing)
         # Every step's losses go to the training log, which reads them back (a device sync) only every LOG_EVERY
         # steps, before a checkpoint and at the phase's end; that is also where a non-finite loss is caught.
         log = self.training_log or TrainingLog(checkpoint_folder.parent / "logs")  # (as in a run folder)
