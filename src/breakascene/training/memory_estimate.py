@@ -47,8 +47,7 @@ def estimate_phase2(components, config) -> MemoryEstimate:
 
     unet = _count(components.unet)
     encoders = components.family.text_encoders(components)
-    every_encoder = [m for m in (components.text_encoder, components.text_encoder_2) if m is not None]
-    text = sum(_count(e) for e in every_encoder)  # FLUX's CLIP too: it carries no handle but is held
+    text = sum(_count(e) for e in [*encoders, *components.family.other_text_encoders(components)])
     text_layers = sum(p.numel() for e in encoders for _, p in layer_parameters(e))  # the tables never train
     if config.lora_rank:
         trained_unet, trained_text = 0, 0

@@ -117,8 +117,7 @@ class Trainer:
         """
         c, cfg = self.components, self.config
         encoders = self.family.text_encoders(c)
-        # an encoder without handles (FLUX's CLIP: the pooled vector only) never trains, but runs every step
-        others = [m for m in (c.text_encoder, c.text_encoder_2) if m is not None and all(m is not e for e in encoders)]
+        others = self.family.other_text_encoders(c)  # never trained, but run every step (FLUX's CLIP)
         for model in (c.vae, c.unet, *encoders, *others):
             model.requires_grad_(False)
         memory.disable_dropout([*encoders, *others])
@@ -288,10 +287,8 @@ class Trainer:
         if optimizer_state is not None:
             restore_optimizer(optimizer_state, optimizer)
         self.components.unet.train(phase.trains_model)
-        for encoder in self.family.text_encoders(self.components):
-            # transformers checkpoints a text encoder's layers only in training mode; with its dropout off
-            # (setup) that mode changes nothing else, so phase 1 gets the checkpointing it asked for too
-            encoder.train(phase.trains_model or cfg.gradient_checkpointing)
+        for encoder in self.family.text_encoders(self.components):  # transformers checkpoints in training mode
+            encoder.train(phase.trains_model or cfg.gradient_checkpointing)  # only; dropout is off (setup)
         # Every step's losses go to the training log, which reads them back (a device sync) only every LOG_EVERY
         # steps, before a checkpoint and at the phase's end; that is also where a non-finite loss is caught.
         log = self.training_log or TrainingLog(checkpoint_folder.parent / "logs")  # (as in a run folder)

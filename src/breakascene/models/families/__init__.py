@@ -39,6 +39,10 @@ class ModelFamily(abc.ABC):
     def tokenizers(self, components) -> list:
         return [components.tokenizer]
 
+    def other_text_encoders(self, components) -> list[torch.nn.Module]:
+        """Text encoders that carry no handle but run every step (FLUX's CLIP, for its pooled vector): frozen."""
+        return []
+
     def named_text_encoders(self, components) -> list[tuple[str, torch.nn.Module]]:
         """("text_encoder", ...), ("text_encoder_2", ...): the names that parameters and checkpoints use."""
         encoders = self.text_encoders(components)

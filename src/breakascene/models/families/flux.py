@@ -108,6 +108,9 @@ class Flux(ModelFamily):
     def tokenizers(self, components) -> list:
         return [components.tokenizer_2]
 
+    def other_text_encoders(self, components) -> list[torch.nn.Module]:
+        return [components.text_encoder]  # CLIP: the pooled vector only
+
     def named_text_encoders(self, components) -> list[tuple[str, torch.nn.Module]]:
         return [("text_encoder_2", components.text_encoder_2)]
 
