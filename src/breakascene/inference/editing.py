@@ -29,9 +29,9 @@ What this module adds:
 
 * input handling: the edit image is read like the scene photo (EXIF transpose, any mode -> RGB) but NOT cropped
   to a square: it keeps its own size when both sides are multiples of 8 (16 for FLUX.1, which packs 2x2 latent
-  patches), else it is resized (LANCZOS) to the nearest multiples (with a warning), and the outputs have that size. A region mask must have the edit
-  image's size; a mask of the same aspect ratio but another size is resized (with a warning), any other size is
-  an error;
+  patches), else it is resized (LANCZOS) to the nearest multiples (with a warning), and the outputs have that
+  size. A region mask must have the edit image's size; a mask of the same aspect ratio but another size is
+  resized (with a warning), any other size is an error;
 * background preservation in pixels: decoding changes pixels outside the region too (the VAE round trip is lossy),
   so the decoded result is composited with the region's input image outside the pixel-resolution region mask
   (coverage >= 0.5). Pixels outside every region are therefore exactly those of the input (BLD likewise pastes
@@ -278,7 +278,12 @@ def _check_request(regions: Sequence[tuple[ImageInput, str]], options: EditOptio
         raise ConfigError(f"--steps must be >= 1 (got {options.steps})")
     if not 0.0 <= options.blend_start < 1.0:
         raise ConfigError(f"--blend-start must be in [0, 1) (got {options.blend_start})")
-    if options.steps is not None and family.edit_steps_run(options.steps, 1.0 - options.blend_start) < 1:
+    if options.steps is not None:
+        _check_steps_run(options, family)
+
+
+def _check_steps_run(options: EditOptions, family) -> None:
+    if family.edit_steps_run(options.steps, 1.0 - options.blend_start) < 1:
         raise ConfigError(f"--blend-start {options.blend_start} skips all {options.steps} steps; lower it or raise --steps")
 
 
@@ -288,8 +293,7 @@ def _with_family_defaults(options: EditOptions, family, pipe) -> EditOptions:
     steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name].config)
     options = dataclasses.replace(options, steps=steps if options.steps is None else options.steps,
                                   guidance=guidance if options.guidance is None else options.guidance)
-    if family.edit_steps_run(options.steps, 1.0 - options.blend_start) < 1:
-        raise ConfigError(f"--blend-start {options.blend_start} skips all {options.steps} steps; lower it or raise --steps")
+    _check_steps_run(options, family)
     return options
 
 
