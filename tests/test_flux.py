@@ -279,6 +279,7 @@ class _Kill(Exception):
     pass
 
 
+@pytest.mark.slow  # three FLUX runs (about 4 s): `make test-slow`; SD's resume test runs by default
 def test_a_resumed_lora_run_ends_with_the_same_weights_as_an_uninterrupted_one(bitwise_reproducible, tmp_path):
     from safetensors.torch import load_file
 
@@ -408,15 +409,14 @@ def test_attention_views_read_the_capture_blocks_on_the_packed_grid_and_leave_th
     assert {k: type(v) for k, v in pipe.transformer.attn_processors.items()} == stock
 
 
-def _readme_code(folder, generate: bool = True) -> dict:
-    """Runs the one Python block of an export's README, as a user would; returns its namespace. ``generate=False``
-    leaves out its last line, the 1024 px image (seconds, even for the tiny model)."""
+def _readme_code(folder) -> dict:
+    """Runs the one Python block of an export's README as a user would, but for its last line, a 28-step 1024 px
+    image (seconds even for the tiny model; the tests make it at 128 px in one step); returns its namespace."""
     import re
 
     (block,) = re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), flags=re.DOTALL)
-    if not generate:
-        block, last = block.rstrip().rsplit("\n", 1)
-        assert last.startswith("image = pipe(")
+    block, last = block.rstrip().rsplit("\n", 1)
+    assert last.startswith("image = pipe(")
     namespace: dict = {}
     exec(compile(block, "README", "exec"), namespace)
     return namespace
@@ -450,7 +450,7 @@ def test_a_lora_run_exports_for_comfyui_and_as_t5_embeddings_that_load_back_to_t
         assert list(embedding) == ["t5xxl"] and torch.equal(embedding["t5xxl"][0], vector)
     readme = (out / "README.md").read_text()
     assert "embedding:pets_asset0" in readme and "models/loras/" in readme and "4096 != 768" in readme
-    pipe = _readme_code(out, generate=False)["pipe"]
+    pipe = _readme_code(out)["pipe"]
     pipe.fuse_lora()  # the transformer's adapters as plain weights, to compare with the run's
     pipe.unload_lora_weights()
     for part in ("transformer", "text_encoder_2"):
@@ -470,10 +470,11 @@ def test_a_lora_run_exports_for_comfyui_and_as_t5_embeddings_that_load_back_to_t
 
     out = export(run, tmp_path / "ti", format="textual-inversion")
     assert all(list(load_file(out / f"{t.strip('<>')}.safetensors")) == ["t5"] for t in tokens)
-    namespace = _readme_code(out)
-    table = namespace["pipe"].text_encoder_2.get_input_embeddings().weight
-    assert torch.equal(table[namespace["pipe"].tokenizer_2.convert_tokens_to_ids(tokens)], vectors)
-    assert namespace["image"].size == (1024, 1024)  # FluxPipeline's own default size
+    pipe = _readme_code(out)["pipe"]
+    table = pipe.text_encoder_2.get_input_embeddings().weight
+    assert torch.equal(table[pipe.tokenizer_2.convert_tokens_to_ids(tokens)], vectors)
+    image = pipe("a photo of <asset0> at the beach", num_inference_steps=1, height=128, width=128).images[0]
+    assert image.size == (128, 128)  # the README's last line, with one step at the tiny model's size
 
 
 def test_flux_exports_that_cannot_be_are_one_line_errors(tmp_path):

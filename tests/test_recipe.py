@@ -101,8 +101,9 @@ class _Kill(Exception):
     pass
 
 
-# in phase 1 after its checkpoint; mid phase 2 after one; mid phase 2 training LoRA adapters
-@pytest.mark.parametrize("kill_at, lora_rank", [(2, 0), (5, 0), (5, 4)])
+# in phase 1 after its checkpoint; mid phase 2 after one; mid phase 2 training LoRA adapters (the last two: slow)
+@pytest.mark.parametrize("kill_at, lora_rank", [(2, 0), pytest.param(5, 0, marks=pytest.mark.slow),
+                                                pytest.param(5, 4, marks=pytest.mark.slow)])
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(bitwise_reproducible, tmp_path, scene128, kill_at, lora_rank):
     cfg = tiny_config(phase1_steps=3, phase2_steps=4, phase2_lr=1e-4, checkpoint_every=2, lora_rank=lora_rank)
     extract(scene128, cfg, tmp_path / "straight", components=tiny(), progress=False)
