@@ -20,6 +20,7 @@ from breakascene.models.tiny_flux import TINY_FLUX_MODEL_ID, TINY_FLUX_RESOLUTIO
 from breakascene.training.recipe import extract
 from breakascene.training.trainer import Trainer
 from helpers.ablations import ABLATION_METHODS, check_ablation
+from helpers.resume import interrupt_then_resume
 from helpers.tiny import shapes_scene, tiny_config
 
 PROMPT = "a photo of a dog on the beach"
@@ -275,10 +276,6 @@ def test_lora_phase2_trains_the_attention_projections_and_loads_with_the_handles
     assert any(".attn.add_k_proj." in n for n in changed) and not any(".ff." in n for n in changed)
 
 
-class _Kill(Exception):
-    pass
-
-
 @pytest.mark.slow  # three FLUX runs (about 4 s): `make test-slow`; SD's resume test runs by default
 def test_a_resumed_lora_run_ends_with_the_same_weights_as_an_uninterrupted_one(bitwise_reproducible, tmp_path):
     from safetensors.torch import load_file
@@ -286,17 +283,8 @@ def test_a_resumed_lora_run_ends_with_the_same_weights_as_an_uninterrupted_one(b
     cfg = flux_config(phase1_steps=2, phase2_steps=3, phase2_lr=1e-3, checkpoint_every=2, lora_rank=4,
                       lora_text_encoder=True)
     extract(shapes_scene(), cfg, tmp_path / "straight", components=flux(), progress=False)
-
-    def kill(progress):
-        if progress.global_step == 4:
-            raise _Kill
-
     out = tmp_path / "killed"
-    with pytest.raises(_Kill):
-        extract(shapes_scene(), cfg, out, components=flux(), progress=False, callback=kill)
-    steps_seen = []
-    extract(shapes_scene(), cfg, out, components=flux(), progress=False, resume=True,
-            callback=lambda p: steps_seen.append(p.global_step))
+    steps_seen = interrupt_then_resume(shapes_scene(), cfg, out, flux, step=4)
     assert steps_seen[0] == 5  # after the phase-2 checkpoint at its step 2
     for name in ("handles.safetensors", "pytorch_lora_weights.safetensors", "text_encoder_2_lora.safetensors"):
         straight, resumed = load_file(tmp_path / "straight" / name), load_file(out / name)

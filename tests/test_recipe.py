@@ -14,6 +14,7 @@ from breakascene.training.trainer import Trainer
 from breakascene.handles import make_handles
 from breakascene.run_folder import partial_path
 
+from helpers.resume import Killed, stop_at
 from helpers.tiny import tiny, tiny_config
 
 
@@ -97,24 +98,15 @@ def _weights(folder):
     return tensors
 
 
-class _Kill(Exception):
-    pass
-
-
 # in phase 1 after its checkpoint; mid phase 2 after one; mid phase 2 training LoRA adapters (the last two: slow)
 @pytest.mark.parametrize("kill_at, lora_rank", [(2, 0), pytest.param(5, 0, marks=pytest.mark.slow),
                                                 pytest.param(5, 4, marks=pytest.mark.slow)])
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(bitwise_reproducible, tmp_path, scene128, kill_at, lora_rank):
     cfg = tiny_config(phase1_steps=3, phase2_steps=4, phase2_lr=1e-4, checkpoint_every=2, lora_rank=lora_rank)
     extract(scene128, cfg, tmp_path / "straight", components=tiny(), progress=False)
-
-    def kill(progress):
-        if progress.global_step == kill_at:
-            raise _Kill
-
     out = tmp_path / "killed"
-    with pytest.raises(_Kill):
-        extract(scene128, cfg, out, components=tiny(), progress=False, callback=kill)
+    with pytest.raises(Killed):
+        extract(scene128, cfg, out, components=tiny(), progress=False, callback=stop_at(kill_at))
     assert not out.exists() and partial_path(out).exists()
     with pytest.raises(RunError, match="--resume"):
         extract(scene128, cfg, out, components=tiny(), progress=False)
@@ -129,13 +121,9 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(bitwise_repro
 
 
 def test_resume_refuses_changed_settings(tmp_path, scene128):
-    def kill(progress):
-        if progress.global_step == 3:
-            raise _Kill
-
     out = tmp_path / "run"
-    with pytest.raises(_Kill):
-        extract(scene128, tiny_config(checkpoint_every=1), out, components=tiny(), progress=False, callback=kill)
+    with pytest.raises(Killed):
+        extract(scene128, tiny_config(checkpoint_every=1), out, components=tiny(), progress=False, callback=stop_at(3))
     with pytest.raises(ConfigError, match="phase2_lr"):
         extract(scene128, tiny_config(checkpoint_every=1, phase2_lr=1e-3), out, components=tiny(), progress=False, resume=True)
 

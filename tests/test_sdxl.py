@@ -20,6 +20,7 @@ from breakascene.scene import load_scene
 from breakascene.training.recipe import extract
 from breakascene.training.trainer import Trainer
 from helpers.ablations import ABLATION_METHODS, check_ablation
+from helpers.resume import interrupt_then_resume
 from helpers.tiny import shapes_scene, tiny_config
 
 PROMPT = "a photo of a dog on the beach"
@@ -165,27 +166,14 @@ def _weights(folder):
             for k, v in load_file(p).items()}
 
 
-class _Kill(Exception):
-    pass
-
-
 @pytest.mark.slow  # three SDXL runs each (about 4 s): `make test-slow`; SD's resume test runs by default
 @pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(bitwise_reproducible, tmp_path, lora_rank):
     cfg = sdxl_config(phase1_steps=2, phase2_steps=3, phase2_lr=1e-4, checkpoint_every=2, lora_rank=lora_rank,
                       lora_text_encoder=bool(lora_rank))
     extract(shapes_scene(), cfg, tmp_path / "straight", components=sdxl(), progress=False)
-
-    def kill(progress):
-        if progress.global_step == 4:
-            raise _Kill
-
     out = tmp_path / "killed"
-    with pytest.raises(_Kill):
-        extract(shapes_scene(), cfg, out, components=sdxl(), progress=False, callback=kill)
-    steps_seen = []
-    extract(shapes_scene(), cfg, out, components=sdxl(), progress=False, resume=True,
-            callback=lambda p: steps_seen.append(p.global_step))
+    steps_seen = interrupt_then_resume(shapes_scene(), cfg, out, sdxl, step=4)
     assert steps_seen[0] == 5  # after the phase-2 checkpoint at its step 2
     straight, resumed = _weights(tmp_path / "straight"), _weights(out)
     assert straight.keys() == resumed.keys()

@@ -45,7 +45,6 @@ What this module adds:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import warnings
@@ -61,7 +60,7 @@ from ..images import mask_coverage, open_image, to_rgb
 from ..models.loading import check_device
 from ..run_folder import check_clear_of_inputs, check_clear_of_run
 from ..run_info import RunInfo
-from .options import EditOptions, with_settings
+from .options import EditOptions, with_family_defaults, with_settings
 from .pipeline import load_pipeline
 from .progress import StepProgress
 from .prompts import check_prompt_handles
@@ -247,7 +246,8 @@ def edit(
     _check_outputs(planned, run, image, regions, overwrite)
 
     pipe = edit_pipeline(pipeline if pipeline is not None else load_pipeline(run, device, info=info)[0])
-    options = _with_family_defaults(options, family, pipe)
+    options = with_family_defaults(options, pipe)
+    _check_steps_run(options, family)  # again: the family's steps were not known before loading
     if out is None:
         planned = _make_default_folder(edits, stem)
     else:
@@ -285,16 +285,6 @@ def _check_request(regions: Sequence[tuple[ImageInput, str]], options: EditOptio
 def _check_steps_run(options: EditOptions, family) -> None:
     if family.edit_steps_run(options.steps, 1.0 - options.blend_start) < 1:
         raise ConfigError(f"--blend-start {options.blend_start} skips all {options.steps} steps; lower it or raise --steps")
-
-
-def _with_family_defaults(options: EditOptions, family, pipe) -> EditOptions:
-    """``options`` with the steps and guidance not given set to the family's (a FLUX.1 run's: 28 and 3.5 for dev);
-    the steps the pipeline then runs are checked again, since the defaults were not known before loading."""
-    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name].config)
-    options = dataclasses.replace(options, steps=steps if options.steps is None else options.steps,
-                                  guidance=guidance if options.guidance is None else options.guidance)
-    _check_steps_run(options, family)
-    return options
 
 
 def _check_outputs(out: Path, run: str | Path, image: ImageInput, regions: Sequence[tuple[ImageInput, str]],

@@ -8,7 +8,7 @@ prompt "a photo of <asset0> and <asset1> ..." over the run's handles (the paper'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ import torch
 from ..errors import ConfigError, RunError
 from ..run_folder import check_clear_of_run
 from ..run_info import RunInfo
-from .options import VARIATIONS_NUM_IMAGES, GenerationOptions, with_settings
+from .options import VARIATIONS_NUM_IMAGES, GenerationOptions, with_family_defaults, with_settings
 from .outputs import GeneratedImage, append_metadata, attention_path, contact_sheet, free_grid_path, image_name
 from .pipeline import SCHEDULERS, dtype_name, load_pipeline, resolve_dtype, sampling_scheduler
 from .progress import StepProgress, own_bar_off
@@ -117,16 +117,6 @@ def _checked_prompts(prompts: list[str] | None, prompts_file: str | Path | None,
     for prompt in prompts:
         check_prompt_handles(prompt, tokens)
     return prompts
-
-
-def with_family_defaults(options: GenerationOptions, pipe) -> GenerationOptions:
-    """``options`` with the steps and guidance not given set to the pipeline's family's defaults."""
-    from ..models.families.registry import family_of_pipeline
-
-    family = family_of_pipeline(pipe)
-    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name].config)
-    return replace(options, steps=steps if options.steps is None else options.steps,
-                               guidance=guidance if options.guidance is None else options.guidance)
 
 
 def run_sampling_defaults(run: str | Path, info: RunInfo | None = None) -> tuple[int, float]:

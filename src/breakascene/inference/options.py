@@ -66,6 +66,17 @@ def default_of(options: type, field: str):
     return getattr(options(), field)
 
 
+def with_family_defaults(options: Options, pipe) -> Options:
+    """``options`` with the steps and guidance not given (None) set to the defaults of ``pipe``'s model family
+    (``ModelFamily.sampling_defaults``, read from its denoiser's config)."""
+    from ..models.families.registry import family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    steps, guidance = family.sampling_defaults(pipe.components[family.denoiser_name].config)
+    return dataclasses.replace(options, steps=steps if options.steps is None else options.steps,
+                               guidance=guidance if options.guidance is None else options.guidance)
+
+
 def with_settings(options: Options | None, kind: type[Options], settings: dict) -> Options:
     """``options`` (or ``kind()``) with the fields in ``settings`` replaced; an unknown name is a TypeError, as
     for any function's keyword argument."""

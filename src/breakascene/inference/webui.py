@@ -180,17 +180,28 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
     tensors = embedding_files(vectors, load_second_handles(run / HANDLES_FILE), lambda k: key)
     for token, file_tensors in zip(tokens, tensors):
         save_file(file_tensors, str(places["embedding"] / f"{triggers[token]}.safetensors"))
-    readme = _flux_readme if info.is_flux else _readme
-    (folder / "README.md").write_text(readme(info, format, kind, name, triggers, location))
+    if info.is_flux:
+        from .generation import run_sampling_defaults
+
+        readme = _flux_readme(info, format, name, triggers, location, run_sampling_defaults(run, info)[1])
+    else:
+        readme = _readme(info, format, kind, name, triggers, location)
+    (folder / "README.md").write_text(readme)
+
+
+def _layout(format: str, kind: str, name: str, triggers: dict[str, str]) -> tuple[dict[str, str], str, str, str]:
+    """What both READMEs name: the folder of each kind of file (``"models/loras/"``, ``""`` for kohya's flat one),
+    the weights' path, the first trigger word, and the table of handles, trigger words and embedding files."""
+    here = {k: ("" if sub == "." else f"{sub}/") for k, sub in FOLDERS[format].items()}
+    table = "\n".join(f"| `{token}` | `{word}` | `{here['embedding']}{word}.safetensors` |"
+                      for token, word in triggers.items())
+    return here, f"{here[kind]}{name}.safetensors", next(iter(triggers.values())), table
 
 
 def _readme(info: RunInfo, format: str, kind: str, name: str, triggers: dict[str, str], location: Path) -> str:
     """The README of a WebUI export: where each file goes, in ComfyUI and in A1111/Forge, and diffusers code."""
     lora = kind == "lora"
-    here = {k: ("" if sub == "." else f"{sub}/") for k, sub in FOLDERS[format].items()}
-    weights, first = f"{here[kind]}{name}.safetensors", next(iter(triggers.values()))
-    table = "\n".join(f"| `{token}` | `{word}` | `{here['embedding']}{word}.safetensors` |"
-                      for token, word in triggers.items())
+    here, weights, first, table = _layout(format, kind, name, triggers)
     comfy_weights, a1111_weights = FOLDERS["comfyui"][kind], FOLDERS["a1111"][kind]
     base = f"`{info.base_model}`, the base model this run was trained on"
     comfy_use = (f"Load {base}, with **Load Checkpoint**; then add **LoraLoader** with `{name}.safetensors` at "
@@ -239,16 +250,15 @@ other weights they give at best a rough likeness.
 """
 
 
-def _flux_readme(info: RunInfo, format: str, kind: str, name: str, triggers: dict[str, str], location: Path) -> str:
-    """The README of a FLUX.1 LoRA run's ``comfyui`` or ``kohya`` export: where each file goes, and diffusers code."""
-    here = {k: ("" if sub == "." else f"{sub}/") for k, sub in FOLDERS[format].items()}
-    weights, first = f"{here['lora']}{name}.safetensors", next(iter(triggers.values()))
-    table = "\n".join(f"| `{token}` | `{word}` | `{here['embedding']}{word}.safetensors` |"
-                      for token, word in triggers.items())
+def _flux_readme(info: RunInfo, format: str, name: str, triggers: dict[str, str], location: Path,
+                 guidance: float) -> str:
+    """The README of a FLUX.1 LoRA run's ``comfyui`` or ``kohya`` export: where each file goes, and diffusers code.
+    ``guidance``: the model's distilled guidance as ``generate`` samples it (0 for schnell, which has none)."""
+    here, weights, first, table = _layout(format, "lora", name, triggers)
     t5 = " and T5's (`lora_te3_*`, kohya's names)" if info.lora.text_encoder_2 else ""
     clip = " and clip" if info.lora.text_encoder_2 else " (its clip strength does nothing: T5 has no adapters)"
-    guidance = ("**FluxGuidance** 3.5 (FLUX.1-dev's distilled guidance, as `generate` samples it), "
-                if "schnell" not in info.base_model.lower() else "")
+    guidance = (f"**FluxGuidance** {guidance} (FLUX.1-dev's distilled guidance, as `generate` samples it), "
+                if guidance else "")
     return f"""# Break-A-Scene run `{name}` for ComfyUI (FLUX.1)
 
 This folder is laid out like {"a kohya sd-scripts output (flat)" if format == "kohya" else
