@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from breakascene.config import ExtractConfig
-from breakascene.training.checkpoint import save_checkpoint
+from breakascene.training.checkpoint import checkpoint_file
 from breakascene.training.recipe import extract
 from breakascene.run_folder import lock_path, partial_path
 from breakascene.scene import load_scene_folder
@@ -137,22 +137,6 @@ def test_sigkill_mid_phase_then_resume_is_bit_identical_and_a_second_run_is_refu
     assert not differ, f"resumed at phase-2 step {resumed_from}: {len(differ)} tensors differ, e.g. {differ[:3]}"
 
 
-def test_a_checkpoint_save_replaces_a_half_deleted_previous_one(tmp_path):
-    # A run killed while deleting the previous checkpoint (checkpoint.old) leaves it half there; the next save
-    # must still go through instead of failing to rename over a non-empty folder.
-    folder, stale = tmp_path / "checkpoint", tmp_path / "checkpoint.old"
-    param = torch.nn.Parameter(torch.ones(3))
-    optimizer = torch.optim.AdamW([param])
-    for step in (2, 4):
-        if step == 4:
-            stale.mkdir()  # what the kill left: the previous checkpoint, half deleted
-            (stale / "optimizer.safetensors").write_bytes(b"half")
-        save_checkpoint(folder, trainable={"p": param}, optimizer=optimizer,
-                        generators={"host": torch.Generator()}, state={"step": step})
-    assert json.loads((folder / "state.json").read_text()) == {"step": 4}
-    assert not stale.exists() and not (tmp_path / "checkpoint.tmp").exists()
-
-
 @pytest.mark.slow  # a real process interrupted (about 12 s): `make test-slow`
 def test_sigint_exits_130_and_keeps_the_checkpoint(scene_dir, tmp_path):
     out = tmp_path / "interrupted"
@@ -261,7 +245,8 @@ RESUME = ["--phase1-steps", "4", "--phase2-steps", "2", "--checkpoint-every", "2
     ("state.json", lambda p: p.write_text(json.dumps({"phase_index": 0}))),
 ])
 def test_a_damaged_checkpoint_is_one_line_naming_the_file(scene_dir, checkpointed, file, damage):
-    damage(partial_path(checkpointed) / "checkpoint" / file)
+    kept = partial_path(checkpointed) / "checkpoint"
+    damage(kept / file if file == "state.json" else checkpoint_file(kept, file))
     code, _, err = run_cli(["extract", str(scene_dir), *TINY64, *RESUME, "--out", str(checkpointed)])
     assert_one_error(code, err, file, "--overwrite")
 
@@ -366,7 +351,7 @@ def test_pickles_in_run_and_model_folders_are_never_loaded(run64, scene_dir, tmp
 
 def test_a_pickle_posing_as_a_checkpoint_file_is_refused(scene_dir, checkpointed, tmp_path):
     marker = tmp_path / "fired"
-    _plant(partial_path(checkpointed) / "checkpoint" / "trainable.safetensors", marker)
+    _plant(checkpoint_file(partial_path(checkpointed) / "checkpoint", "trainable.safetensors"), marker)
     code, _, err = run_cli(["extract", str(scene_dir), *TINY64, *RESUME, "--out", str(checkpointed)])
     assert_one_error(code, err, "trainable.safetensors", "damaged")
     assert not marker.exists()
@@ -387,7 +372,7 @@ def test_a_loss_that_becomes_non_finite_stops_naming_the_step_and_keeps_the_last
     kept = partial_path(out) / "checkpoint"
     state = json.loads((kept / "state.json").read_text())
     assert (state["phase_index"], state["step"]) == (0, 4)
-    assert all(torch.isfinite(t).all() for t in load_file(kept / "trainable.safetensors").values())
+    assert all(torch.isfinite(t).all() for t in load_file(checkpoint_file(kept, "trainable.safetensors")).values())
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:

@@ -123,6 +123,7 @@ def run_train(args) -> int:
     from ..errors import ConfigError, RunError
     from ..models.loading import check_device, shapes_folder
     from ..models.shapes import SHAPES_MODEL_ID
+    from ..world.checkpoint import has_checkpoint
     from ..world.train import WorldTrainConfig, train_world_model
 
     chosen = {"seed": args.seed, "steps": args.steps, "vae_steps": args.vae_steps, "batch": args.batch, "lr": args.lr,
@@ -155,7 +156,7 @@ def run_train(args) -> int:
             raise ConfigError(f"--init {args.init} is inside --out {out}; choose another --out")
     if out.exists() and any(out.iterdir()) and not (args.resume or args.overwrite):
         raise RunError(f"{out} already exists; pass --resume to continue it, --overwrite to start over, or choose another --out")
-    if args.resume and not (out / "checkpoint").is_dir():
+    if args.resume and not has_checkpoint(out / "checkpoint"):
         raise RunError(f"{out} has no checkpoint to resume from; run without --resume")
     if args.overwrite and not args.resume and out.exists():
         import shutil

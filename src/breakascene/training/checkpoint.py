@@ -1,21 +1,21 @@
 """Resumable checkpoints, in safetensors and JSON only (nothing is unpickled on resume).
 
 A checkpoint folder holds:
-    state.json              phase index, steps done in it, the config fingerprint, optimiser hyper-parameters
-    trainable.safetensors   the handle vectors, and in phase 2 the UNet and text encoder weights
-    optimizer.safetensors   the optimiser's per-parameter tensors (Adam moments and step counts)
-    rng.safetensors         the random generators' states, so a resumed run draws the same numbers
+    state.json              phase index, steps done in it, the config fingerprint, the training log so far,
+                            and under "files" the folder that holds the tensors:
+    files-N/trainable.safetensors   the handle vectors, and in phase 2 the UNet and text encoder weights
+    files-N/optimizer.safetensors   the optimiser's per-parameter tensors (Adam moments and step counts)
+    files-N/rng.safetensors         the random generators' states, so a resumed run draws the same numbers
 
-It is written to ``checkpoint.tmp`` and renamed over ``checkpoint``, so a kill while saving leaves the
-previous checkpoint intact.
+A save writes the tensors into a new ``files-N+1/`` and then replaces ``state.json`` in one atomic rename
+(``versioned_folder.py``), so a process killed at any instant of it leaves the previous checkpoint or the new
+one, complete, and ``state.json`` exists exactly when there is a checkpoint to resume.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from ..config import ExtractConfig
 from ..errors import ConfigError, RunError, RunFailure, SceneError, first_line
 from ..handles import handle_table_names
 from ..scene import Scene
+from ..versioned_folder import files_folder, read_record, write_version
 
 STATE_FILE = "state.json"
 
@@ -55,57 +56,63 @@ def save_checkpoint(
     generators: dict[str, torch.Generator],
     state: dict,
 ) -> None:
-    """Atomically replaces ``folder`` with a checkpoint of the given tensors and JSON-able ``state``."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-    save_file(_optimizer_tensors(optimizer), str(tmp / "optimizer.safetensors"))
-    save_file({k: g.get_state() for k, g in generators.items()}, str(tmp / "rng.safetensors"))
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)  # half there if a run was killed in the rmtree below
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    """Replaces the checkpoint in ``folder`` with one of the given tensors and JSON-able ``state``, atomically:
+    a crash at any instant leaves the old checkpoint or the new one."""
+    def write_files(files: Path) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(files / "trainable.safetensors"))
+        save_file(_optimizer_tensors(optimizer), str(files / "optimizer.safetensors"))
+        save_file({k: g.get_state() for k, g in generators.items()}, str(files / "rng.safetensors"))
+
+    write_version(folder, STATE_FILE, state, write_files)
 
 
 @contextlib.contextmanager
-def _reading(folder: Path, name: str):
+def _reading(path: Path):
     """Turns any failure to read a checkpoint file into one RunError that names it and says what to do."""
     try:
-        yield Path(folder) / name
+        yield path
     except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
         # (other OSErrors, e.g. permission denied, are the disk's, not the file's, and reported as such)
-        raise RunError(f"the checkpoint file {Path(folder) / name} is damaged or incomplete ({first_line(error)}); "
+        raise RunError(f"the checkpoint file {path} is damaged or incomplete ({first_line(error)}); "
                        "start the run over with --overwrite") from error
 
 
 def read_checkpoint_state(folder: Path) -> dict | None:
     """The checkpoint's ``state.json``, or None when there is no complete checkpoint. RunError if damaged."""
-    with _reading(folder, STATE_FILE) as path:
-        if not path.is_file():
+    with _reading(Path(folder) / STATE_FILE):
+        state = read_record(folder, STATE_FILE)
+        if state is None:
             return None
-        state = json.loads(path.read_text())
         for key in ("phase_index", "step", "fingerprint", "loss_log", "attention_scores"):
             state[key]  # noqa: B018 - a KeyError here means a damaged file
         return state
 
 
+def checkpoint_file(folder: Path, name: str) -> Path:
+    """Where the checkpoint in ``folder`` keeps its file ``name`` (e.g. ``trainable.safetensors``).
+
+    Raises:
+        RunError: there is no checkpoint, or its state.json is damaged.
+    """
+    with _reading(Path(folder) / STATE_FILE):
+        state = read_record(folder, STATE_FILE)
+        if state is None:
+            raise FileNotFoundError(f"no {STATE_FILE}")
+        return files_folder(folder, state) / name
+
+
 def load_checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    with _reading(folder, "trainable.safetensors") as path:
+    with _reading(checkpoint_file(folder, "trainable.safetensors")) as path:
         return load_file(str(path))
 
 
 def restore_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
-    with _reading(folder, "optimizer.safetensors") as path:
+    with _reading(checkpoint_file(folder, "optimizer.safetensors")) as path:
         _load_optimizer_tensors(optimizer, load_file(str(path)))
 
 
 def restore_rng(folder: Path, generators: dict[str, torch.Generator]) -> None:
-    with _reading(folder, "rng.safetensors") as path:
+    with _reading(checkpoint_file(folder, "rng.safetensors")) as path:
         for name, value in load_file(str(path)).items():
             generators[name].set_state(value)
 

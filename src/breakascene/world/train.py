@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.shapes import SCHEDULE, build_shapes_components
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from ..shapes_world import GENERIC_OBJECT, SIZE, WorldScene, caption, random_scene, render
 
 HELD_OUT = (
@@ -310,7 +310,7 @@ def train_world_model(out: Path, config: WorldTrainConfig = WorldTrainConfig(), 
 
     torch.set_num_threads(config.threads)
     components = build_shapes_components(config.seed)
-    if init is not None and not (out / "checkpoint").is_dir():
+    if init is not None and not has_checkpoint(out / "checkpoint"):
         load_init_pipeline(components, init)
     out.mkdir(parents=True, exist_ok=True)
     vae, text_encoder, unet = components["vae"], components["text_encoder"], components["unet"]
@@ -320,7 +320,7 @@ def train_world_model(out: Path, config: WorldTrainConfig = WorldTrainConfig(), 
     optimizers = {"vae": _optimizer(vae.parameters(), config.vae_lr), "denoiser": _optimizer(params, config.lr)}
     ema = EMAModel(params, decay=config.ema_decay)
     progress = {"stage": "vae", "step": 0, "config": asdict(config), "seconds": 0.0, "log": []}
-    if (out / "checkpoint").is_dir():
+    if has_checkpoint(out / "checkpoint"):
         progress = load_checkpoint(out / "checkpoint", components, optimizers, ema)
         vae.register_to_config(scaling_factor=progress.get("scaling_factor", 1.0))
         ema.optimization_step = progress.get("ema_step", 0)
