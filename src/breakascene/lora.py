@@ -1,4 +1,4 @@
-"""LoRA adapters for a parameter-efficient phase 2 (``extract --lora-rank``): add, save, and merge back.
+"""LoRA adapters for a parameter-efficient phase 2 (``extract --lora-rank``): add, save, merge back as plain layers.
 
 The denoiser's adapters (the UNet's, or FLUX's transformer's) are saved in diffusers' LoRA format
 (``pipe.load_lora_weights(run)`` finds them); the text encoders' go through peft directly and are saved with peft's
@@ -20,6 +20,15 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' name: pipe.
 TEXT_LORA_FILE = "{name}_lora.safetensors"  # per text encoder, peft's own keys; see save_lora for why not diffusers'
 
 
+def text_encoder_lora_config(rank: int, alpha: float, targets: list[str] = LORA_TEXT_TARGETS,
+                             init: str | bool = "gaussian"):
+    """The peft ``LoraConfig`` of a text encoder's adapters, from what a run's file records (rank, alpha, targets;
+    :func:`save_lora`): training and merging build the same adapters."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=init, target_modules=targets)
+
+
 def add_text_encoder_lora(text_encoder, rank: int, alpha: float, targets: list[str] = LORA_TEXT_TARGETS) -> None:
     """LoRA on the text encoder's attention projections (``targets``), through peft directly.
 
@@ -27,10 +36,9 @@ def add_text_encoder_lora(text_encoder, rank: int, alpha: float, targets: list[s
     peft releases older than the one transformers 5.24 asks for, which is not on PyPI yet; peft's
     ``inject_adapter_in_model`` does the same injection with any peft.
     """
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
-    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
-    inject_adapter_in_model(config, text_encoder)
+    inject_adapter_in_model(text_encoder_lora_config(rank, alpha, targets), text_encoder)
 
 
 def add_lora(unet, text_encoders: list, rank: int, alpha: float, *, on_text_encoder: bool,
@@ -92,18 +100,32 @@ def save_lora(folder: Path, pipeline_class, denoiser_name: str, unet, text_encod
 
 
 def merge_text_encoder_lora(text_encoder, path: Path) -> None:
-    """Adds a run's text-encoder LoRA (peft keys, see :func:`add_text_encoder_lora`) and merges it in."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """Merges a run's text-encoder LoRA (peft keys, see :func:`add_text_encoder_lora`) into ``text_encoder``, in
+    place, and leaves no peft wrapper behind.
+
+    Each adapted projection ends as the plain ``nn.Linear`` it was, holding W + (alpha / rank) · B·A, so
+    ``save_pretrained`` writes the stock keys (``...k_proj.weight``) that transformers' own ``from_pretrained``
+    reads. (Merging inside peft's wrappers kept W under ``...k_proj.base_layer.weight`` beside ``lora_A``/``lora_B``:
+    stock transformers found no ``k_proj.weight`` and initialised it randomly.)
+
+    Raises:
+        RunError: the file's adapters do not fit this text encoder (a key too many, or one missing).
+    """
+    from peft import LoraModel
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     targets = meta["targets"].split(",") if meta.get("targets") else LORA_TEXT_TARGETS  # (older runs: CLIP's)
-    add_text_encoder_lora(text_encoder, int(meta["rank"]), float(meta["alpha"]), targets)
-    unexpected = text_encoder.load_state_dict(load_file(str(path)), strict=False).unexpected_keys
-    if unexpected:
-        raise RunError(f"{path.name} does not fit the base model's text encoder (e.g. {unexpected[0]})")
-    for module in text_encoder.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
+    config = text_encoder_lora_config(int(meta["rank"]), float(meta["alpha"]), targets, init=True)
+    # The tuner object (what inject_adapter_in_model builds and drops) wraps the target modules in place and
+    # owns peft's merge_and_unload, which merges and then puts each wrapper's base layer back where it was.
+    tuner = LoraModel(text_encoder, config, "default")
+    loaded = text_encoder.load_state_dict(load_file(str(path)), strict=False)
+    missing = [key for key in loaded.missing_keys if "lora_" in key]  # (every base weight is "missing" here)
+    if loaded.unexpected_keys or missing:
+        example = (loaded.unexpected_keys or missing)[0]
+        raise RunError(f"{path.name} does not fit the base model's text encoder (e.g. {example}); "
+                       "was the run made from another base model?")
+    tuner.merge_and_unload()

@@ -2,7 +2,9 @@
 
 Unlike ``builtin:tiny`` it knows something: it was trained from scratch on the world's scenes by
 ``break-a-scene world train`` (:mod:`breakascene.world.train`, whose seed and settings made the shipped weights),
-and it ships with the package as a stock diffusers ``StableDiffusionPipeline`` folder (fp16 safetensors).
+and it ships with the package as a stock diffusers ``StableDiffusionPipeline`` folder of safetensors: fp16
+values, the text encoder stored in fp32 so that ``from_pretrained(folder)`` with no dtype loads every part in fp32
+(diffusers casts its models to fp32, transformers 5 keeps the stored dtype; ``world.train.save_pipeline``).
 
 Its architecture is SD-shaped where it matters to Break-A-Scene, at 64 px:
 - a VAE trained for the world that divides by 2 (64 px -> 32x32x4 latents);

@@ -258,8 +258,16 @@ def _ema_pipeline(components: dict, ema):
 
 
 def save_pipeline(components: dict, ema, folder: Path) -> None:
-    """The EMA weights as a stock ``StableDiffusionPipeline`` folder in fp16 safetensors (about 6 MB)."""
-    _ema_pipeline(components, ema).to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    """The EMA weights rounded to fp16, as a stock ``StableDiffusionPipeline`` folder of safetensors (about 6 MB):
+    the UNet and VAE stored in fp16, the text encoder in fp32 (the same fp16 values, exactly).
+
+    Why the text encoder is fp32: ``from_pretrained`` with no dtype loads diffusers' models in fp32 but keeps a
+    transformers model's stored dtype (transformers 5), so an fp16 text encoder met an fp32 UNet at the first
+    prompt ("mat1 and mat2 must have the same dtype"). Stored in fp32 (0.5 MB), every part loads in fp32.
+    """
+    pipe = _ema_pipeline(components, ema).to(torch.float16)
+    pipe.text_encoder.to(torch.float32)
+    pipe.save_pretrained(folder, safe_serialization=True)
 
 
 def sample_grid(components: dict, ema, path: Path, seed: int = 0) -> None:
