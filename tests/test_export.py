@@ -113,7 +113,7 @@ def test_diffusers_export_loads(run, tmp_path, fp16):
     code, _, err = run_cli(["export", str(run), "--format", "diffusers", *(["--fp16"] if fp16 else []),
                                   "--out", str(out)])
     assert code == 0, err
-    kwargs = {"variant": "fp16", "torch_dtype": torch.float16} if fp16 else {}
+    kwargs = {"variant": "fp16", "dtype": torch.float16} if fp16 else {}
     pipe = StableDiffusionPipeline.from_pretrained(str(out), **kwargs)
     assert pipe.unet.dtype == (torch.float16 if fp16 else torch.float32)
     tokens, vectors = load_handles(run / "handles.safetensors")

@@ -23,7 +23,7 @@ def test_builtin_shapes_is_a_small_stock_diffusers_folder_of_safetensors():
     assert len(weights) == 3  # text encoder, UNet, VAE
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
     assert sum(p.stat().st_size for p in files) <= 10 * 2**20
-    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_FOLDER, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_FOLDER, dtype=torch.float32)
     assert pipe.vae.config.scaling_factor != 1.0  # measured on the world's latents
     for word in WORDS:
         assert len(pipe.tokenizer.tokenize(word)) == 1

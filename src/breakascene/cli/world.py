@@ -179,7 +179,7 @@ def run_check(args) -> int:
 
         raise ConfigError("--judge-scenes, --images-per-prompt and --steps must be >= 1")
     folder = Path(args.model) if args.model else shapes_folder()
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, safety_checker=None,
                                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     print("judge on drawn scenes: " + judge_accuracy(args.judge_scenes).lines()[0])

@@ -161,7 +161,7 @@ the space, a prompt the handles were not trained with.
 def _diffusers_readme(tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None,
                       pipeline: str = "StableDiffusionPipeline") -> str:
     """The diffusers export's README: loads it from ``location`` (absolute), or from ``repo_id`` once pushed."""
-    variant = ', variant="fp16", torch_dtype=torch.float16' if fp16 else ""
+    variant = ', variant="fp16", dtype=torch.float16' if fp16 else ""
     where = python_literal(repo_id or str(location))
     other = f"\n# or this copy on disk: from_pretrained({python_literal(str(location))}{variant})" if repo_id else ""
     generate = shlex.join(["break-a-scene", "generate", str(location), f"a photo of {tokens[0]}"])

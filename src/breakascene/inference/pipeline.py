@@ -88,7 +88,7 @@ def load_pipeline(run: str | Path, device: str | torch.device | None = None, dty
         check_pipeline_folder(run, "extract the scene again")
         try:
             family = run_family(Path(run))
-            pipe = family.pipeline_class.from_pretrained(str(run), torch_dtype=dtype, use_safetensors=True,
+            pipe = family.pipeline_class.from_pretrained(str(run), dtype=dtype, use_safetensors=True,
                                                          **family.pipeline_options)
         except (OSError, ValueError, RuntimeError) as error:  # a truncated or damaged weights file, a bad config
             raise RunError(f"the run folder {run} could not be loaded ({first_line(error)}); extract the scene again") from error

@@ -152,14 +152,14 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
     try:
         if info is not None:
             pipe = family.pipeline_class.from_single_file(
-                str(path), config=config, torch_dtype=torch_dtype, **family.pipeline_options, **hub
+                str(path), config=config, dtype=torch_dtype, **family.pipeline_options, **hub
             )
         else:
             where = str(path) if path.exists() else model
             family = _folder_family(model, where, hub)
             denoiser = _quantized_denoiser(family, where, hub) if quantize_base else None
             pipe = family.pipeline_class.from_pretrained(
-                where, torch_dtype=torch_dtype, use_safetensors=True, **family.pipeline_options, **hub,
+                where, dtype=torch_dtype, use_safetensors=True, **family.pipeline_options, **hub,
                 **({family.denoiser_name: denoiser} if denoiser is not None else {})
             )
     except ConfigError:  # _folder_family's own message

@@ -36,7 +36,7 @@ def load_quantized(model_class, where: str, subfolder: str, dtype: torch.dtype, 
     """``model_class.from_pretrained(where, subfolder=...)`` with its Linear layers in NF4 computing in ``dtype``
     (on the current GPU)."""
     return model_class.from_pretrained(where, subfolder=subfolder, quantization_config=nf4_config(dtype),
-                                       torch_dtype=dtype, **hub)
+                                       dtype=dtype, **hub)
 
 
 def quantized_copy(model, dtype: torch.dtype | None = None):
@@ -46,4 +46,4 @@ def quantized_copy(model, dtype: torch.dtype | None = None):
     dtype = dtype or compute_dtype()
     with tempfile.TemporaryDirectory(prefix="breakascene-nf4-") as folder:
         model.to(dtype).save_pretrained(folder, safe_serialization=True)
-        return type(model).from_pretrained(folder, quantization_config=nf4_config(dtype), torch_dtype=dtype)
+        return type(model).from_pretrained(folder, quantization_config=nf4_config(dtype), dtype=dtype)

@@ -59,7 +59,7 @@ def load_vae(vae: str, like: torch.nn.Module) -> torch.nn.Module:
         else:
             where = str(path) if path.exists() else vae
             subfolder = "vae" if path.is_dir() and not (path / "config.json").is_file() else None
-            loaded = AutoencoderKL.from_pretrained(where, subfolder=subfolder, torch_dtype=torch.float32,
+            loaded = AutoencoderKL.from_pretrained(where, subfolder=subfolder, dtype=torch.float32,
                                                    use_safetensors=True, **hub)
     except (OSError, ValueError, KeyError, RuntimeError) as error:  # no such repo, offline, not a VAE
         if hub.get("local_files_only") and not path.exists():
@@ -82,7 +82,7 @@ def _load_single_file(path: Path, like: torch.nn.Module) -> torch.nn.Module:
         raise ValueError("it holds no VAE weights (no encoder.down.* or first_stage_model.encoder.down.* keys)")
     with tempfile.TemporaryDirectory() as config:  # from_single_file reads a config folder, not a dict
         like.save_config(config)
-        return AutoencoderKL.from_single_file(state, config=config, torch_dtype=torch.float32)
+        return AutoencoderKL.from_single_file(state, config=config, dtype=torch.float32)
 
 
 def check_same_latent_space(vae: str, loaded: torch.nn.Module, like: torch.nn.Module) -> None:

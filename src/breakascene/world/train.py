@@ -295,7 +295,7 @@ def load_init_pipeline(components: dict, folder: Path) -> None:
     if not (folder / "model_index.json").is_file():
         raise ConfigError(f"--init {folder}: not a diffusers pipeline folder (no model_index.json); pass a world "
                           f"train OUT/pipeline or builtin:shapes")
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, safety_checker=None,
                                                    feature_extractor=None, requires_safety_checker=False)
     if pipe.tokenizer.get_vocab() != components["tokenizer"].get_vocab():
         raise ConfigError(f"--init {folder}: its tokenizer is not the shapes world's; pass a world train OUT/pipeline")
