@@ -10,8 +10,11 @@ from breakascene.errors import ConfigError
 
 
 def test_configuration_names_combine_with_plus():
-    assert parse_configuration("lora+bf16") == ({"lora_rank": 4, "mixed_precision": "bf16"}, None, "paper")
-    assert parse_configuration("research-defaults") == ({}, "research-defaults", "official")
+    assert parse_configuration("lora+bf16") == ({"lora_rank": 4, "mixed_precision": "bf16"}, None, "paper", True)
+    assert parse_configuration("research-defaults") == ({}, "research-defaults", "official", True)
+    # ours at the research code's work (prior preservation, AdamW), and with the class row never skipped
+    assert parse_configuration("official") == ({}, None, "official", True)
+    assert parse_configuration("official+prior-unpruned+bf16") == ({"mixed_precision": "bf16"}, None, "official", False)
     with pytest.raises(ConfigError, match="unknown configuration 'fast'"):
         parse_configuration("lora+fast")
 
@@ -70,3 +73,21 @@ def test_report_formats_skipped_rows():
     lines = format_report(report).splitlines()
     assert lines[1].split()[:3] == ["a", "0.500", "1.00"]
     assert lines[2].startswith("b") and "skipped: out of memory" in lines[2]
+
+
+def test_bench_measures_equal_work_with_and_without_the_class_row_in_phase1(tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--model", "builtin:tiny", "--resolution", "128", "--steps", "1", "--warmup", "0",
+                 "--device", "cpu", "--compare", "research-defaults", "official+prior-unpruned", "official",
+                 "--json", str(out)])
+    assert code == 0
+    results = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert all(r["ok"] and r["prior_preservation"] and r["preset"] == "official" for r in results.values())
+    # the research baseline runs the class row in every phase, whatever the configuration says; ours skips it
+    # where only the handles train (phase 1)
+    assert [r["prune_class_branch"] for r in results.values()] == [False, False, True]
+    rows = {name: {phase: n["batch_rows"] for phase, n in r["phases"].items()} for name, r in results.items()}
+    assert rows == {"research-defaults": {"phase1": [2], "phase2": [2]},
+                    "official+prior-unpruned": {"phase1": [2], "phase2": [2]},
+                    "official": {"phase1": [1], "phase2": [2]}}
+    assert all(numbers["losses_finite"] for r in results.values() for numbers in r["phases"].values())

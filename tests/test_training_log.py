@@ -29,8 +29,11 @@ def test_every_step_is_logged_with_phase_lr_and_losses(scene_dir, tmp_path):
         [("phase1", s, s) for s in range(1, 13)] + [("phase2", s, 12 + s) for s in range(1, 4)])
     assert {r["lr"] for r in records[:12]} == {5e-4} and {r["lr"] for r in records[12:]} == {2e-6}
     assert all({"total", "rec", "attention", "prior"} <= set(r) for r in records)
-    # The every-10-steps losses of scene.json are the same numbers.
+    # phase 1 trains only the handles, which the class prompt cannot reach: its prior loss is not computed
+    assert all(r["prior"] is None for r in records[:12]) and all(isinstance(r["prior"], float) for r in records[12:])
+    # The every-10-steps losses of scene.json are the same numbers (a term not computed is left out).
     logged = {(r["phase"], r["step"]): r for r in records}
+    assert [(e["phase"], "prior" in e) for e in result.losses] == [("phase1", False), ("phase1", False), ("phase2", True)]
     for entry in result.losses:
         assert logged[(entry["phase"], entry["step"])]["total"] == pytest.approx(entry["total"])
 
@@ -69,10 +72,15 @@ def test_report_to_tensorboard_writes_every_step(scene_dir, tmp_path):
 
     out = tmp_path / "run"
     code, _, err = run_cli(["extract", str(scene_dir), "--model", "builtin:tiny", "--resolution", "64", "--quiet",
-                            "--phase1-steps", "4", "--phase2-steps", "2", "--report-to", "tensorboard", "--out", str(out)])
+                            "--phase1-steps", "4", "--phase2-steps", "2", "--report-to", "tensorboard", "--out", str(out),
+                            "--prior-preservation", "--class-images", str(scene_dir), "--num-class-images", "1"])
     assert code == 0, err
     events = EventAccumulator(str(out / "logs" / "tensorboard" / "run")).Reload()
     totals = events.Scalars("loss/total")
     assert [e.step for e in totals] == [1, 2, 3, 4, 5, 6]
     assert [e.value for e in totals] == pytest.approx([r["total"] for r in _lines(out)])
+    # phase 1's prior loss is not computed (null in train.jsonl): TensorBoard gets phase 2's only
+    priors = events.Scalars("loss/prior")
+    assert [e.step for e in priors] == [5, 6]
+    assert [e.value for e in priors] == pytest.approx([r["prior"] for r in _lines(out)[4:]])
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([5e-4] * 4 + [2e-6] * 2)

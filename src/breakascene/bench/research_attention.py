@@ -11,7 +11,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from ..attention import capture_layer_names
-from ..training.trainer import TrainBatch
+from ..training.batch import TrainBatch
 from .measured import MeasuredTrainer
 
 RESEARCH_STORE_MAX_QUERIES = 32 * 32  # the research code's AttentionStore keeps maps with <= 32*32 queries
@@ -70,7 +70,10 @@ class ExplicitAttnProcessor:
 
 class ExplicitEverywhereTrainer(MeasuredTrainer):
     """The trainer with the research code's attention (:class:`ExplicitAttnProcessor` on every layer) and its
-    per-step VAE encoding (in :meth:`sample_batch`)."""
+    per-step VAE encoding (in :meth:`sample_batch`). Like the research code, it runs the class image's row
+    (prior preservation) and encodes the class prompt in every step of every phase."""
+
+    prune_class_branch = False
 
     def setup(self, class_images: torch.Tensor | None = None) -> None:
         super().setup(class_images)

@@ -19,6 +19,9 @@ Configurations (``--compare``; join with ``+``, e.g. ``lora+bf16``), each on top
   kept with its graph (their ``AttentionStore``), and the VAE encodes the image every step.
 * ``research-defaults``: ``explicit-everywhere`` plus the research code's default run (``--preset official``:
   prior preservation, so batch 2, and AdamW).
+* ``official``: ours with ``--preset official``: ``research-defaults``' work with the library's code.
+* ``prior-unpruned``: prior preservation's class row runs, and its prompt is encoded, in every step of every phase
+  (``Trainer.prune_class_branch = False``, as the research code does), e.g. ``official+prior-unpruned``.
 * ``checkpointing``, ``bf16``, ``fp16``, ``lora`` (rank 4), ``lora16`` (rank 16, FLUX's default), ``lora-te`` (rank 4, text encoder too),
   ``8bit-adam``, ``compile``, ``frozen-text-encoder``, ``low-vram``, ``nf4`` (with a LoRA one, e.g. ``lora16+nf4``):
   one option each.
@@ -38,6 +41,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -61,13 +65,24 @@ OPTIONS = {
     "compile": {"compile": True},
     "frozen-text-encoder": {"train_text_encoder": False},
     "low-vram": {"low_vram": True},
+    "official": {},
+    "prior-unpruned": {},
 }
 RESEARCH = ("explicit-everywhere", "research-defaults")
+OFFICIAL = ("research-defaults", "official")
 GIB = 1024**3
 
 
-def parse_configuration(name: str) -> tuple[dict, str | None, str]:
-    """``"lora+bf16"`` -> (config overrides, research baseline or None, preset).
+class Configuration(NamedTuple):
+    """What a ``--compare`` name sets up (:func:`parse_configuration`)."""
+    overrides: dict  # ExtractConfig fields
+    research: str | None  # the research baseline it runs, or None: the library's trainer
+    preset: str  # "paper" or "official"
+    prune_class_branch: bool = True  # Trainer.prune_class_branch
+
+
+def parse_configuration(name: str) -> Configuration:
+    """``"lora+bf16"`` -> its :class:`Configuration`.
 
     Raises:
         ConfigError: an unknown name.
@@ -77,10 +92,9 @@ def parse_configuration(name: str) -> tuple[dict, str | None, str]:
         if part not in OPTIONS:
             raise ConfigError(f"--compare {name}: unknown configuration {part!r}; choose from {', '.join(OPTIONS)}")
         overrides.update(OPTIONS[part])
-        if part in RESEARCH:
-            research = part
-            preset = "official" if part == "research-defaults" else preset
-    return overrides, research, preset
+        research = part if part in RESEARCH else research
+        preset = "official" if part in OFFICIAL else preset
+    return Configuration(overrides, research, preset, "prior-unpruned" not in name.split("+"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -153,7 +167,7 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
     from .measured import MeasuredTrainer
     from .research_attention import ExplicitEverywhereTrainer
 
-    overrides, research, preset = parse_configuration(name)
+    overrides, research, preset, prune_class_branch = parse_configuration(name)
     sdxl, flux = random_model_family(model)
     given = with_low_vram({**base, **overrides, "model": model, "resolution": resolution, "device": str(device)},
                           sdxl=sdxl, flux=flux)
@@ -171,11 +185,14 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
         components.unet = quantized_copy(components.unet)
     trainer_class = ExplicitEverywhereTrainer if research else MeasuredTrainer
     trainer = trainer_class(scene, config, components, make_handles(scene.num_concepts), device)
+    trainer.prune_class_branch = prune_class_branch and trainer.prune_class_branch  # the research code never does
     # One class image costs per step what the research code's 100 do (one is drawn each step).
     class_images = torch.rand(1, 3, resolution, resolution) if config.prior_preservation else None
     trainer.setup(class_images)
     result = {"name": name, "ok": True, "config": {k: getattr(config, k) for k in sorted(set(given) - {"model", "resolution", "device"})
                                                 if hasattr(config, k)},
+              "preset": preset, "prior_preservation": config.prior_preservation,
+              "prune_class_branch": trainer.prune_class_branch,
               "setup_s": time.perf_counter() - started, "memory": memory.method, "phases": {}}
     for phase in phases:
         phase_config = PhaseConfig(f"phase{phase}", warmup + steps, config.phase2_lr if phase == 2 else config.phase1_lr,
@@ -207,7 +224,7 @@ def _measure_phase(trainer, index: int, phase: PhaseConfig, memory: PeakMemory, 
         if profile:
             profiler.step()
 
-    trainer.measured_losses = []
+    trainer.start_measuring()
     memory.reset()
     t0, c0 = time.perf_counter(), _cpu_seconds()
     with tempfile.TemporaryDirectory() as folder, _count_syncs(device) as syncs, profiler as prof:
@@ -234,6 +251,7 @@ def _measure_phase(trainer, index: int, phase: PhaseConfig, memory: PeakMemory, 
         "trainable_params": trainable,
         "losses_finite": bool(torch.isfinite(torch.stack(trainer.measured_losses)).all()),
         "research_maps_kept": len(getattr(trainer, "research_maps", [])),
+        "batch_rows": trainer.measured_rows,  # per step, warm-up included: 2 with prior preservation's class row
         "implicit_syncs": syncs[0] if device.type == "cuda" else None,
     }
     if profile:

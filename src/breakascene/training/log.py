@@ -6,6 +6,11 @@ synchronisation and writes one JSON line per step::
 
     {"phase": "phase1", "step": 3, "global_step": 3, "lr": 0.0005, "total": 0.41, "rec": 0.39, "attention": 1.8}
 
+A term the settings ask for but the step did not compute is ``null``: with prior preservation, ``"prior": null``
+in a phase that trains nothing the class prompt reaches (phase 1; :mod:`.class_branch`), where the term could not
+change the weights and ``total`` leaves it out. Trackers and :func:`loss_terms` (the numbers the progress bar,
+the progress callback and ``scene.json`` get) leave such a term out.
+
 The trainer flushes every ``LOG_EVERY`` steps, before each checkpoint and at the end of each phase, so what the file
 holds is always a prefix of the run, and a resumed run first cuts it back to its checkpoint.
 """
@@ -32,6 +37,7 @@ class _Pending:
     global_step: int
     lr: float
     terms: dict[str, torch.Tensor]  # scalar tensors, detached, still on the device
+    not_computed: tuple[str, ...]  # terms the settings ask for that this step did not compute
 
 
 def check_tracker(report_to: str | None) -> None:
@@ -58,6 +64,12 @@ def make_tracker(report_to: str, folder: Path, run_name: str):
         package = "tensorboard" if report_to == "tensorboard" else "wandb"
         raise ConfigError(f"--report-to {report_to} needs {package}: pip install {package}") from error
     return tracker
+
+
+def loss_terms(record: dict) -> dict[str, float]:
+    """The loss terms a step computed, from one of :meth:`TrainingLog.flush`'s records (not the phase, steps,
+    learning rate, nor a term logged as not computed)."""
+    return {k: v for k, v in record.items() if k not in ("phase", "step", "global_step", "lr") and v is not None}
 
 
 class TrainingLog:
@@ -87,9 +99,12 @@ class TrainingLog:
         self.tracker = tracker
         self.pending: list[_Pending] = []
 
-    def record(self, phase: str, step: int, global_step: int, lr: float, terms: dict[str, torch.Tensor]) -> None:
-        """Keeps one step's loss terms (no device synchronisation)."""
-        self.pending.append(_Pending(phase, step, global_step, lr, {k: v.detach() for k, v in terms.items()}))
+    def record(self, phase: str, step: int, global_step: int, lr: float, terms: dict[str, torch.Tensor],
+               not_computed: tuple[str, ...] = ()) -> None:
+        """Keeps one step's loss terms, scalar tensors (no device synchronisation); ``not_computed`` names terms
+        the settings ask for that the step skipped (written as null)."""
+        self.pending.append(_Pending(phase, step, global_step, lr, {k: v.detach() for k, v in terms.items()},
+                                     tuple(not_computed)))
 
     def flush(self) -> list[dict]:
         """Reads the pending steps back (one synchronisation), appends them to the file and the tracker, and
@@ -102,14 +117,14 @@ class TrainingLog:
         records = []
         for p, row in zip(self.pending, values):
             losses = {n: v for n, v in zip(names, row) if n in p.terms}
+            losses.update({n: None for n in p.not_computed})
             records.append({"phase": p.phase, "step": p.step, "global_step": p.global_step, "lr": p.lr, **losses})
         self.pending = []
         with self.path.open("a") as file:
             file.writelines(json.dumps(r, allow_nan=True) + "\n" for r in records)
         if self.tracker is not None:
             for r in records:
-                self.tracker.log({("lr" if k == "lr" else f"loss/{k}"): v
-                                  for k, v in r.items() if k not in ("phase", "step", "global_step")},
+                self.tracker.log({"lr": r["lr"], **{f"loss/{k}": v for k, v in loss_terms(r).items()}},
                                  step=r["global_step"])
         return records
 

@@ -8,7 +8,9 @@
 
 A step is :meth:`Trainer.sample_batch` (every random choice: image, subset, flip, class image, latents, noise,
 timesteps) followed by :meth:`Trainer.loss_step` (the model calls and the losses), so a subclass (the bench's
-research baseline) overrides a documented hook rather than patching the loop. What is model-family specific
+research baseline) overrides a documented hook rather than patching the loop. With prior preservation, a phase
+whose trainable set the class prompt cannot reach skips the class row, and one whose text encoders do not train
+encodes the class prompt once (:mod:`.class_branch`). What is model-family specific
 (prompt encoding, the denoiser call, the prediction target) goes through ``components.family``.
 
 Shapes: B batch (1, or 2 with a class image), C latent channels, h x w the latent grid, gh x gw the attention
@@ -18,7 +20,6 @@ grid, k handles in the step's subset, N handles in all, E training images, T tok
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,48 +39,16 @@ from ..run_folder import CHECKPOINT_DIR
 from ..scene import Scene
 from ..union_sampling import build_prompt, choose_handles
 from . import memory
+from .batch import Progress, TrainBatch
 from .checkpoint import load_trained_weights, restore_optimizer, restore_rng, save_checkpoint, stop_if_not_finite
 from .checkpoint import training_inputs
+from .class_branch import ClassBranch, cat_rows, plan_class_branch
 from .diagnostics import attention_snapshot
-from .log import TrainingLog, make_tracker
+from .log import TrainingLog, loss_terms, make_tracker
 from .optimizer_in_backward import OptimizerInBackward
 from .run_writer import save_attention_figure
 
 LOG_EVERY = 10  # read losses back (a device sync) only every this many steps
-
-
-@dataclass
-class Progress:
-    """What a progress callback receives after every step."""
-
-    phase: str
-    step: int  # steps done in this phase
-    phase_steps: int
-    global_step: int
-    total_steps: int
-    losses: dict[str, float] | None  # every LOG_EVERY steps and at a phase's end, else None
-    elapsed: float  # seconds since training started (this process)
-
-
-@dataclass
-class TrainBatch:
-    """One step's inputs, every random choice already made (:meth:`Trainer.sample_batch`).
-
-    Row 0 is the scene (or a collection image); with prior preservation row 1 is a class image.
-    """
-
-    noisy_latents: torch.Tensor  # (B, C, h, w) float32 on the device: latents noised at ``timesteps``
-    timesteps: torch.Tensor  # (B,) on the device: int64 steps 0..999, or float (flow matching: 1000 * sigma)
-    target: torch.Tensor  # (B, C, h, w): what the denoiser should predict (noise, or velocity)
-    prompts: list[str]  # B prompts: "a photo of <asset0> and <bg>" [, the class prompt]
-    input_ids: object  # the prompts tokenized on the CPU (family.tokenize): (B, T), (B, E, T), FLUX's FluxTokens
-    latent_mask: torch.Tensor | None  # (1, h, w) float {0,1}: the union of the subset's masks; None: unmasked loss
-    grid_masks: torch.Tensor | None  # (k, gh, gw) float {0,1}: the subset's masks; None: no attention loss
-    handle_positions: list[int]  # k token positions of the subset's handles in ``input_ids[0]``
-    subset: list[int]  # the k handles this step trains, indices into the trainer's handles
-    flip: bool  # row 0 is the mirror image
-    prior: bool  # row 1 is a class image (prior preservation)
-    size_conditioning: torch.Tensor | None = None  # (B, 6) for a family that takes one (SDXL), else None
 
 
 class Trainer:
@@ -88,6 +57,10 @@ class Trainer:
     Construct with ready components (handles not yet attached); :meth:`setup` attaches the handles, installs
     the attention capture and caches latents; :meth:`train` runs every phase (:meth:`run_phase` one).
     """
+
+    # False: the class row (prior preservation) runs, and its prompt is encoded, every step of every phase, as
+    # the research code does (the bench's baseline; tests compare it). True: only where it changes something.
+    prune_class_branch = True
 
     def __init__(self, scene: Scene, config: ExtractConfig, components: Components, handles: list[Handle], device,
                  collection: list | None = None, inputs: dict | None = None):
@@ -107,6 +80,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.start_phase, self.start_step, self.resumed = 0, 0, False  # where train() begins (load_state_dict)
         self.training_log: TrainingLog | None = None  # train() opens RUN/logs/train.jsonl (and a tracker)
+        self.class_branch = ClassBranch()  # what run_phase's phase needs of the class row; outside one, all of it
 
     # -- setup ------------------------------------------------------------------------------------------
     def setup(self, class_images: torch.Tensor | None = None) -> None:
@@ -190,8 +164,9 @@ class Trainer:
 
         The draws come in a fixed order from ``host_rng`` and ``device_rng``, which checkpoints save: a resumed
         run draws the same numbers (and the pinned losses of tests/test_recipe_losses.py depend on the order).
+        The class row's draws are made even when ``class_branch`` drops the row, so the stream never depends on it.
         """
-        cfg = self.config
+        cfg, branch = self.config, self.class_branch
         if self.collection:
             e = 1 + int(torch.randint(len(self.collection), (1,), generator=self.host_rng))
             subset = list(self.collection[e - 1].present)
@@ -209,9 +184,12 @@ class Trainer:
             prompts.append(cfg.class_prompt)
         noise = torch.randn(latents.shape, generator=self.device_rng, device=self.device)
         timesteps = self.family.sample_timesteps(self.noise_scheduler, latents.shape[0], self.device_rng, self.device)
-        input_ids = self.family.tokenize(self.components, prompts)
+        rows = len(prompts) if branch.runs else 1  # every row's noising is its own: keeping row 0 changes nothing
+        latents, noise, timesteps, prompts = latents[:rows], noise[:rows], timesteps[:rows], prompts[:rows]
+        encoded = prompts[:1] if branch.conditioning is not None else prompts
+        input_ids = self.family.tokenize(self.components, encoded)
         size_conditioning = None if self.size_conditioning is None else torch.stack(  # a class image: R x R
-            [self.size_conditioning[e, flip], self.full_size_conditioning][: len(prompts)])
+            [self.size_conditioning[e, flip], self.full_size_conditioning][: len(encoded)])
         return TrainBatch(
             noisy_latents=self.family.add_noise(self.noise_scheduler, latents, noise, timesteps),
             timesteps=timesteps,
@@ -224,8 +202,10 @@ class Trainer:
                                                     [self.handle_ids[i] for i in subset]) if cfg.attention_loss else []),
             subset=subset,
             flip=bool(flip),
-            prior=cfg.prior_preservation,
+            prior=rows == 2,
             size_conditioning=size_conditioning,
+            prior_skipped=cfg.prior_preservation and rows == 1,
+            class_conditioning=branch.conditioning,
         )
 
     def loss_step(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -237,6 +217,8 @@ class Trainer:
         self.store.recording = batch.grid_masks is not None
         with memory.autocast(self.device, cfg.mixed_precision):
             conditioning = self.family.encode_prompt(c, batch.input_ids, self.device, batch.size_conditioning)
+            if batch.class_conditioning is not None:
+                conditioning = cat_rows(conditioning, batch.class_conditioning)
             model_pred = self.family.denoise(c.unet, batch.noisy_latents, batch.timesteps, conditioning)
 
         terms = {"rec": reconstruction_loss(model_pred[:1], batch.target[:1], batch.latent_mask, cfg.normalize_by_mask_area)}
@@ -289,13 +271,16 @@ class Trainer:
         self.components.unet.train(phase.trains_model)
         for encoder in self.family.text_encoders(self.components):  # transformers checkpoints in training mode
             encoder.train(phase.trains_model or cfg.gradient_checkpointing)  # only; dropout is off (setup)
+        self.class_branch = plan_class_branch(self, params)  # skips or caches what cannot change the weights
         # Every step's losses go to the training log, which reads them back (a device sync) only every LOG_EVERY
         # steps, before a checkpoint and at the phase's end; that is also where a non-finite loss is caught.
         log = self.training_log or TrainingLog(checkpoint_folder.parent / "logs")  # (as in a run folder)
 
         for step in range(start_step, phase.steps):
-            terms = self.loss_step(self.sample_batch())
-            log.record(phase.name, step + 1, global_offset + step + 1, phase.lr, terms)
+            batch = self.sample_batch()
+            terms = self.loss_step(batch)
+            log.record(phase.name, step + 1, global_offset + step + 1, phase.lr, terms,
+                       not_computed=("prior",) if batch.prior_skipped else ())
             scaler.scale(terms["total"]).backward()
             if cfg.max_grad_norm is not None:
                 scaler.unscale_(optimizer)
@@ -310,7 +295,7 @@ class Trainer:
             if done % LOG_EVERY == 0 or done == phase.steps or checkpoint_now:
                 records = log.flush()
                 stop_if_not_finite(records, phase.steps, checkpoint_folder, [p.name for p in cfg.phases])
-                losses = {k: v for k, v in records[-1].items() if k not in ("phase", "step", "global_step", "lr")}
+                losses = loss_terms(records[-1])
                 if done % LOG_EVERY == 0 or done == phase.steps:
                     self.loss_log.append({"phase": phase.name, "step": done, **losses})
             if bar is not None:
@@ -329,6 +314,7 @@ class Trainer:
             optimizer.remove()  # the next phase hooks its own optimisers onto the handles
         for p in params.values():
             p.requires_grad_(False)
+        self.class_branch = ClassBranch()
 
     def train(self, folder: Path, *, callback: Callable[[Progress], None] | None = None, progress: bool = True) -> None:
         """Runs every phase from where :meth:`load_state_dict` left off (the start for a new run) inside the
