@@ -83,6 +83,16 @@ def checkpoint_state_dict(pipe, tokens: list[str], dtype: torch.dtype = torch.fl
     return {key: value.to(dtype) for key, value in state.items()}
 
 
+def lora_metadata(info: RunInfo, base_model: dict[str, str]) -> dict[str, str]:
+    """The ``ss_*`` metadata kohya sd-scripts writes into a LoRA that a run's facts give: the network, the base
+    model (``base_model``: the family's ``ss_base_model_version`` and ``ss_v2``, which A1111 reads to list the LoRA
+    with models of its kind), resolution, steps and v-prediction."""
+    return {"ss_network_module": "networks.lora", "ss_network_dim": str(info.lora.rank),
+            "ss_network_alpha": str(info.lora.alpha), **base_model,
+            "ss_resolution": f"({info.resolution}, {info.resolution})", "ss_steps": str(info.total_steps),
+            "ss_v_parameterization": str(info.prediction_type == "v_prediction")}
+
+
 def modelspec(info: RunInfo, name: str, layout: str) -> dict[str, str]:
     """SAI ModelSpec metadata (Stability-AI/ModelSpec) for a checkpoint: its architecture and prediction type,
     which WebUI tools and :func:`breakascene.models.single_file.inspect_single_file` read."""
@@ -115,8 +125,7 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
     family = family_of_run(info)
     if info.lora is not None:
         weights, kind = family.webui_lora_state_dict(run, info, dtype), "lora"
-        metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(info.lora.rank),
-                    "ss_network_alpha": str(info.lora.alpha)}
+        metadata = lora_metadata(info, family.kohya_base_model(vectors.shape[1]))
     else:
         pipe = load_pipeline(run, "cpu", info=info)[0]
         weights, kind = checkpoint_state_dict(pipe, tokens, dtype), "checkpoint"

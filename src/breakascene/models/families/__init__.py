@@ -243,6 +243,11 @@ class ModelFamily(abc.ABC):
         """The textual-inversion export's README, from a :class:`.readme.ExportReadme`."""
         raise ConfigError(f"--format textual-inversion is not available for {self.name} runs; use --format diffusers")
 
+    def kohya_base_model(self, text_width: int) -> dict[str, str]:
+        """kohya sd-scripts' metadata of the base model a LoRA was trained on (``ss_base_model_version``, ``ss_v2``),
+        which A1111 reads to show a LoRA only with models of its kind; ``text_width``: the handles' row width."""
+        return {}
+
     webui_embedding_key: str = "emb_params"  # a WebUI embedding file's key (kohya's textual-inversion files)
 
     def webui_lora_state_dict(self, run, info, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

@@ -274,6 +274,9 @@ class Flux(ModelFamily):
 
     webui_embedding_key = exports.WEBUI_EMBEDDING_KEY
 
+    def kohya_base_model(self, text_width: int) -> dict[str, str]:
+        return {"ss_base_model_version": "flux1"}  # kohya sd-scripts' FLUX.1 LoRAs
+
     def webui_lora_state_dict(self, run, info, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         return exports.lora_state_dict(run, info, dtype)
 

@@ -116,6 +116,10 @@ class StableDiffusion(ModelFamily):
     def webui_lora_state_dict(self, run, info, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         return exports.webui_lora_state_dict(run, info, dtype, exports.TEXT_LORA_PREFIXES)
 
+    def kohya_base_model(self, text_width: int) -> dict[str, str]:
+        v2 = text_width == 1024  # SD 2.x's OpenCLIP ViT-H; SD 1.x's CLIP ViT-L is 768 wide
+        return {"ss_base_model_version": "sd_v2" if v2 else "sd_v1", "ss_v2": str(v2)}
+
     def checkpoint_layout(self, pipe) -> str:
         from ...ldm_layout import text_layout
 

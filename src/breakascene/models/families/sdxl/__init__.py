@@ -127,6 +127,9 @@ class StableDiffusionXL(StableDiffusion):
     def webui_lora_state_dict(self, run, info, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         return sd_exports.webui_lora_state_dict(run, info, dtype, exports.TEXT_LORA_PREFIXES)
 
+    def kohya_base_model(self, text_width: int) -> dict[str, str]:
+        return {"ss_base_model_version": "sdxl_base_v1-0", "ss_v2": "False"}
+
     def checkpoint_layout(self, pipe) -> str:
         return "sdxl"  # CLIP ViT-L and OpenCLIP ViT-bigG under conditioner.embedders (ldm_layout)
 
