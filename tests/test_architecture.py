@@ -163,3 +163,43 @@ def test_the_layer_check_sees_an_upward_import(tmp_path, source, ok):
         assert all(t <= layer for t in targets) == ok
     finally:
         del MODULES[name]
+
+
+FAMILIES_PACKAGE = "breakascene.models.families"
+# What the rest of the package may take from models/families/: the seam, the registry and the README facts.
+FAMILY_SEAM = {FAMILIES_PACKAGE, f"{FAMILIES_PACKAGE}.registry", f"{FAMILIES_PACKAGE}.readme"}
+# The import paths of the built-in tiny builders that exported READMEs and user scripts name (re-exports only).
+FAMILY_ALIASES = {"breakascene.models.tiny_sdxl", "breakascene.models.tiny_flux"}
+# What a test of which family it has looks like: the old RunInfo flags, and the family objects themselves.
+FAMILY_TESTS = {"is_sdxl", "is_flux", "is_sdxl_model", "STABLE_DIFFUSION", "STABLE_DIFFUSION_XL", "FLUX"}
+
+
+def _outside_families() -> list[str]:
+    return [n for n in MODULES if not n.startswith(FAMILIES_PACKAGE) and n not in FAMILY_ALIASES]
+
+
+def test_only_the_families_know_which_family_they_are():
+    """A model family is one folder (docs/architecture.md): outside models/families/ nothing imports a family's own
+    modules or names a family object, so the rest of the package can only ask the family it was handed."""
+    wrong = []
+    for name in _outside_families():
+        for target, _, line in _imports(name):
+            if target.startswith(FAMILIES_PACKAGE) and target not in FAMILY_SEAM:
+                wrong.append(f"{name}:{line} imports {target}")
+        for node in ast.walk(ast.parse(MODULES[name].read_text())):
+            used = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+            if used in FAMILY_TESTS:
+                wrong.append(f"{name}:{node.lineno} names {used}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_family_check_sees_a_family_test(tmp_path):
+    # The check above is only worth having if it fails: an export that branches on FLUX must be caught.
+    name = "breakascene.inference.probe_module"
+    MODULES[name] = tmp_path / "probe_module.py"
+    MODULES[name].write_text("from ..models.families.flux import FLUX\n\nflux = family is FLUX\n")
+    try:
+        with pytest.raises(AssertionError, match="imports breakascene.models.families.flux"):
+            test_only_the_families_know_which_family_they_are()
+    finally:
+        del MODULES[name]

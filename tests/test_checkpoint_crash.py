@@ -4,6 +4,7 @@ one, complete, with its own step. Cut by an exception before each file operation
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -177,6 +178,7 @@ def test_extract_killed_in_the_middle_of_a_checkpoint_save_resumes(scene_dir, tm
         process.wait()
     checkpoint = partial_path(out) / "checkpoint"
     assert len(list(checkpoint.glob("files-*"))) == 2  # the new checkpoint's files are there, not yet in place
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 2  # the first one is what resumes
 
     code, _, err = run_cli(["extract", str(scene_dir), *TINY64, *steps, "--resume", "--out", str(out)])
     assert code == 0, err

@@ -13,7 +13,7 @@ from diffusers import FluxPipeline
 from breakascene.attention import AttentionStore
 from breakascene.handles import load_handles, make_handles
 from breakascene.losses import reconstruction_loss
-from breakascene.models.families import flux_attention
+from breakascene.models.families.flux import attention as flux_attention
 from breakascene.models.families.flux import FLUX, pack, unpack
 from breakascene.models.loading import Components, load_components, native_resolution
 from breakascene.models.tiny_flux import TINY_FLUX_MODEL_ID, TINY_FLUX_RESOLUTION, build_tiny_flux_components

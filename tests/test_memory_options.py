@@ -145,10 +145,12 @@ def test_low_vram_choices_per_machine():
 def test_low_vram_on_flux_quantizes_the_transformer_where_it_can_and_says_so():
     """FLUX.1's budget is 24 GB: with CUDA and bitsandbytes an NF4 transformer under LoRA rank 16; without them the
     same LoRA run on a bf16 transformer, and a note that it does not fit."""
-    options, notes = low_vram_options("cuda", True, True, flux=True)
+    from breakascene.models.families.flux import FLUX
+
+    options, notes = low_vram_options("cuda", True, True, family=FLUX)
     assert options["quantize_base"] == "nf4" and options["lora_rank"] == 16 and options["use_8bit_adam"]
     assert any("4-bit NF4" in n for n in notes)
-    options, notes = low_vram_options("cuda", True, False, flux=True)
+    options, notes = low_vram_options("cuda", True, False, family=FLUX)
     assert "quantize_base" not in options and any("does not fit a 24 GB GPU" in n and "bitsandbytes" in n for n in notes)
     chosen = with_low_vram({"low_vram": True, "model": "builtin:tiny-flux", "device": "cpu"})
     assert chosen["lora_rank"] == 16 and chosen["gradient_checkpointing"] and "quantize_base" not in chosen

@@ -345,10 +345,10 @@ def test_webui_lora_of_an_sdxl_run_has_te1_and_te2_keys_and_loads_in_diffusers(s
 
 
 def test_low_vram_on_sdxl_adds_lora_and_says_so(tmp_path):
-    from breakascene.models.loading import is_sdxl_model
+    from breakascene.models.loading import model_family
     from breakascene.training.memory import low_vram_options, with_low_vram
 
-    options, notes = low_vram_options("cuda", True, True, sdxl=True)
+    options, notes = low_vram_options("cuda", True, True, family=STABLE_DIFFUSION_XL)
     assert options["lora_rank"] == 4 and any("SDXL: LoRA rank 4" in n for n in notes)
     assert "lora_rank" not in low_vram_options("cuda", True, True)[0]  # SD 1.x/2.x keeps the full phase 2
     chosen = with_low_vram({"low_vram": True, "model": TINY_SDXL_MODEL_ID, "device": "cpu"})
@@ -358,4 +358,4 @@ def test_low_vram_on_sdxl_adds_lora_and_says_so(tmp_path):
         "lora_rank"] == 16  # the user's own flag wins
     folder = tmp_path / "xl"
     _pipeline(sdxl()).save_pretrained(folder)
-    assert is_sdxl_model(str(folder)) and not is_sdxl_model("builtin:shapes")
+    assert model_family(str(folder)) is STABLE_DIFFUSION_XL and model_family("builtin:shapes") is not STABLE_DIFFUSION_XL

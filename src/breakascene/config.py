@@ -111,7 +111,9 @@ class ExtractConfig:
     prior_loss_weight: float = 1.0
 
     # --- parameter-efficient phase 2 (not the paper's: it found a parameter-efficient variant worse, Sec. 4.1)
-    lora_rank: int = 0  # > 0: phase 2 trains LoRA adapters of this rank instead of the full UNet
+    # > 0: phase 2 trains LoRA adapters of this rank instead of the full UNet; 0: the full UNet; None: the model
+    # family's (ModelFamily.training_defaults: 0 for SD and SDXL, 16 for FLUX.1), set by with_defaults in preflight
+    lora_rank: int | None = None
     lora_alpha: float | None = None  # LoRA scale numerator; None: the rank (scale 1)
     lora_text_encoder: bool = False  # with --lora-rank: LoRA on the text encoder too (else it stays frozen)
 
@@ -195,7 +197,7 @@ class ExtractConfig:
             raise ConfigError(f"phase2_params must be full or cross_attention_kv, got {self.phase2_params!r}")
         if self.phase2_params != "full" and self.lora_rank:
             raise ConfigError("LoRA (--lora-rank) and phase2_params=cross_attention_kv are two different phase 2s; pick one")
-        if self.lora_rank < 0:
+        if self.lora_rank is not None and self.lora_rank < 0:
             raise ConfigError(f"--lora-rank must be >= 0 (0: full fine-tuning), got {self.lora_rank}")
         if self.lora_text_encoder and not self.lora_rank:
             raise ConfigError("--lora-text-encoder needs --lora-rank N (LoRA on the UNet too)")
@@ -242,6 +244,14 @@ class ExtractConfig:
     @property
     def trains_text_encoder_weights(self) -> bool:
         return bool(self.phase2_steps) and self.train_text_encoder and not self.lora_rank and self.phase2_params == "full"
+
+    def with_defaults(self, defaults: dict) -> ExtractConfig:
+        """This config with ``defaults`` (the model family's ``training_defaults``) in the fields left None, and
+        ``lora_rank`` 0 (a full phase 2, the paper's) where neither says; every front end goes through here."""
+        chosen = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.lora_rank is None and "lora_rank" not in chosen:
+            chosen["lora_rank"] = 0
+        return dataclasses.replace(self, **chosen) if chosen else self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

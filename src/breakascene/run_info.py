@@ -62,14 +62,6 @@ class RunInfo:
     vae: str | None = None  # extract --vae: the VAE that replaced the base model's (a LoRA run loads it again)
 
     @property
-    def is_sdxl(self) -> bool:
-        return self.pipeline == "StableDiffusionXLPipeline"
-
-    @property
-    def is_flux(self) -> bool:
-        return self.pipeline == "FluxPipeline"
-
-    @property
     def tokens(self) -> list[str]:
         return [h.token for h in self.handles]
 

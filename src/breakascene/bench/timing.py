@@ -168,9 +168,8 @@ def measure(name: str, base: dict, *, model: str, device: torch.device, resoluti
     from .research_attention import ExplicitEverywhereTrainer
 
     overrides, research, preset, prune_class_branch = parse_configuration(name)
-    sdxl, flux = random_model_family(model)
     given = with_low_vram({**base, **overrides, "model": model, "resolution": resolution, "device": str(device)},
-                          sdxl=sdxl, flux=flux)
+                          family=random_model_family(model))
     config = ExtractConfig.from_preset(preset, **given)
     resolve_device(config)  # the same checks as extract: fp16 on CPU, 8-bit Adam without CUDA, ...
     image, masks, _ = make_shapes_scene(resolution)

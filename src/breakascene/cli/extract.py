@@ -90,14 +90,11 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _print_low_vram_choices(args) -> None:
-    from ..models.families.flux import FLUX
-    from ..models.families.sdxl import STABLE_DIFFUSION_XL
     from ..models.loading import model_family
     from ..training.memory import low_vram_options, machine_facts
 
     family = model_family(args.model or DEFAULT_MODEL)
-    options, notes = low_vram_options(*machine_facts(args.device), sdxl=family is STABLE_DIFFUSION_XL,
-                                      flux=family is FLUX)
+    options, notes = low_vram_options(*machine_facts(args.device), family=family)
     print("--low-vram chose: " + "; ".join(notes), file=sys.stderr)
     overridden = sorted(name for name in options if getattr(args, name, None) is not None)
     if overridden:
@@ -115,18 +112,18 @@ def _shapes_settings(overrides: dict) -> dict:
 
 
 def _family_settings(model: str, overrides: dict) -> dict:
-    """FLUX.1: phase 2 trains LoRA adapters unless --lora-rank says otherwise (0: the whole transformer), printed."""
-    from ..models.families.flux import DEFAULT_LORA_RANK, FLUX, check_flux_prediction_type
+    """The model family's training defaults (FLUX.1: LoRA rank 16 in phase 2) for every one the user did not give,
+    printed; a ``--prediction-type`` the family cannot take is refused first."""
     from ..models.loading import model_family
 
-    if model_family(model) is not FLUX:
+    family = model_family(model)
+    if family is None:
         return overrides
-    check_flux_prediction_type(overrides.get("prediction_type"))
-    if overrides.get("lora_rank") is not None:
-        return overrides
-    print(f"FLUX.1: phase 2 trains LoRA rank {DEFAULT_LORA_RANK} on the transformer's attention (--lora-rank 0: "
-          "the whole 12 B-parameter transformer, which needs far more memory)", file=sys.stderr)
-    return {**overrides, "lora_rank": DEFAULT_LORA_RANK}
+    family.check_prediction_type(overrides.get("prediction_type"))
+    taken = {k: v for k, v in family.training_defaults.items() if overrides.get(k) is None}
+    if taken and family.training_defaults_note:
+        print(family.training_defaults_note, file=sys.stderr)
+    return {**overrides, **taken}
 
 
 def run_extract(args) -> int:

@@ -38,124 +38,19 @@ from ..errors import ConfigError, RunError
 from ..handles import load_handles
 from ..run_folder import HANDLES_FILE, SCENE_FILE, check_clear_of_inputs, written_atomically
 from ..run_info import RunInfo
-from .loading_code import base_pipeline_lines, python_literal, t5_handle_lines
+from ..models.families.readme import ExportReadme, python_literal
+from ..models.families.registry import family_of_run
+from .loading_code import base_pipeline_lines, single_file_config
 from .webui import WEBUI_FORMATS, export_name, write_webui
 
 FORMATS = ("textual-inversion", "diffusers", "comfyui", "a1111", "kohya")
 WEIGHT_FORMATS = ("diffusers", "comfyui", "a1111", "kohya")  # the ones --fp16 applies to
 
-NOTE = (
-    "The handles were trained jointly with this run's fine-tuned UNet and text encoder (phase 2 of "
-    "Break-A-Scene), so they need the run's own UNet/text encoder to look right; in a stock base model they "
-    "give only a rough likeness."
-)
-
-
-def _ti_readme(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
-    """The textual-inversion export's README; ``location`` is where the export ends up (absolute)."""
-    if info.is_sdxl:
-        return _ti_readme_sdxl(tokens, files, info, location, run)
-    if info.is_flux:
-        return _ti_readme_flux(tokens, files, info, location, run)
-    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, vae=info.vae)
-
-    def head(*more_imports: str) -> str:  # each block runs on its own (a token can be added only once)
-        return "\n".join(["from pathlib import Path", "", *imports, *more_imports, "",
-                          f"export = Path({python_literal(str(location))})  # this folder; change it if you move it", "",
-                          *make_pipe])
-
-    one_by_one = "\n".join(f'    str(export / "{f}"),' for f in files)
-    generate = shlex.join(["break-a-scene", "generate", str(run), f"a photo of {tokens[0]}"])
-    return f"""# Break-A-Scene handles as textual-inversion embeddings
-
-Tokens: {", ".join(f"`{t}`" for t in tokens)} (base model: `{info.base_model}`).
-
-{NOTE} For faithful results generate with the run itself, `{generate}`
-(or export it with `--format diffusers`: a folder that any diffusers code loads).
-
-Load every handle from its own file into the base model:
-
-```python
-{head()}
-pipe.load_textual_inversion([
-{one_by_one}
-])
-image = pipe("a photo of {tokens[0]} at the beach").images[0]
-```
-
-(one file: `pipe.load_textual_inversion(str(export / "{files[0]}"))`; the token is the file's only key.)
-
-Or all at once from `handles.safetensors` and `tokens.txt`:
-
-```python
-{head("from safetensors.torch import load_file")}
-
-tokens = (export / "tokens.txt").read_text().split()
-vectors = load_file(str(export / "handles.safetensors"))["embeddings"]  # (N, dim)
-pipe.load_textual_inversion(list(vectors), token=tokens)
-```
-
-Do not give `handles.safetensors` itself to `load_textual_inversion`: it would read one multi-vector concept.
-"""
-
-
-def _ti_readme_sdxl(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
-    """The README of an SDXL run's textual-inversion export: each file holds ``clip_l`` and ``clip_g``."""
-    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
-    code = "\n".join(["from pathlib import Path", "", *imports, "from safetensors.torch import load_file", "",
-                      f"export = Path({python_literal(str(location))})  # this folder; change it if you move it", "",
-                      *make_pipe,
-                      f"for token, name in zip({tokens!r}, {files!r}):",
-                      "    vectors = load_file(str(export / name))",
-                      '    pipe.load_textual_inversion(vectors["clip_l"], token=token, text_encoder=pipe.text_encoder,',
-                      "                                tokenizer=pipe.tokenizer)",
-                      '    pipe.load_textual_inversion(vectors["clip_g"], token=token, text_encoder=pipe.text_encoder_2,',
-                      "                                tokenizer=pipe.tokenizer_2)",
-                      f'image = pipe("a photo of {tokens[0]} at the beach").images[0]'])
-    generate = shlex.join(["break-a-scene", "generate", str(run), f"a photo of {tokens[0]}"])
-    return f"""# Break-A-Scene handles as SDXL textual-inversion embeddings
-
-Tokens: {", ".join(f"`{t}`" for t in tokens)} (base model: `{info.base_model}`).
-
-Each `<name>.safetensors` holds the handle's row in both SDXL text encoders: `clip_l` (1, 768 on SDXL) and
-`clip_g` (1, 1280), the layout A1111, Forge and ComfyUI read. `handles.safetensors` holds all of them
-(`embeddings`, `embeddings_2`) with the tokens in its metadata and in `tokens.txt`.
-
-{NOTE} For faithful results generate with the run itself, `{generate}`.
-
-```python
-{code}
-```
-"""
-
-
-def _ti_readme_flux(tokens: list[str], files: list[str], info: RunInfo, location: Path, run: Path) -> str:
-    """The README of a FLUX.1 run's textual-inversion export: each file holds the handle's T5 row under ``t5``."""
-    imports, make_pipe = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
-    handle_imports, handle_lines = t5_handle_lines(tokens, files, "t5")
-    code = "\n".join(["from pathlib import Path", "", *imports, *handle_imports, "",
-                      f"export = Path({python_literal(str(location))})  # this folder; change it if you move it", "",
-                      *make_pipe, *handle_lines, f'image = pipe("a photo of {tokens[0]} at the beach").images[0]'])
-    generate = shlex.join(["break-a-scene", "generate", str(run), f"a photo of {tokens[0]}"])
-    return f"""# Break-A-Scene handles as FLUX.1 textual-inversion embeddings
-
-Tokens: {", ".join(f"`{t}`" for t in tokens)} (base model: `{info.base_model}`).
-
-Each `<name>.safetensors` holds the handle's row in FLUX.1's T5 encoder (`text_encoder_2`) under `t5`, (1, 4096)
-on FLUX.1, the key diffusers' FLUX training scripts write. There is no `clip_l`: on FLUX a handle is a T5 token
-only (CLIP gives just the pooled vector, which carries no per-token meaning; docs/method.md). `handles.safetensors`
-holds all of them (`embeddings`) with the tokens in its metadata and in `tokens.txt`.
-
-{NOTE.replace("UNet", "transformer")} For faithful results generate with the run itself, `{generate}`.
-
-The code below adds each handle as training did: one T5 token that takes the space before it. diffusers'
-`load_textual_inversion` adds a plain token instead, before which T5's SentencePiece puts a token of its own for
-the space, a prompt the handles were not trained with.
-
-```python
-{code}
-```
-"""
+def _readme_facts(info: RunInfo, run: Path, location: Path, tokens: list[str], files: list[str]) -> ExportReadme:
+    """What the run's family writes an export's README from (``run`` and ``location`` absolute)."""
+    imports, lines = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
+    return ExportReadme(info=info, run=run, location=location, tokens=tokens, files=files, base_imports=imports,
+                        base_lines=lines, single_file_config=single_file_config(info.base_model, info.prediction_type))
 
 
 def _diffusers_readme(tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None,
@@ -178,17 +73,6 @@ image = pipe("a photo of {tokens[0]} at the beach").images[0]
 The handle tokens are already in the tokenizer(s) and text encoder(s). This folder is also a break-a-scene run
 folder (`scene.json`, `handles.safetensors`): `{generate}`.
 """
-
-
-def _check_flux_format(info: RunInfo, format: str) -> None:
-    """What a FLUX.1 run exports to: diffusers, textual inversion (``t5``), and for a LoRA run (FLUX's default)
-    ComfyUI's and kohya's layout; A1111 runs no FLUX, and a full fine-tune's 12 B parameters go as a diffusers
-    folder."""
-    if format == "a1111":
-        raise ConfigError("--format a1111: A1111 does not run FLUX.1; use --format comfyui, or --format diffusers")
-    if format in WEBUI_FORMATS and info.lora is None:
-        raise ConfigError(f"--format {format} takes FLUX.1 LoRA runs (extract's default on FLUX); export this full "
-                          "fine-tune with --format diffusers")
 
 
 def _check_push(repo_id: str | None) -> None:
@@ -230,8 +114,7 @@ def export(
     run, out = Path(run), Path(out)
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if info.is_flux:
-        _check_flux_format(info, format)
+    family_of_run(info).check_export_format(format, info.lora is not None)
     if fp16 and format not in WEIGHT_FORMATS:
         raise ConfigError(f"--fp16 is for --format {', '.join(WEIGHT_FORMATS)}; textual-inversion vectors are kept "
                           "exactly (fp32)")
@@ -272,15 +155,16 @@ def _write_textual_inversion(
 
     from ..handles import embedding_files, load_second_handles
 
-    # SD: the token as the one key, diffusers' own layout (load_textual_inversion(file) finds the token); FLUX: "t5"
+    family = family_of_run(info)
     tensors = embedding_files(vectors, load_second_handles(run / HANDLES_FILE),
-                              (lambda k: "t5") if info.is_flux else (lambda k: tokens[k]))
+                              lambda k: family.textual_inversion_key(tokens[k]))
     files = [token.strip("<>") + ".safetensors" for token in tokens]
     for name, file_tensors in zip(files, tensors):
         save_file(file_tensors, str(folder / name))
     shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
     (folder / "tokens.txt").write_text("\n".join(tokens) + "\n")
-    (folder / "README.md").write_text(_ti_readme(tokens, files, info, location, Path(os.path.abspath(run))))
+    facts = _readme_facts(info, Path(os.path.abspath(run)), location, tokens, files)
+    (folder / "README.md").write_text(family.textual_inversion_readme(facts))
 
 
 def _write_diffusers(

@@ -121,39 +121,19 @@ def _checked_prompts(prompts: list[str] | None, prompts_file: str | Path | None,
 
 def run_sampling_defaults(run: str | Path, info: RunInfo | None = None) -> tuple[int, float]:
     """(steps, guidance) that :func:`generate` uses for ``run`` when not told, found without loading its weights
-    (for forms that show them): the family's; for FLUX.1 whether dev or schnell is read from the transformer
-    config of the run (a full one) or of its base model (a LoRA run), dev's where that cannot be read."""
-    from ..models.families.flux import FLUX
-    from ..models.families.registry import family_of_pipeline_class
+    (for forms that show them): the family's, read from the denoiser config of the run (a full one) or of its
+    base model (a LoRA run) where they depend on it (FLUX.1's dev or schnell)."""
+    from ..models.families.registry import family_of_run
 
     info = info if info is not None else RunInfo.read(run)
-    family = family_of_pipeline_class(info.pipeline)
-    if family is not FLUX:
-        return family.sampling_defaults({})
-    from diffusers import FluxTransformer2DModel
-
-    from ..hub import hub_options
-
-    where = str(run) if info.lora is None else info.base_model
-    try:
-        config = FluxTransformer2DModel.load_config(where, subfolder="transformer", **hub_options(where))
-    except (OSError, ValueError):  # a built-in base model, or a Hub id that is neither cached nor reachable
-        config = {}
-    return family.sampling_defaults(config)
+    return family_of_run(info).run_sampling_defaults(str(run) if info.lora is None else info.base_model)
 
 
 def _check_family_options(options: GenerationOptions, info: RunInfo) -> None:
     """Options that mean nothing to the run's model family are errors, not silently ignored."""
-    from ..models.families.flux import FLUX
+    from ..models.families.registry import family_of_run
 
-    if info.pipeline not in FLUX.pipeline_names:
-        return
-    if options.negative:
-        raise ConfigError("--negative does not apply to FLUX.1: its guidance is distilled into the model, there is "
-                          "no negative prompt; leave it out")
-    if options.scheduler != "default":
-        raise ConfigError(f"--scheduler {options.scheduler} does not apply to FLUX.1, a flow-matching model; leave it "
-                          "out (its own flow-matching Euler sampler)")
+    family_of_run(info).check_sampling_options(options.negative, options.scheduler)
 
 
 def _checked_dtype(options: GenerationOptions, device) -> torch.dtype:

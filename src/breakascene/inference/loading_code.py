@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..errors import ConfigError
-
-
-def python_literal(text: str) -> str:
-    """``text`` as a Python string literal in double quotes (JSON's escapes are Python's too)."""
-    return json.dumps(text)
+from ..models.families.readme import python_literal
 
 
 def base_pipeline_lines(base_model: str, prediction_type: str | None = None,
@@ -20,8 +15,8 @@ def base_pipeline_lines(base_model: str, prediction_type: str | None = None,
     class, ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``) with the run's ``--vae`` if it had one:
     (imports, lines).
 
-    ``builtin:tiny``, ``builtin:tiny-sdxl`` and ``builtin:tiny-flux`` are not Hub ids: they are built in code (with the run's
-    prediction type); ``builtin:shapes`` is the package's own folder. A ``.safetensors`` file is loaded with
+    A family's built-in model (``builtin:tiny``, ``builtin:tiny-sdxl``, ``builtin:tiny-flux``) is not a Hub id: it
+    is built in code (with the run's prediction type, ``ModelFamily.builtin_pipeline_lines``); ``builtin:shapes`` is the package's own folder. A ``.safetensors`` file is loaded with
     ``from_single_file`` and the config breakascene used for it, with the run's prediction type set on the
     scheduler (the config's may differ); a folder that exists here by its absolute path; anything else as a
     Hub id.
@@ -48,28 +43,14 @@ def vae_lines(vae: str, base_model: str, prediction_type: str | None = None) -> 
 
 
 def _base_model_lines(base_model: str, prediction_type: str | None, pipeline: str) -> tuple[list[str], list[str]]:
+    from ..models.families.registry import family_of_builtin
     from ..models.shapes import SHAPES_MODEL_ID
     from ..models.single_file import inspect_single_file, single_file_config_source
-    from ..models.tiny import TINY_MODEL_ID
-    from ..models.tiny_flux import TINY_FLUX_MODEL_ID
-    from ..models.tiny_sdxl import TINY_SDXL_MODEL_ID
 
     imports = [f"from diffusers import {pipeline}"]
-    if base_model == TINY_FLUX_MODEL_ID:
-        return imports + ["from breakascene.models.tiny_flux import build_tiny_flux_components"], [
-            f"# {base_model} is built in code with random weights (it is not on the Hub): the same base model again",
-            f"pipe = {pipeline}(**build_tiny_flux_components())",
-        ]
-    if base_model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
-        kind = python_literal(prediction_type or "epsilon")
-        module, builder = (("tiny_sdxl", "build_tiny_sdxl_components") if base_model == TINY_SDXL_MODEL_ID
-                           else ("tiny", "build_tiny_components"))
-        options = ("add_watermarker=False" if base_model == TINY_SDXL_MODEL_ID else
-                   "safety_checker=None, feature_extractor=None, requires_safety_checker=False")
-        return imports + [f"from breakascene.models.{module} import {builder}"], [
-            f"# {base_model} is built in code with random weights (it is not on the Hub): the same base model again",
-            f"pipe = {pipeline}(**{builder}(prediction_type={kind}), {options})",
-        ]
+    family = family_of_builtin(base_model)
+    if family is not None:
+        return family.builtin_pipeline_lines(base_model, pipeline, prediction_type)
     if base_model == SHAPES_MODEL_ID:
         return imports + ["from breakascene.models.shapes import SHAPES_FOLDER"], [
             "# builtin:shapes ships inside the breakascene package as a diffusers folder",
@@ -96,12 +77,11 @@ def _base_model_lines(base_model: str, prediction_type: str | None, pipeline: st
 def single_file_config(base_model: str, prediction_type: str | None = None) -> str:
     """A Python expression for ``from_single_file``'s ``config``: the base model's diffusers folder or Hub id
     (for a single-file base model, the config breakascene loaded it with)."""
+    from ..models.families.registry import family_of_builtin
     from ..models.shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
     from ..models.single_file import inspect_single_file, single_file_config_source
-    from ..models.tiny import TINY_MODEL_ID
-    from ..models.tiny_sdxl import TINY_SDXL_MODEL_ID
 
-    if base_model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID):
+    if family_of_builtin(base_model) is not None:
         return f'"DIFFUSERS_FOLDER"  # {base_model} is built in code: save_pretrained() it and name that folder'
     if base_model == SHAPES_MODEL_ID:
         return python_literal(str(SHAPES_FOLDER))
@@ -113,21 +93,3 @@ def single_file_config(base_model: str, prediction_type: str | None = None) -> s
         except ConfigError:
             pass
     return python_literal(str(path.resolve()) if path.exists() else base_model)
-
-
-def t5_handle_lines(words: list[str], files: list[str], key: str) -> tuple[list[str], list[str]]:
-    """Python that puts a FLUX.1 run's handles into ``pipe``'s T5 as training did: ``words[k]`` becomes one token
-    taking the space before it (SentencePiece would otherwise make that space a token of its own), with the row
-    under ``key`` of ``export / files[k]``; a table with spare rows (T5-XXL's 32128 for 32100 tokens) is not cut.
-    Returns (imports, lines)."""
-    return ["import torch", "from safetensors.torch import load_file", "from transformers import AddedToken"], [
-        "# the handles are T5 tokens: each takes the space before it (lstrip), as in training",
-        f"words, files = {words!r}, {files!r}",
-        "pipe.tokenizer_2.add_tokens([AddedToken(word, lstrip=True) for word in words])",
-        "if len(pipe.tokenizer_2) > pipe.text_encoder_2.get_input_embeddings().num_embeddings:",
-        "    pipe.text_encoder_2.resize_token_embeddings(len(pipe.tokenizer_2))",
-        "table = pipe.text_encoder_2.get_input_embeddings().weight",
-        "with torch.no_grad():",
-        "    for word, name in zip(words, files):",
-        f"        table[pipe.tokenizer_2.convert_tokens_to_ids(word)] = load_file(str(export / name))[{key!r}][0]",
-    ]

@@ -114,10 +114,12 @@ def load_lora_run(run: Path, info: RunInfo):
     """A LoRA run (``extract --lora-rank``): the base model, plus the handles, plus the adapters (fused)."""
     from ..handles import add_learned_handles, load_handles, load_second_handles
     from ..lora import merge_text_encoder_lora
+    from ..models.families.registry import family_of_run
     from ..models.loading import load_components
     from ..run_folder import HANDLES_FILE
 
-    prediction_type = info.prediction_type if info.prediction_type != "flow" else None  # (FLUX's is fixed)
+    # a family whose prediction type is fixed (FLUX.1's flow) takes no --prediction-type
+    prediction_type = info.prediction_type if family_of_run(info).prediction_type is None else None
     components = load_components(info.base_model, prediction_type=prediction_type, vae=info.vae)
     family = components.family
     tokens, vectors = load_handles(run / HANDLES_FILE)

@@ -17,15 +17,10 @@ from ..hub import hub_options, is_hub_id, not_downloadable
 from ..run_folder import check_pipeline_folder
 from ..quiet import quiet_libraries
 from .families import ModelFamily
-from .families.flux import FLUX, check_flux_prediction_type
-from .families.registry import FAMILIES, family_of_pipeline_class
-from .families.sd import STABLE_DIFFUSION
-from .families.sdxl import STABLE_DIFFUSION_XL
-from .single_file import SD2, SDXL, check_prediction_type, inspect_single_file, single_file_config_source
+from .families.registry import (DEFAULT_FAMILY, FAMILIES, family_of_builtin, family_of_pipeline_class,
+                                 family_of_single_file)
+from .single_file import check_prediction_type, inspect_single_file, single_file_config_source
 from .shapes import SHAPES_FOLDER, SHAPES_MODEL_ID
-from .tiny import TINY_MODEL_ID, build_tiny_components
-from .tiny_flux import TINY_FLUX_MODEL_ID, TINY_FLUX_RESOLUTION, build_tiny_flux_components
-from .tiny_sdxl import TINY_SDXL_MODEL_ID, TINY_SDXL_RESOLUTION, build_tiny_sdxl_components
 from .vae import check_vae_reference, load_vae
 
 quiet_libraries()  # every path that loads, trains or saves a model comes through this module
@@ -44,7 +39,7 @@ class Components:
     vae: torch.nn.Module
     scheduler: object  # the pipeline's sampling scheduler; training builds a DDPMScheduler from its config
     prediction_source: str | None = None  # why the scheduler has its prediction type, for telling the user
-    family: ModelFamily = STABLE_DIFFUSION  # how to encode prompts, call the UNet, save the pipeline
+    family: ModelFamily = DEFAULT_FAMILY  # how to encode prompts, call the UNet, save the pipeline
     tokenizer_2: object = None  # SDXL's second CLIP, FLUX's T5 tokenizer and text encoder; None for SD 1.x/2.x
     text_encoder_2: torch.nn.Module | None = None
 
@@ -60,7 +55,7 @@ class Components:
 
 def check_model_reference(model: str) -> None:
     """Fails fast (before any download) on a reference that can be nothing: a missing path or a .ckpt file."""
-    if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID, TINY_FLUX_MODEL_ID):
+    if family_of_builtin(model) is not None:
         return
     if model == SHAPES_MODEL_ID:
         shapes_folder()
@@ -131,8 +126,9 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
                           quantize_base: str | None = None) -> Components:
     requested = check_prediction_type(prediction_type)
     source = "from --prediction-type" if requested is not None else None
-    if model in (TINY_MODEL_ID, TINY_SDXL_MODEL_ID, TINY_FLUX_MODEL_ID):
-        components = _tiny_components(model, requested, source)
+    builtin = family_of_builtin(model)
+    if builtin is not None:
+        components = Components(**builtin.build_builtin(model, requested), prediction_source=source, family=builtin)
         if quantize_base:
             from .quantization import quantized_copy
 
@@ -148,7 +144,7 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
     config = single_file_config_source(info.family, info.prediction_type) if info is not None else None
     hub_id = config if info is not None else model  # what comes from the Hub, if anything
     hub = hub_options(hub_id)
-    family = STABLE_DIFFUSION_XL if info is not None and info.family == SDXL else STABLE_DIFFUSION
+    family = family_of_single_file(info.family) if info is not None else DEFAULT_FAMILY
     try:
         if info is not None:
             pipe = family.pipeline_class.from_single_file(
@@ -184,8 +180,7 @@ def _load_base_components(model: str, torch_dtype: torch.dtype, prediction_type:
             f"could not load --model {model}: {first_line(error)} (a Hub id is downloaded once and needs network "
             "access then; or pass a local diffusers folder or a .safetensors file)"
         ) from error
-    if family is FLUX:
-        check_flux_prediction_type(requested)
+    family.check_prediction_type(requested)
     denoiser = pipe.components[family.denoiser_name]
     if denoiser.config.in_channels != family.denoiser_input_channels(pipe.vae):
         raise ConfigError(f"--model {model} has a {denoiser.config.in_channels}-channel {type(denoiser).__name__} (an "
@@ -222,19 +217,6 @@ def _check_model_folder(model: str, path: Path) -> None:
         raise ConfigError(f"--model {model}: {error}") from None
 
 
-def _tiny_components(model: str, prediction_type: str | None, source: str | None) -> Components:
-    """builtin:tiny, builtin:tiny-sdxl or builtin:tiny-flux, built in code."""
-    if model == TINY_FLUX_MODEL_ID:
-        check_flux_prediction_type(prediction_type)
-        parts = build_tiny_flux_components()
-        transformer = parts.pop("transformer")
-        return Components(**parts, unet=transformer, family=FLUX)
-    if model == TINY_SDXL_MODEL_ID:
-        return Components(**build_tiny_sdxl_components(prediction_type=prediction_type or "epsilon"),
-                          prediction_source=source, family=STABLE_DIFFUSION_XL)
-    return Components(**build_tiny_components(prediction_type=prediction_type or "epsilon"), prediction_source=source)
-
-
 def pipeline_class_name(where: str, hub: dict | None = None) -> str:
     """The pipeline class a diffusers folder or Hub repo names in its model_index.json (for a Hub id only that
     file is downloaded); "" when it names none."""
@@ -267,14 +249,9 @@ def native_resolution(model: str) -> int | None:
     """
     import json
 
-    if model == TINY_MODEL_ID:
-        from .tiny import TINY_RESOLUTION
-
-        return TINY_RESOLUTION
-    if model == TINY_SDXL_MODEL_ID:
-        return TINY_SDXL_RESOLUTION
-    if model == TINY_FLUX_MODEL_ID:
-        return TINY_FLUX_RESOLUTION
+    builtin = family_of_builtin(model)
+    if builtin is not None:
+        return builtin.builtin_models[model]
     if model == SHAPES_MODEL_ID:
         from .shapes import SHAPES_RESOLUTION
 
@@ -282,9 +259,7 @@ def native_resolution(model: str) -> int | None:
     path = Path(model).expanduser()
     if path.is_file():
         info = inspect_single_file(path)
-        if info.family == SDXL:
-            return 1024
-        return 768 if (info.family, info.prediction_type) == (SD2, "v_prediction") else 512
+        return family_of_single_file(info.family).single_file_resolution(info.family, info.prediction_type)
     def config_of(part: str) -> dict | None:  # a component's config.json, from the folder or the Hub cache
         if path.is_dir():
             file = path / part / "config.json"
@@ -310,23 +285,18 @@ def model_family(model: str) -> ModelFamily | None:
     """The family of ``model``, told without loading weights: a built-in model by its name, a single file by its
     keys, a folder (or a Hub id) by its model_index.json (a Hub id's is downloaded if not cached). None when it
     cannot be told (no such model, offline and not cached, damaged): loading it will say what is wrong."""
-    builtin = {TINY_MODEL_ID: STABLE_DIFFUSION, SHAPES_MODEL_ID: STABLE_DIFFUSION, TINY_SDXL_MODEL_ID: STABLE_DIFFUSION_XL,
-               TINY_FLUX_MODEL_ID: FLUX}
-    if model in builtin:
-        return builtin[model]
+    if model == SHAPES_MODEL_ID:
+        return DEFAULT_FAMILY
+    if family_of_builtin(model) is not None:
+        return family_of_builtin(model)
     path = Path(model).expanduser()
     try:
         if path.is_file():
-            return STABLE_DIFFUSION_XL if inspect_single_file(path).family == SDXL else STABLE_DIFFUSION
+            return family_of_single_file(inspect_single_file(path).family)
         class_name = pipeline_class_name(str(path), {}) if path.is_dir() else pipeline_class_name(model, hub_options(model))
     except (OSError, ValueError, ConfigError):
         return None
     return family_of_pipeline_class(class_name)
-
-
-def is_sdxl_model(model: str) -> bool:
-    """Whether ``model`` is SDXL (:func:`model_family`; False when it cannot be told)."""
-    return model_family(model) is STABLE_DIFFUSION_XL
 
 
 def default_resolution(model: str) -> int:

@@ -142,17 +142,10 @@ def machine_facts(device: str | None) -> tuple[str, bool, bool]:
     return device_type, bf16, optional_bnb.installed()
 
 
-SDXL_LOW_VRAM_LORA_RANK = 4  # diffusers' SDXL DreamBooth-LoRA default; its quality here is not measured yet
-
-
 def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_available: bool,
-                     sdxl: bool = False, flux: bool = False) -> tuple[dict, list[str]]:
-    """What ``--low-vram`` sets, for this machine and model family: (config overrides, one line per choice).
-
-    For SDXL the budget is a 16 GB GPU, which no full phase 2 fits (:mod:`.memory_estimate`: 25.7 GiB before
-    activations even with this mode's other choices, 49.6 GiB in fp32), so it adds LoRA on the UNet
-    (:data:`SDXL_LOW_VRAM_LORA_RANK`) to the choices below; the text encoders then stay frozen. Not yet
-    measured on a GPU (``GPU_GROUPS=sdxl benchmarks/gpu.sh`` does).
+                     family=None) -> tuple[dict, list[str]]:
+    """What ``--low-vram`` sets, for this machine and model ``family`` (a ``ModelFamily``; None: SD's): (config
+    overrides, one line per choice).
 
     The budget is a 12 GB GPU with the full (not LoRA) phase 2, the paper's method. What phase 2 holds is
     UNet weights + gradients in fp32 (2 x 3.46 GB) + optimiser state: 8-bit Adam makes that 1.7 GB instead of
@@ -160,10 +153,9 @@ def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_availa
     12 GB recipe (diffusers' and kohya's DreamBooth guides); the paper trains it, so this is a deviation.
     Gradient checkpointing keeps the activations of a 512 px step around 1 GB.
 
-    FLUX.1 (``flux``) has its own budget, a 24 GB GPU: :func:`flux_low_vram_options`.
+    A family with another budget changes or replaces that plan (``ModelFamily.low_vram_plan``): SDXL's 16 GB
+    adds LoRA on the UNet, FLUX.1's 24 GB has its own.
     """
-    if flux:
-        return flux_low_vram_options(device_type, bf16_supported, bitsandbytes_available)
     options, notes = dict(LOW_VRAM_OPTIONS), []
     if device_type == "cuda" and not bf16_supported:
         options["mixed_precision"] = "fp16"
@@ -181,70 +173,24 @@ def low_vram_options(device_type: str, bf16_supported: bool, bitsandbytes_availa
         why = "no CUDA GPU" if device_type != "cuda" else "bitsandbytes is not installed (pip install 'break-a-scene[bnb]')"
         notes.append(f"fp32 Adam: 8-bit Adam needs CUDA and bitsandbytes ({why}); add --lora-rank 4 to fit 12 GB")
     notes.append("text encoder frozen in phase 2 (the paper trains it): saves its gradients and optimiser state")
-    if sdxl:
-        options["lora_rank"] = SDXL_LOW_VRAM_LORA_RANK
-        notes.append(f"SDXL: LoRA rank {SDXL_LOW_VRAM_LORA_RANK} on the UNet in phase 2 (a full SDXL phase 2 holds "
-                     "over 25 GB even in bf16 with 8-bit Adam)")
-    return options, notes
+    if family is None:
+        return options, notes
+    return family.low_vram_plan((options, notes), device_type, bf16_supported, bitsandbytes_available)
 
 
-FLUX_BF16_TRANSFORMER_GIB = 11_901_408_320 * 2 / 1024**3  # FLUX.1-dev's transformer in bf16: 22.2 GiB (23.8 GB)
-
-
-def flux_low_vram_options(device_type: str, bf16_supported: bool,
-                          bitsandbytes_available: bool) -> tuple[dict, list[str]]:
-    """What ``--low-vram`` sets for FLUX.1, whose budget is a 24 GB GPU: (config overrides, one line per choice).
-
-    FLUX.1-dev's transformer alone is 23.8 GB in bf16 (11.9 B parameters), so no bf16 run fits 24 GB: the
-    transformer is loaded in 4-bit NF4 (about 6.7 GB, :mod:`breakascene.models.quantization`) and phase 2 trains
-    LoRA rank 16 on it (FLUX's default). T5-XXL (4.8 B parameters, 9.5 GB in bf16) stays frozen in bf16 except
-    the handle rows, which train through it. Gradient checkpointing on both; 8-bit Adam where it runs. NF4 needs
-    CUDA and bitsandbytes; without them the run keeps a bf16 transformer and says it will not fit 24 GB. Not yet
-    measured on a GPU (``GPU_GROUPS=flux benchmarks/gpu.sh`` does).
-    """
-    from ..models.families.flux import DEFAULT_LORA_RANK
-
-    options = {"mixed_precision": "bf16", "gradient_checkpointing": True, "train_text_encoder": False,
-               "lora_rank": DEFAULT_LORA_RANK, "use_8bit_adam": False}
-    notes = []
-    if device_type == "cuda" and not bf16_supported:
-        options["mixed_precision"] = "fp16"
-    if device_type != "cuda" and not bf16_supported:
-        options["mixed_precision"] = "no"
-        notes.append("fp32: this CPU has no native bf16 (AVX512-BF16 or AMX)")
-    else:
-        notes.append(f"mixed precision {options['mixed_precision']}: frozen weights stored in it, autocast compute")
-    notes.append("gradient checkpointing on the transformer and T5")
-    notes.append(f"FLUX.1: LoRA rank {DEFAULT_LORA_RANK} on the transformer's attention in phase 2, T5's layers frozen")
-    if device_type == "cuda" and bitsandbytes_available:
-        options["quantize_base"] = "nf4"
-        options["use_8bit_adam"] = True
-        notes.append("transformer in 4-bit NF4 (bitsandbytes, QLoRA): about 6.7 GB instead of 23.8 GB in bf16")
-        notes.append("8-bit Adam on the LoRA adapters")
-    else:
-        why = "no CUDA GPU" if device_type != "cuda" else "bitsandbytes is not installed (pip install 'break-a-scene[bnb]')"
-        notes.append(f"transformer not quantized ({why}): FLUX.1-dev's alone holds {FLUX_BF16_TRANSFORMER_GIB:.1f} GiB "
-                     "in bf16, which does not fit a 24 GB GPU")
-    return options, notes
-
-
-def with_low_vram(overrides: dict, sdxl: bool | None = None, flux: bool | None = None) -> dict:
+def with_low_vram(overrides: dict, family=None) -> dict:
     """``ExtractConfig.from_preset`` overrides with ``--low-vram``'s choices for this machine put in under them.
 
     When ``overrides["low_vram"]`` is set, the result is this machine's :func:`low_vram_options`, then every
     given (not None) override: the order preset < ``--low-vram`` < the user's own flags. Otherwise ``overrides``.
-    ``sdxl``, ``flux``: whether the model is SDXL or FLUX.1 (None: told from ``overrides["model"]``,
+    ``family``: the model's ``ModelFamily`` (None: told from ``overrides["model"]``,
     :func:`models.loading.model_family`).
     """
     if not overrides.get("low_vram"):
         return overrides
-    if sdxl is None or flux is None:  # SDXL gets LoRA too, FLUX its own choices (low_vram_options)
-        from ..models.families.flux import FLUX
-        from ..models.families.sdxl import STABLE_DIFFUSION_XL
+    if family is None and overrides.get("model"):
         from ..models.loading import model_family
 
-        family = model_family(overrides["model"]) if overrides.get("model") else None
-        sdxl = family is STABLE_DIFFUSION_XL if sdxl is None else sdxl
-        flux = family is FLUX if flux is None else flux
-    chosen = low_vram_options(*machine_facts(overrides.get("device")), sdxl=sdxl, flux=flux)[0]
+        family = model_family(overrides["model"])
+    chosen = low_vram_options(*machine_facts(overrides.get("device")), family=family)[0]
     return {**chosen, **{k: v for k, v in overrides.items() if v is not None}}

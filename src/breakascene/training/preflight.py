@@ -15,7 +15,7 @@ import torch
 from ..config import ExtractConfig
 from ..errors import ConfigError, SceneError
 from ..handles import Handle, make_handles
-from ..models.loading import Components, check_device, check_model_reference
+from ..models.loading import Components, check_device, check_model_reference, model_family
 from ..models.vae import check_vae_reference
 from ..run_folder import check_clear_of_inputs
 from ..scene import Scene
@@ -58,6 +58,8 @@ def preflight(
     Raises:
         ConfigError, SceneError: bad input (the message names it and what to do).
     """
+    family = components.family if components is not None else model_family(config.model)
+    config = config.with_defaults(family.training_defaults if family is not None else {})
     config.validate()
     out = Path(out)
     handles = make_handles(scene.num_concepts, config.names, config.init_words, config.background)

@@ -65,12 +65,12 @@ def _same_number(value, default: int) -> bool:
 
 def scaled_settings(model: str) -> dict:
     """The settings besides the steps that a model brings as its defaults: builtin:shapes' learning rates, loss
-    weight and init word; a FLUX.1 model's LoRA rank 16 (extract's default there, a full phase 2 being the whole
-    12 B-parameter transformer); nothing for any other model (the paper's)."""
-    from ..models.families.flux import DEFAULT_LORA_RANK, FLUX
+    weight and init word; any other model's family's training defaults (``ModelFamily.training_defaults``: a FLUX.1
+    model's LoRA rank 16, a full phase 2 being the whole 12 B-parameter transformer; nothing for SD and SDXL)."""
     from ..models.loading import model_family
     from ..models.shapes import SCALED_SETTINGS, SHAPES_MODEL_ID
 
     if model == SHAPES_MODEL_ID:
         return {k: v for k, v in SCALED_SETTINGS.items() if k not in ("phase1_steps", "phase2_steps")}
-    return {"lora_rank": DEFAULT_LORA_RANK} if model_family(model) is FLUX else {}
+    family = model_family(model)
+    return dict(family.training_defaults) if family is not None else {}

@@ -1,10 +1,11 @@
-"""Model families: what a kind of text-to-image model fills in for training and generating.
+"""Model families: what a kind of text-to-image model fills in for training, generating, loading and exporting.
 
-The recipe and the attention capture never call a pipeline class, a text encoder or the denoiser directly;
-they call the :class:`ModelFamily` that :class:`~breakascene.models.loading.Components` carries. Adding a family
-means one module here that subclasses it, plus its tiny model; not editing the recipe. :mod:`.sd` (SD 1.x/2.x,
-one text encoder) is the reference, :mod:`.sdxl` the first family with two, :mod:`.flux` the first with a
-transformer, joint attention and flow matching.
+The package never tests which family it has: it asks the :class:`ModelFamily` that
+:class:`~breakascene.models.loading.Components` carries (or :mod:`.registry` finds for a model or a run). A family
+is one folder here: its seam (the subclass, in the folder's ``__init__``), its tiny model (``tiny.py``), its
+export layouts and READMEs (``exports.py``) and anything else only it needs; plus one line in :mod:`.registry`.
+:mod:`.sd` (SD 1.x/2.x, one text encoder) is the reference, :mod:`.sdxl` the first family with two, :mod:`.flux`
+the first with a transformer, joint attention and flow matching.
 
 Shapes: B batch, E text encoders, T tokens, C latent channels, h x w the latent grid, R the image side.
 """
@@ -15,6 +16,7 @@ import abc
 
 import torch
 
+from ...errors import ConfigError
 from ...lora import LORA_TEXT_TARGETS, LORA_UNET_TARGETS
 
 
@@ -170,3 +172,92 @@ class ModelFamily(abc.ABC):
     def make_pipeline(self, components):
         """A ``pipeline_class`` over ``components``, with ``pipeline_options``."""
         return self.pipeline_class(**self.pipeline_components(components), **self.pipeline_options)
+
+    # --- Built-in models (built in code, no weights to download: the family's tiny.py) ---
+
+    builtin_models: dict[str, int] = {}  # --model name ("builtin:tiny") -> its native resolution
+
+    def build_builtin(self, model: str, prediction_type: str | None) -> dict:
+        """The built-in ``model``'s parts as :class:`~breakascene.models.loading.Components` takes them (the
+        denoiser under ``unet``), built in code. ``prediction_type`` None: the model's own."""
+        raise ConfigError(f"{model} is not a built-in {self.name} model")
+
+    def builtin_pipeline_lines(self, model: str, pipeline: str, prediction_type: str | None) -> tuple[list[str], list[str]]:
+        """Python that builds the built-in ``model`` again as a stock ``pipeline`` named ``pipe``: (imports, lines)."""
+        raise ConfigError(f"{model} is not a built-in {self.name} model")
+
+    random_models: tuple[str, ...] = ()  # ``bench``'s full-size architectures with random weights, as --help names them
+
+    def has_random_model(self, model: str) -> bool:
+        """Whether ``model`` names one of this family's :attr:`random_models`."""
+        return model in self.random_models
+
+    def build_random(self, model: str) -> dict:
+        """``bench --model random:...`` (:meth:`has_random_model`): the full-size architecture with random weights (a
+        step costs what the real model's does), as :meth:`build_builtin` gives parts."""
+        raise ConfigError(f"{model} is not a {self.name} architecture; choose one of {', '.join(self.random_models)}")
+
+    # --- Loading ---
+
+    single_file_layouts: tuple[str, ...] = ()  # the single-file layouts (:mod:`..single_file`) this family loads
+
+    def single_file_resolution(self, layout: str, prediction_type: str) -> int:
+        """The image side a single file of ``layout`` predicting ``prediction_type`` was trained at."""
+        return 512
+
+    def check_prediction_type(self, requested: str | None) -> None:
+        """A ``--prediction-type`` this family cannot take is a ConfigError (a family with a fixed one)."""
+
+    # --- Training: what a run on this family gets when the user does not say ---
+
+    training_defaults: dict = {}  # ExtractConfig fields (e.g. {"lora_rank": 16}) unless the user gives them
+    training_defaults_note: str = ""  # the line that says so when they are taken
+
+    def low_vram_plan(self, generic: tuple[dict, list[str]], device_type: str, bf16_supported: bool,
+                      bitsandbytes_available: bool) -> tuple[dict, list[str]]:
+        """What ``--low-vram`` sets on this family: (config overrides, one line per choice). ``generic`` is the
+        12 GB plan of :func:`breakascene.training.memory.low_vram_options`; a family with another budget changes
+        it or replaces it."""
+        return generic
+
+    # --- Sampling ---
+
+    def run_sampling_defaults(self, where: str) -> tuple[int, float]:
+        """(steps, guidance) for the denoiser of the pipeline folder or Hub id ``where``, read from its config
+        without loading weights where the family's defaults depend on it (:meth:`sampling_defaults`)."""
+        return self.sampling_defaults({})
+
+    def check_sampling_options(self, negative: str | None, scheduler: str) -> None:
+        """Sampling options that mean nothing to this family are ConfigErrors, not silently ignored."""
+
+    # --- Exports (the family's exports.py) ---
+
+    def check_export_format(self, format: str, lora_run: bool) -> None:
+        """A ``--format`` this family's run (a LoRA run or a full fine-tune) cannot be exported to: ConfigError."""
+
+    def textual_inversion_key(self, token: str) -> str:
+        """The key of a handle's row in its textual-inversion file: the token, diffusers' own layout."""
+        return token
+
+    def textual_inversion_readme(self, readme) -> str:
+        """The textual-inversion export's README, from a :class:`.readme.ExportReadme`."""
+        raise ConfigError(f"--format textual-inversion is not available for {self.name} runs; use --format diffusers")
+
+    def kohya_base_model(self, text_width: int) -> dict[str, str]:
+        """kohya sd-scripts' metadata of the base model a LoRA was trained on (``ss_base_model_version``, ``ss_v2``),
+        which A1111 reads to show a LoRA only with models of its kind; ``text_width``: the handles' row width."""
+        return {}
+
+    webui_embedding_key: str = "emb_params"  # a WebUI embedding file's key (kohya's textual-inversion files)
+
+    def webui_lora_state_dict(self, run, info, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """A LoRA run's adapters under the keys the WebUI tools read (``run``: its folder, ``info``: its RunInfo)."""
+        raise ConfigError(f"--format comfyui/a1111/kohya are not available for {self.name} runs; use --format diffusers")
+
+    def checkpoint_layout(self, pipe) -> str:
+        """The single-file layout (:func:`..ldm_layout.text_layout`'s name) a full run's checkpoint is written in."""
+        raise ConfigError(f"a {self.name} run has no single-file checkpoint export; use --format diffusers")
+
+    def webui_readme(self, readme) -> str:
+        """A WebUI export's README, from a :class:`.readme.ExportReadme`."""
+        raise ConfigError(f"--format comfyui/a1111/kohya are not available for {self.name} runs; use --format diffusers")

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .sd import StableDiffusion, tokenize_with
+from ...single_file import SDXL
+from ..sd import StableDiffusion, builtin_lines, tokenize_with
+from ..sd import exports as sd_exports
+from . import exports
+from .tiny import TINY_SDXL_MODEL_ID, TINY_SDXL_RESOLUTION
+
+LOW_VRAM_LORA_RANK = 4  # diffusers' SDXL DreamBooth-LoRA default; its quality here is not measured yet
 
 
 @dataclass
@@ -82,6 +88,53 @@ class StableDiffusionXL(StableDiffusion):
         return {"tokenizer": components.tokenizer, "tokenizer_2": components.tokenizer_2,
                 "text_encoder": components.text_encoder, "text_encoder_2": components.text_encoder_2,
                 "unet": components.unet, "vae": components.vae, "scheduler": components.scheduler}
+
+    builtin_models = {TINY_SDXL_MODEL_ID: TINY_SDXL_RESOLUTION}
+    single_file_layouts = (SDXL,)
+
+    def single_file_resolution(self, layout: str, prediction_type: str) -> int:
+        return 1024
+
+    random_models = ("random:sdxl-base",)
+
+    def build_random(self, model: str) -> dict:
+        from .tiny import SDXL_BASE_SHAPE, build_sdxl_components
+
+        return build_sdxl_components(SDXL_BASE_SHAPE, prediction_type="epsilon", sample_size=128)
+
+    def build_builtin(self, model: str, prediction_type: str | None) -> dict:
+        from .tiny import build_tiny_sdxl_components
+
+        return build_tiny_sdxl_components(prediction_type=prediction_type or "epsilon")
+
+    def builtin_pipeline_lines(self, model: str, pipeline: str, prediction_type: str | None) -> tuple[list[str], list[str]]:
+        return builtin_lines(model, pipeline, "tiny_sdxl", "build_tiny_sdxl_components", prediction_type,
+                             "add_watermarker=False")
+
+    def low_vram_plan(self, generic, device_type, bf16_supported, bitsandbytes_available) -> tuple[dict, list[str]]:
+        """SDXL's budget is a 16 GB GPU, which no full phase 2 fits (``training.memory_estimate``: 25.7 GiB before
+        activations even with the generic plan's choices, 49.6 GiB in fp32), so LoRA on the UNet
+        (:data:`LOW_VRAM_LORA_RANK`) joins them; the text encoders then stay frozen. Not yet measured on a GPU
+        (``GPU_GROUPS=sdxl benchmarks/gpu.sh`` does)."""
+        options, notes = generic
+        return {**options, "lora_rank": LOW_VRAM_LORA_RANK}, [
+            *notes, f"SDXL: LoRA rank {LOW_VRAM_LORA_RANK} on the UNet in phase 2 (a full SDXL phase 2 holds over 25 GB "
+            "even in bf16 with 8-bit Adam)"]
+
+    def textual_inversion_readme(self, readme) -> str:
+        return exports.textual_inversion_readme(readme)
+
+    def webui_lora_state_dict(self, run, info, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        return sd_exports.webui_lora_state_dict(run, info, dtype, exports.TEXT_LORA_PREFIXES)
+
+    def kohya_base_model(self, text_width: int) -> dict[str, str]:
+        return {"ss_base_model_version": "sdxl_base_v1-0", "ss_v2": "False"}
+
+    def checkpoint_layout(self, pipe) -> str:
+        return "sdxl"  # CLIP ViT-L and OpenCLIP ViT-bigG under conditioner.embedders (ldm_layout)
+
+    def webui_readme(self, readme) -> str:
+        return sd_exports.webui_readme(readme, "`lora_te1_*`, `lora_te2_*`", exports.embedding_lines)
 
 
 STABLE_DIFFUSION_XL = StableDiffusionXL()

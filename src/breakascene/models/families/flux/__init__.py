@@ -12,19 +12,23 @@ What differs from the UNet families, each as diffusers' ``FluxPipeline`` and its
 * flow matching: ``x_t = (1 - sigma) x_0 + sigma * noise`` with the model predicting ``noise - x_0``;
 * the dev model's guidance embedding gets 1.0 in training (:data:`TRAINING_GUIDANCE`);
 * the attention maps are the image-to-text part of joint attention in the later dual-stream blocks
-  (:mod:`.flux_attention`), on the packed grid: latent/2 (:attr:`Flux.attention_divisor`).
+  (:mod:`.attention`), on the packed grid: latent/2 (:attr:`Flux.attention_divisor`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 
-from ...errors import ConfigError
-from . import ModelFamily
-from .flux_attention import install_flux_capture, remove_flux_capture
-from .sd import StableDiffusion, tokenize_with
+from ....errors import ConfigError
+from .. import ModelFamily
+from . import exports
+from .attention import install_flux_capture, remove_flux_capture
+from .memory import low_vram_plan
+from .tiny import TINY_FLUX_MODEL_ID, TINY_FLUX_RESOLUTION
+from ..sd import StableDiffusion, tokenize_with
 
 T5_MAX_LENGTH = 512  # FluxPipeline's max_sequence_length, for dev and schnell alike: training and sampling agree
 # The dev model's distilled guidance in training: 1.0, as ai-toolkit and kohya's sd-scripts train FLUX.1-dev and as
@@ -33,6 +37,7 @@ TRAINING_GUIDANCE = 1.0
 DEFAULT_LORA_RANK = 16  # extract's phase 2 on FLUX unless --lora-rank is given (ai-toolkit's FLUX default)
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 T5_LORA_TARGETS = ["q", "k", "v", "o"]  # T5's attention projections
+RANDOM_MODEL = re.compile(r"random:flux-dev(?:-(\d+)d(\d+)s(?:(\d+)t)?)?")  # bench's FLUX.1-dev at any depth
 
 
 def check_flux_prediction_type(requested: str | None) -> None:
@@ -200,6 +205,91 @@ class Flux(ModelFamily):
         return {"tokenizer": components.tokenizer, "text_encoder": components.text_encoder,
                 "tokenizer_2": components.tokenizer_2, "text_encoder_2": components.text_encoder_2,
                 "transformer": components.unet, "vae": components.vae, "scheduler": components.scheduler}
+
+    builtin_models = {TINY_FLUX_MODEL_ID: TINY_FLUX_RESOLUTION}
+    # FLUX.1-dev's width at any depth (the full model does not fit 24 GB of RAM): 19 dual-stream, 38 single-stream
+    # blocks and 24 T5 layers, or random:flux-dev-<D>d<S>s[<T>t], e.g. random:flux-dev-1d1s2t
+    random_models = ("random:flux-dev", "random:flux-dev-<D>d<S>s[<T>t]")
+
+    def has_random_model(self, model: str) -> bool:
+        return RANDOM_MODEL.fullmatch(model) is not None
+
+    def build_random(self, model: str) -> dict:
+        from .tiny import build_flux_components, flux_dev_shape
+
+        dual, single, t5 = (int(n) if n is not None else None for n in RANDOM_MODEL.fullmatch(model).groups())
+        return denoiser_as_unet(build_flux_components(flux_dev_shape(dual, single, t5)))
+    training_defaults = {"lora_rank": DEFAULT_LORA_RANK}
+    training_defaults_note = (f"FLUX.1: phase 2 trains LoRA rank {DEFAULT_LORA_RANK} on the transformer's attention "
+                              "(--lora-rank 0: the whole 12 B-parameter transformer, which needs far more memory)")
+
+    def build_builtin(self, model: str, prediction_type: str | None) -> dict:
+        from .tiny import build_tiny_flux_components
+
+        self.check_prediction_type(prediction_type)
+        parts = build_tiny_flux_components()
+        return denoiser_as_unet(parts)
+
+    def builtin_pipeline_lines(self, model: str, pipeline: str, prediction_type: str | None) -> tuple[list[str], list[str]]:
+        return [f"from diffusers import {pipeline}", "from breakascene.models.tiny_flux import build_tiny_flux_components"], [
+            f"# {model} is built in code with random weights (it is not on the Hub): the same base model again",
+            f"pipe = {pipeline}(**build_tiny_flux_components())",
+        ]
+
+    def check_prediction_type(self, requested: str | None) -> None:
+        check_flux_prediction_type(requested)
+
+    def low_vram_plan(self, generic, device_type, bf16_supported, bitsandbytes_available) -> tuple[dict, list[str]]:
+        """FLUX.1's budget is a 24 GB GPU, and its plan its own (:func:`.memory.low_vram_plan`)."""
+        return low_vram_plan(device_type, bf16_supported, bitsandbytes_available, DEFAULT_LORA_RANK)
+
+    def run_sampling_defaults(self, where: str) -> tuple[int, float]:
+        """Whether ``where`` is dev or schnell, from its transformer config; dev's where that cannot be read."""
+        from diffusers import FluxTransformer2DModel
+
+        from ....hub import hub_options
+
+        try:
+            config = FluxTransformer2DModel.load_config(where, subfolder="transformer", **hub_options(where))
+        except (OSError, ValueError):  # a built-in base model, or a Hub id that is neither cached nor reachable
+            config = {}
+        return self.sampling_defaults(config)
+
+    def check_sampling_options(self, negative: str | None, scheduler: str) -> None:
+        if negative:
+            raise ConfigError("--negative does not apply to FLUX.1: its guidance is distilled into the model, there is "
+                              "no negative prompt; leave it out")
+        if scheduler != "default":
+            raise ConfigError(f"--scheduler {scheduler} does not apply to FLUX.1, a flow-matching model; leave it "
+                              "out (its own flow-matching Euler sampler)")
+
+    def check_export_format(self, format: str, lora_run: bool) -> None:
+        exports.check_export_format(format, lora_run)
+
+    def textual_inversion_key(self, token: str) -> str:
+        return exports.TEXTUAL_INVERSION_KEY
+
+    def textual_inversion_readme(self, readme) -> str:
+        return exports.textual_inversion_readme(readme)
+
+    webui_embedding_key = exports.WEBUI_EMBEDDING_KEY
+
+    def kohya_base_model(self, text_width: int) -> dict[str, str]:
+        return {"ss_base_model_version": "flux1"}  # kohya sd-scripts' FLUX.1 LoRAs
+
+    def webui_lora_state_dict(self, run, info, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        return exports.lora_state_dict(run, info, dtype)
+
+    def webui_readme(self, readme) -> str:
+        where = str(readme.run) if readme.info.lora is None else readme.info.base_model
+        return exports.webui_readme(readme, self.run_sampling_defaults(where)[1])
+
+
+def denoiser_as_unet(parts: dict) -> dict:
+    """A pipeline's parts with the transformer under ``unet``, where Components keeps the denoiser."""
+    parts = dict(parts)
+    parts["unet"] = parts.pop("transformer")
+    return parts
 
 
 FLUX = Flux()
