@@ -165,7 +165,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.slow  # two tiny extractions in processes of their own (about 20 s): `make test-slow`
+@pytest.mark.slow  # two tiny extractions, each in a process of its own: `make test-slow`
 def test_extract_killed_in_the_middle_of_a_checkpoint_save_resumes(scene_dir, tmp_path):
     out = tmp_path / "run"
     steps = ["--phase1-steps", "4", "--phase2-steps", "2", "--checkpoint-every", "2"]

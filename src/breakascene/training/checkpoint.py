@@ -58,8 +58,10 @@ def save_checkpoint(
 ) -> None:
     """Replaces the checkpoint in ``folder`` with one of the given tensors and JSON-able ``state``, atomically:
     a crash at any instant leaves the old checkpoint or the new one."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in trainable.items()}
+
     def write_files(files: Path) -> None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(files / "trainable.safetensors"))
+        save_file(tensors, str(files / "trainable.safetensors"))
         save_file(_optimizer_tensors(optimizer), str(files / "optimizer.safetensors"))
         save_file({k: g.get_state() for k, g in generators.items()}, str(files / "rng.safetensors"))
 
