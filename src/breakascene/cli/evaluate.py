@@ -74,9 +74,10 @@ def add_run_parser(sub) -> None:
     r.add_argument("--seed", type=int, default=0, help="training seed; image i of a prompt uses seed+i (default: 0)")
     r.add_argument("--templates", type=int, help="use only the first N of the 10 templates (default: all)")
     r.add_argument("--images-per-prompt", type=int, default=1, help="(default: 1)")
-    r.add_argument("--steps", type=int, default=SD_STEPS, help=f"sampling steps (default: {SD_STEPS})")
-    r.add_argument("--guidance", type=finite_float, default=SD_GUIDANCE,
-                   help=f"classifier-free guidance (default: {SD_GUIDANCE})")
+    r.add_argument("--steps", type=int, help=f"sampling steps (default: the model family's, as for generate: "
+                   f"{SD_STEPS} for SD and SDXL, the paper's protocol; 28 for FLUX.1-dev, 4 for schnell)")
+    r.add_argument("--guidance", type=finite_float, help=f"classifier-free guidance (default: the model family's: "
+                   f"{SD_GUIDANCE} for SD and SDXL; 3.5 for FLUX.1-dev, 0 for schnell)")
     r.add_argument("--scheduler", default="default", metavar="{default,ddim,dpm}", help="sampler (default: the run's)")
     r.add_argument("--prompts-per-batch", type=int, default=10, help="prompts per generation work item (default: 10)")
     r.add_argument("--collection-size", type=int, default=10, help="baselines: images in the Fig. 6 collection (default: 10)")

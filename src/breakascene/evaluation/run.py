@@ -2,11 +2,13 @@
 
 Results of one method and one set of settings live in ``<out>/<method>-<hash>/``, where ``hash`` is
 :func:`settings_hash` of everything that changes what is trained or generated (method, the resolved
-``ExtractConfig``, generation settings, templates, batch size). Other settings give another folder, so results
-of different configs never mix; the same settings find the same folder and continue it::
+``ExtractConfig``, generation settings with the sampling steps and guidance used, templates, batch size). Other
+settings give another folder, so results of different configs never mix; the same settings find the same folder
+and continue it::
 
     results/ours-1a2b3c4d5e/
-      config.json                   method, hash, settings, the resolved ExtractConfig
+      config.json                   method, hash, settings (with the sampling steps and guidance used), the
+                                    resolved ExtractConfig
       coco-000000000139/
         scene.json                  classes, handles, the scene files' fingerprint
         run/                        the trained run folder (written by recipe.extract: appears only when finished)
@@ -37,7 +39,7 @@ from ..run_folder import check_clear_of_inputs
 from .common import config_hash, files_fingerprint, write_json_atomic
 from .methods import METHODS, Method, TrainRequest, extract_config, get_method, training_loss
 from .prompts import PromptItem, choose_templates, prompt_set
-from .settings import EvalSettings
+from .settings import EvalSettings, with_sampling_defaults
 
 RESULTS_FORMAT = "break-a-scene eval results"
 CONFIG_FILE = "config.json"
@@ -59,6 +61,7 @@ def settings_hash(settings: EvalSettings, config: ExtractConfig) -> tuple[str, d
 
 
 def results_folder(out: Path, settings: EvalSettings) -> Path:
+    settings = with_sampling_defaults(settings)
     method = get_method(settings.method)
     digest, _ = settings_hash(settings, extract_config(settings, method))
     return Path(out) / f"{method.name}-{digest}"
@@ -237,6 +240,7 @@ def run_eval(
             changed under finished results.
     """
     settings.validate()
+    settings = with_sampling_defaults(settings)  # the numbers used go into the hash and config.json
     method = get_method(settings.method)
     if state is None:
         from accelerate import PartialState

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import DEFAULT_MODEL
 from ..errors import ConfigError
 from ..inference.options import SD_GUIDANCE, SD_STEPS
 from .collection import DEFAULT_COLLECTION_SIZE
 from .prompts import choose_templates
-
 
 
 @dataclass
@@ -26,8 +28,8 @@ class EvalSettings:
     seed: int = 0  # training seed of every scene; image i of every prompt uses seed + i
     templates: int | None = None  # the first N of the 10 templates; None: all
     images_per_prompt: int = 1
-    steps: int = SD_STEPS  # sampling steps (the evaluation is the paper's, on SD)
-    guidance: float = SD_GUIDANCE
+    steps: int | None = None  # sampling steps; None: the model family's (50 for SD and SDXL: the paper's protocol)
+    guidance: float | None = None  # None: the model family's (7.5 for SD and SDXL)
     scheduler: str = "default"
     prompts_per_batch: int = 10  # prompts in one generation work item
     collection_size: int = DEFAULT_COLLECTION_SIZE  # baselines: images in the Fig. 6 collection
@@ -36,10 +38,58 @@ class EvalSettings:
 
     def validate(self) -> None:
         for name in ("images_per_prompt", "steps", "prompts_per_batch", "collection_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         choose_templates(self.templates)
         from ..inference.pipeline import SCHEDULERS
 
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown --scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def with_sampling_defaults(settings: EvalSettings) -> EvalSettings:
+    """``settings`` with ``steps`` and ``guidance`` that are None set to what ``generate`` samples a run of
+    ``settings.model`` with: its family's defaults (:func:`model_sampling_defaults`), so that the results' hash
+    and ``config.json`` hold the numbers actually used. A model whose family cannot be told without loading it
+    gets the paper's protocol (50 steps, guidance 7.5), as ``--resolution`` gets the paper's 512: loading it will
+    then say what is wrong with it."""
+    if settings.steps is not None and settings.guidance is not None:
+        return settings
+    steps, guidance = model_sampling_defaults(settings.model) or (SD_STEPS, SD_GUIDANCE)
+    return dataclasses.replace(settings, steps=steps if settings.steps is None else settings.steps,
+                               guidance=guidance if settings.guidance is None else settings.guidance)
+
+
+def model_sampling_defaults(model: str) -> tuple[int, float] | None:
+    """(steps, guidance) that ``generate`` uses for a run trained from ``model``: its family's
+    ``sampling_defaults`` for its denoiser's config (50 and 7.5 for SD and SDXL; 28 and 3.5 for FLUX.1-dev, 4 and
+    0 for schnell), told without loading weights. The config is read from a folder, or from a Hub id's repo (the
+    cache when the Hub cannot be reached); a built-in model or a single file gets the family's defaults for an
+    unknown config. None when the family cannot be told (:func:`~breakascene.models.loading.model_family`)."""
+    from ..models.loading import model_family
+
+    family = model_family(model)
+    if family is None:
+        return None
+    return family.sampling_defaults(_denoiser_config(model, family.denoiser_name))
+
+
+def _denoiser_config(model: str, denoiser_name: str) -> dict:
+    """``<denoiser_name>/config.json`` of a diffusers folder or Hub repo; {} for anything else or unreadable."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from ..hub import hub_options, is_hub_id
+
+    path = Path(model).expanduser()
+    try:
+        if path.is_dir():
+            file = path / denoiser_name / "config.json"
+        elif is_hub_id(model):
+            file = Path(hf_hub_download(model, f"{denoiser_name}/config.json", **hub_options(model)))
+        else:
+            return {}
+        config = json.loads(file.read_text())
+    except (OSError, ValueError, EntryNotFoundError):  # no such file, offline and not cached, not JSON
+        return {}
+    return config if isinstance(config, dict) else {}
