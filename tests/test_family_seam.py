@@ -74,3 +74,14 @@ def test_every_family_is_found_by_its_built_in_model_and_pipeline_class():
     for family in FAMILIES:
         assert family.builtin_models and all(family_of_builtin(m) is family for m in family.builtin_models)
         assert all(family_of_pipeline_class(name) is family for name in family.pipeline_names)
+
+
+def test_bench_help_names_every_family_s_random_architectures():
+    # The help is written out (building the parser must not import the families' libraries); this keeps it whole.
+    from breakascene.bench.models import random_model_family, random_model_names
+    from helpers.cli import run_cli
+
+    code, out, _ = run_cli(["bench", "--help"])
+    help_text = " ".join(out.split())
+    assert code == 0 and all(name in help_text for name in random_model_names())
+    assert all(random_model_family(name) is not None for name in random_model_names() if "<" not in name)

@@ -33,7 +33,9 @@ def flux() -> Components:
 
 
 def flux_config(**overrides):
-    return tiny_config(model=TINY_FLUX_MODEL_ID, **overrides)
+    """A tiny FLUX run's config: a full phase 2 unless ``overrides`` say otherwise (extract's default on FLUX is
+    LoRA 16, ModelFamily.training_defaults: tests/test_family_seam.py)."""
+    return tiny_config(model=TINY_FLUX_MODEL_ID, **{"lora_rank": 0, **overrides})
 
 
 def test_builtin_tiny_flux_loads_as_the_flux_family_at_its_native_size():

@@ -8,7 +8,7 @@ DEFAULT_BENCH_MODEL = "random:sd2.1-base"
 
 
 def random_model_names() -> list[str]:
-    """Every family's ``random:`` architectures, as ``--help`` lists them."""
+    """Every family's ``random:`` architectures (``bench --help`` names them; a test checks that it names all)."""
     from ..models.families.registry import FAMILIES
 
     return [name for family in FAMILIES for name in family.random_models]

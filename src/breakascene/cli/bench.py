@@ -12,7 +12,7 @@ from .shared import MEMORY_FIELDS, common_options, memory_options
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    from ..bench.models import DEFAULT_BENCH_MODEL, random_model_names
+    from ..bench.models import DEFAULT_BENCH_MODEL
     from ..bench.timing import OPTIONS
 
     p = subparsers.add_parser(
@@ -30,7 +30,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         "  break-a-scene bench --model builtin:tiny --resolution 128 --steps 1 --json   # a quick self-test",
     )
     p.add_argument("--model", default=DEFAULT_BENCH_MODEL, metavar="ID_OR_DIR",
-                   help=f"{', '.join(random_model_names())} (random weights; random:flux-dev-<D>d<S>s[<T>t] is FLUX.1-dev's "
+                   help="a model family's full-size architecture with random weights (ModelFamily.random_models: "
+                   "random:sd2.1-base, random:sd2.1, random:sdxl-base, random:flux-dev; random:flux-dev-<D>d<S>s[<T>t] is FLUX.1-dev's "
                    "width with D dual-stream, S single-stream blocks and T T5 layers), builtin:tiny, "
                    "or a real model like extract's "
                    f"--model (default: {DEFAULT_BENCH_MODEL})")
