@@ -7,13 +7,6 @@ from __future__ import annotations
 DEFAULT_BENCH_MODEL = "random:sd2.1-base"
 
 
-def random_model_names() -> list[str]:
-    """Every family's ``random:`` architectures (``bench --help`` names them; a test checks that it names all)."""
-    from ..models.families.registry import FAMILIES
-
-    return [name for family in FAMILIES for name in family.random_models]
-
-
 def random_model_family(model: str):
     """The ``ModelFamily`` of a ``random:`` model, or None for any other model (told from the model)."""
     from ..models.families.registry import FAMILIES

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..config import DEFAULT_MODEL
 from ..errors import ConfigError
@@ -69,27 +67,4 @@ def model_sampling_defaults(model: str) -> tuple[int, float] | None:
     from ..models.loading import model_family
 
     family = model_family(model)
-    if family is None:
-        return None
-    return family.sampling_defaults(_denoiser_config(model, family.denoiser_name))
-
-
-def _denoiser_config(model: str, denoiser_name: str) -> dict:
-    """``<denoiser_name>/config.json`` of a diffusers folder or Hub repo; {} for anything else or unreadable."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    from ..hub import hub_options, is_hub_id
-
-    path = Path(model).expanduser()
-    try:
-        if path.is_dir():
-            file = path / denoiser_name / "config.json"
-        elif is_hub_id(model):
-            file = Path(hf_hub_download(model, f"{denoiser_name}/config.json", **hub_options(model)))
-        else:
-            return {}
-        config = json.loads(file.read_text())
-    except (OSError, ValueError, EntryNotFoundError):  # no such file, offline and not cached, not JSON
-        return {}
-    return config if isinstance(config, dict) else {}
+    return family.run_sampling_defaults(model) if family is not None else None

@@ -38,20 +38,13 @@ from ..errors import ConfigError, RunError
 from ..handles import load_handles
 from ..run_folder import HANDLES_FILE, SCENE_FILE, check_clear_of_inputs, written_atomically
 from ..run_info import RunInfo
-from ..models.families.readme import ExportReadme, python_literal
+from ..models.families.readme import python_literal
 from ..models.families.registry import family_of_run
-from .loading_code import base_pipeline_lines, single_file_config
+from .loading_code import export_readme
 from .webui import WEBUI_FORMATS, export_name, write_webui
 
 FORMATS = ("textual-inversion", "diffusers", "comfyui", "a1111", "kohya")
 WEIGHT_FORMATS = ("diffusers", "comfyui", "a1111", "kohya")  # the ones --fp16 applies to
-
-def _readme_facts(info: RunInfo, run: Path, location: Path, tokens: list[str], files: list[str]) -> ExportReadme:
-    """What the run's family writes an export's README from (``run`` and ``location`` absolute)."""
-    imports, lines = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
-    return ExportReadme(info=info, run=run, location=location, tokens=tokens, files=files, base_imports=imports,
-                        base_lines=lines, single_file_config=single_file_config(info.base_model, info.prediction_type))
-
 
 def _diffusers_readme(tokens: list[str], fp16: bool, location: Path, repo_id: str | None = None,
                       pipeline: str = "StableDiffusionPipeline") -> str:
@@ -163,7 +156,7 @@ def _write_textual_inversion(
         save_file(file_tensors, str(folder / name))
     shutil.copyfile(run / HANDLES_FILE, folder / HANDLES_FILE)
     (folder / "tokens.txt").write_text("\n".join(tokens) + "\n")
-    facts = _readme_facts(info, Path(os.path.abspath(run)), location, tokens, files)
+    facts = export_readme(info, Path(os.path.abspath(run)), location, tokens, files)
     (folder / "README.md").write_text(family.textual_inversion_readme(facts))
 
 

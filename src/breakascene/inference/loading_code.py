@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..models.families.readme import python_literal
+from ..models.families.readme import ExportReadme, python_literal
+from ..run_info import RunInfo
 
 
 def base_pipeline_lines(base_model: str, prediction_type: str | None = None,
@@ -93,3 +94,13 @@ def single_file_config(base_model: str, prediction_type: str | None = None) -> s
         except ConfigError:
             pass
     return python_literal(str(path.resolve()) if path.exists() else base_model)
+
+
+def export_readme(info: RunInfo, run: Path, location: Path, tokens: list[str], files: list[str],
+                  **webui) -> ExportReadme:
+    """What the run's family writes an export's README from: the base model's loading code for ``info``, with
+    ``run`` and ``location`` (absolute) and, for a WebUI export, ``webui``'s fields of :class:`ExportReadme`."""
+    imports, lines = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
+    return ExportReadme(info=info, run=run, location=location, tokens=tokens, files=files, base_imports=imports,
+                        base_lines=lines, single_file_config=single_file_config(info.base_model, info.prediction_type),
+                        **webui)

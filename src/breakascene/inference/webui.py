@@ -32,9 +32,8 @@ import torch
 
 from ..errors import ConfigError, RunError
 from ..run_info import RunInfo
-from ..models.families.readme import ExportReadme
 from ..models.families.registry import family_of_run
-from .loading_code import base_pipeline_lines, single_file_config
+from .loading_code import export_readme
 
 WEBUI_FORMATS = ("comfyui", "a1111", "kohya")
 
@@ -138,10 +137,7 @@ def write_webui(run: Path, info: RunInfo, folder: Path, tokens: list[str], vecto
     for token, file_tensors in zip(tokens, tensors):
         save_file(file_tensors, str(places["embedding"] / f"{triggers[token]}.safetensors"))
     here = {k: ("" if sub == "." else f"{sub}/") for k, sub in FOLDERS[format].items()}
-    imports, lines = base_pipeline_lines(info.base_model, info.prediction_type, info.pipeline, info.vae)
-    facts = ExportReadme(info=info, run=Path(os.path.abspath(run)), location=location, tokens=tokens,
-                         files=[f"{here['embedding']}{word}.safetensors" for word in triggers.values()],
-                         base_imports=imports, base_lines=lines,
-                         single_file_config=single_file_config(info.base_model, info.prediction_type),
-                         format=format, kind=kind, name=name, triggers=triggers, here=here, folders=FOLDERS)
+    facts = export_readme(info, Path(os.path.abspath(run)), location, tokens,
+                          [f"{here['embedding']}{word}.safetensors" for word in triggers.values()],
+                          format=format, kind=kind, name=name, triggers=triggers, here=here, folders=FOLDERS)
     (folder / "README.md").write_text(family.webui_readme(facts))

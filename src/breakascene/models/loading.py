@@ -287,8 +287,9 @@ def model_family(model: str) -> ModelFamily | None:
     cannot be told (no such model, offline and not cached, damaged): loading it will say what is wrong."""
     if model == SHAPES_MODEL_ID:
         return DEFAULT_FAMILY
-    if family_of_builtin(model) is not None:
-        return family_of_builtin(model)
+    builtin = family_of_builtin(model)
+    if builtin is not None:
+        return builtin
     path = Path(model).expanduser()
     try:
         if path.is_file():
