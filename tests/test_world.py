@@ -281,7 +281,7 @@ def test_world_train_weights_the_noisiest_steps_like_a_clean_latent_loss():
     from diffusers.training_utils import compute_snr
 
     from breakascene.models.shapes import SCHEDULE
-    from breakascene.world.train import snr_weights
+    from breakascene.world.loss_weights import snr_weights
 
     scheduler = DDPMScheduler(**SCHEDULE)
     timesteps = torch.tensor([10, 300, 600, 900, 990])
@@ -301,7 +301,8 @@ def test_world_train_weights_the_noisiest_steps_like_a_clean_latent_loss():
 
 
 def test_object_weights_cover_every_object_pixel_and_average_one():
-    from breakascene.world.train import WorldTrainConfig, batch_rng, draw_training_scene, object_boxes, object_pixel_weights
+    from breakascene.world.loss_weights import object_boxes, object_pixel_weights
+    from breakascene.world.train import WorldTrainConfig, batch_rng, draw_training_scene
 
     rng, _ = batch_rng(WorldTrainConfig(), 2, 0)
     scenes = [draw_training_scene(rng, textured=False) for _ in range(8)]
@@ -316,3 +317,70 @@ def test_object_weights_cover_every_object_pixel_and_average_one():
     pooled = torch.nn.functional.avg_pool2d(boxes, 2)  # the latent grid
     ratios = [weights[i][pooled[i] == 1].min() / weights[i][pooled[i] == 0].max() for i in range(8)]
     assert torch.allclose(torch.stack(ratios), torch.tensor(5.0))
+
+
+def test_training_scenes_follow_the_configured_count_sizes_and_caption_order():
+    from breakascene.world.train import WorldTrainConfig, draw_training_scene
+
+    config = WorldTrainConfig(max_objects=2, object_sizes=((30, 34), (20, 22), (15, 16)), ordered_captions=True)
+    rng = np.random.default_rng(0)
+    counts = set()
+    for _ in range(60):
+        scene = draw_training_scene(rng, False, config=config)
+        counts.add(len(scene.objects))
+        low, high = config.object_sizes[len(scene.objects) - 1]
+        assert all(low <= o.size <= high for o in scene.objects)
+        text = training_caption(scene, rng, ordered=True)
+        parts = text.removeprefix("a photo of ").split(" on a ")[0].split(" and ")
+        assert len(parts) == len(scene.objects)
+        for part, o in zip(parts, scene.objects):  # left to right, as the scene sorts its objects
+            assert part.split(" ", 1)[1] in (o.shape, f"{o.colour} object", f"{o.colour} {o.shape}"), text
+    assert counts == {1, 2}
+
+
+class DrawingPipeline:
+    """Stands in for a model in the checks' tests: draws each prompt's objects exactly, or with the shapes
+    swapped between them, so that what the check counts is known."""
+
+    def __init__(self, swap_shapes: bool):
+        self.swap_shapes = swap_shapes
+
+    def __call__(self, prompts, generator, **_):
+        words = prompts[0].split()
+        colours = [w for w in words if w in COLOURS]
+        shapes = [w for w in words if w in SHAPES]
+        if self.swap_shapes:
+            shapes = shapes[::-1]
+        background = words[words.index("background") - 1]
+        from breakascene.shapes_world import WorldObject
+
+        objects = tuple(WorldObject(c, s, SOLID, 16.0 + 32 * i, 30.0, 24.0) for i, (c, s) in enumerate(zip(colours, shapes)))
+        scene = WorldScene(background, ((200, 200, 200), (70, 70, 70)), (0, 0), objects)
+        image = np.asarray(render(scene)[0], np.float32) / 255
+        return type("Output", (), {"images": [image] * len(prompts)})()
+
+
+def test_the_two_object_check_counts_pictures_where_both_pairs_are_drawn():
+    from breakascene.world.check import TWO_OBJECT_PROMPTS, two_object_check
+
+    right = two_object_check(DrawingPipeline(swap_shapes=False), images_per_prompt=1)
+    assert (right.count, right.colours, right.pairs, right.images) == (1.0, 1.0, 1.0, len(TWO_OBJECT_PROMPTS))
+    swapped = two_object_check(DrawingPipeline(swap_shapes=True), images_per_prompt=1)
+    assert (swapped.count, swapped.colours, swapped.pairs) == (1.0, 1.0, 0.0)
+
+
+def test_world_train_can_keep_the_text_encoder_as_initialised_and_train_under_bf16(tmp_path):
+    from safetensors.torch import load_file
+
+    from breakascene.world import train
+
+    config = train.WorldTrainConfig(**{**TINY_TRAINING, "one_object_steps": 0}, train_text_encoder=False,
+                                    mixed_precision="bf16")
+    pipeline = train.train_world_model(tmp_path / "frozen", config, log=lambda *_: None)
+    initial = train.build_world_components(config)
+    saved = load_file(pipeline / "text_encoder" / "model.safetensors")
+    start = {k: v.to(torch.float16).float() for k, v in initial["text_encoder"].state_dict().items()}
+    assert all(torch.equal(saved[k], start[k]) for k in saved)  # only fp16 rounding, as every saved weight
+    unet = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    start_unet = initial["unet"].state_dict()
+    assert any(not torch.equal(unet[k].float(), start_unet[k].to(torch.float16).float()) for k in unet)

@@ -41,6 +41,9 @@ TEMPLATE_WORDS = ("a", "an", "photo", "of", "and", "on", "background", GENERIC_O
 WORDS = (*TEMPLATE_WORDS, *COLOURS, *SHAPES, *BACKGROUNDS)
 """Every word of every caption: the tokenizer of ``builtin:shapes`` has a whole-word token for each."""
 
+OBJECT_SIZES = {1: (22, 32), 2: (18, 27), 3: (15, 21)}
+"""Bounding-box side of each object, drawn uniformly in ``(low, high)`` pixels at :data:`SIZE`, by object count."""
+
 _SUPERSAMPLE = 4  # drawn this many times larger, then box-filtered down: clean edges
 
 
@@ -79,6 +82,7 @@ def random_scene(
     textured: bool = False,
     background: str | None = None,
     distinct_shapes: bool = False,
+    object_sizes: dict | None = None,
 ) -> WorldScene:
     """Draws a scene: 1-3 objects of distinct colours, placed without overlap.
 
@@ -87,6 +91,7 @@ def random_scene(
         textured: every object carries a texture from :data:`TEXTURES` (distinct within the scene); else all solid.
         background: one of :data:`BACKGROUNDS`; None: drawn uniformly.
         distinct_shapes: no two objects share a shape (the benchmark's scenes, so that each is told apart).
+        object_sizes: ``{count: (low, high)}`` object sides in pixels; None: :data:`OBJECT_SIZES`.
     """
     count = int(num_objects or rng.integers(1, 4))
     background = background or str(rng.choice(BACKGROUNDS))
@@ -99,7 +104,7 @@ def random_scene(
     colours = rng.permutation(list(COLOURS))[:count]
     shapes = rng.permutation(SHAPES)[:count] if distinct_shapes else rng.choice(SHAPES, count)
     textures = rng.permutation(TEXTURES)[:count] if textured else [SOLID] * count
-    low, high = {1: (22, 32), 2: (18, 27), 3: (15, 21)}[count]
+    low, high = (object_sizes or OBJECT_SIZES)[count]
     for _ in range(1000):
         sizes = rng.uniform(low, high, count)
         centres = [rng.uniform(s / 2 + 2, SIZE - s / 2 - 2, 2) for s in sizes]

@@ -172,7 +172,7 @@ def run_check(args) -> int:
     from diffusers import StableDiffusionPipeline
 
     from ..models.loading import shapes_folder
-    from ..world.check import judge_accuracy, knowledge_check
+    from ..world.check import judge_accuracy, knowledge_check, two_object_check
 
     if args.judge_scenes < 1 or args.images_per_prompt < 1 or args.steps < 1:
         from ..errors import ConfigError
@@ -187,6 +187,9 @@ def run_check(args) -> int:
     result = knowledge_check(pipe, images_per_prompt=args.images_per_prompt, steps=args.steps,
                              guidance=args.guidance, seed=args.seed)
     print("model on held-out prompts: " + result.lines()[0])
+    pairs = two_object_check(pipe, images_per_prompt=args.images_per_prompt, steps=args.steps,
+                             guidance=args.guidance, seed=args.seed)
+    print("model on two-object prompts: " + pairs.lines()[0])
     return 0
 
 

@@ -59,8 +59,15 @@ def build_shapes_tokenizer():
     raise AssertionError("the world's words do not become single tokens")
 
 
-def build_shapes_components(seed: int = 0) -> dict:
+def build_shapes_components(seed: int = 0, unet_channels: tuple = (32, 64, 96), unet_heads: tuple = (2, 4, 4),
+                            vae_channels: tuple = (16, 32), vae_attention: bool = True) -> dict:
     """The ``builtin:shapes`` architecture with fresh random weights (what ``world train`` starts from).
+
+    Args:
+        unet_channels: the UNet's width at its 32x32, 16x16 and 8x8 levels.
+        unet_heads: attention heads at each level.
+        vae_channels: the VAE's width at 64x64 and at 32x32.
+        vae_attention: whether the VAE's mid blocks hold self-attention (over all 1,024 latent pixels).
 
     Returns:
         ``tokenizer``, ``text_encoder``, ``unet``, ``vae`` and ``scheduler``, as ``StableDiffusionPipeline`` takes
@@ -85,9 +92,9 @@ def build_shapes_components(seed: int = 0) -> dict:
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3,
         up_block_types=("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(32, 64, 96),
+        block_out_channels=tuple(unet_channels),
         layers_per_block=1,
-        attention_head_dim=(2, 4, 4),  # diffusers' legacy name: these are head counts
+        attention_head_dim=tuple(unet_heads),  # diffusers' legacy name: these are head counts
         cross_attention_dim=64,
         only_cross_attention=(True, False, False),
         use_linear_projection=True,
@@ -99,10 +106,11 @@ def build_shapes_components(seed: int = 0) -> dict:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
+        block_out_channels=tuple(vae_channels),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
+        mid_block_add_attention=vae_attention,
         sample_size=SIZE,
         scaling_factor=1.0,
     )

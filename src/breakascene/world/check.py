@@ -5,6 +5,7 @@
 - :func:`knowledge_check`: whether ``builtin:shapes`` knows its world: on the held-out prompts (a colour, a shape
   and a background never drawn together in training), how often the judge finds the asked background, one
   object, and that object's colour and shape.
+- :func:`two_object_check`: on prompts that ask for two objects, how often both (colour, shape) pairs are there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import torch
 from ..shapes_world import caption, random_scene, render
 from . import judge
 from .train import HELD_OUT
+
+TWO_OBJECT_PROMPTS = (
+    (("red", "circle"), ("blue", "triangle"), "striped"), (("yellow", "square"), ("green", "circle"), "plain"),
+    (("green", "triangle"), ("red", "square"), "dotted"), (("blue", "circle"), ("yellow", "triangle"), "checkered"),
+    (("yellow", "circle"), ("red", "triangle"), "plain"), (("blue", "square"), ("green", "triangle"), "striped"),
+)
+"""((colour, shape), (colour, shape), background): two objects of distinct colours and shapes, named left to right."""
 
 
 @dataclass(frozen=True)
@@ -85,3 +93,39 @@ def knowledge_check(pipe, *, images_per_prompt: int = 8, steps: int = 25, guidan
     n = len(prompts) * images_per_prompt
     return Accuracy(scores["background"] / n, scores["count"] / n, scores["colour"] / n, scores["shape"] / n,
                     None, n, n)
+
+
+@dataclass(frozen=True)
+class PairAccuracy:
+    """Fractions in [0, 1] over ``images`` pictures of two-object prompts."""
+
+    background: float
+    count: float  # exactly two objects
+    colours: float  # both asked colours among the objects
+    pairs: float  # both asked (colour, shape) pairs among the objects
+    images: int
+
+    def lines(self) -> list[str]:
+        return [f"background {self.background:.0%}, two objects {self.count:.0%}, both colours {self.colours:.0%}, "
+                f"both (colour, shape) pairs {self.pairs:.0%} ({self.images} pictures)"]
+
+
+def two_object_check(pipe, *, images_per_prompt: int = 8, steps: int = 25, guidance: float = 4.0, seed: int = 0,
+                     prompts=TWO_OBJECT_PROMPTS) -> PairAccuracy:
+    """Generates ``images_per_prompt`` pictures of each two-object prompt and judges whether each asked
+    (colour, shape) pair is among the objects read (anywhere in the picture)."""
+    scores = {"background": 0, "count": 0, "colours": 0, "pairs": 0}
+    for i, (first, second, background) in enumerate(prompts):
+        prompt = caption([" ".join(first), " ".join(second)], background)
+        generator = torch.Generator().manual_seed(seed + 1000 + i)
+        images = pipe([prompt] * images_per_prompt, num_inference_steps=steps, guidance_scale=guidance,
+                      generator=generator, output_type="np").images
+        for image in images:
+            reading = judge.read((image * 255).round().astype(np.uint8))
+            seen = {(o.colour, o.shape) for o in reading.objects}
+            scores["background"] += reading.background == background
+            scores["count"] += len(reading.objects) == 2
+            scores["colours"] += {first[0], second[0]} <= {c for c, _ in seen}
+            scores["pairs"] += {first, second} <= seen
+    n = len(prompts) * images_per_prompt
+    return PairAccuracy(*(scores[k] / n for k in ("background", "count", "colours", "pairs")), n)

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from ..models.shapes import SCHEDULE, build_shapes_components
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from ..shapes_world import GENERIC_OBJECT, SIZE, WorldScene, caption, random_scene, render
+from .loss_weights import object_boxes, object_pixel_weights, snr_weights
+from ..shapes_world import GENERIC_OBJECT, WorldScene, caption, random_scene, render
 
 HELD_OUT = (
     ("yellow", "triangle", "checkered"), ("red", "square", "dotted"), ("green", "circle", "striped"),
@@ -59,6 +60,15 @@ class WorldTrainConfig:
     one_object_steps: int = 0  # stage 3, on one-object scenes (0: none, the shipped weights; 500 tried)
     one_object_lr: float = 3e-4
     one_object_warmup: int = 50
+    max_objects: int = 3  # objects per training scene, drawn uniformly from 1 to this
+    object_sizes: tuple = ()  # ((low, high) for 1 object, for 2, for 3) in pixels; (): the world's OBJECT_SIZES
+    ordered_captions: bool = False  # objects named left to right (True) or in random order
+    unet_channels: tuple = (32, 64, 96)
+    unet_heads: tuple = (2, 4, 4)
+    vae_channels: tuple = (16, 32)
+    vae_attention: bool = True
+    train_text_encoder: bool = True  # False: it keeps its random initial weights, as SD keeps CLIP's
+    mixed_precision: str = "no"  # "bf16": the text encoder and UNet run under bf16 autocast (AMX CPUs, GPUs)
     checkpoint_every: int = 500
     sample_grids: bool = True  # a grid of the held-out prompts at every checkpoint (samples-NNNNN.png)
     threads: int = 2
@@ -66,20 +76,30 @@ class WorldTrainConfig:
     device: str = "cpu"  # "cuda": a few minutes on a GPU (random draws stay on the CPU, so a step draws the same)
 
 
-def draw_training_scene(rng: np.random.Generator, textured: bool, num_objects: int | None = None) -> WorldScene:
-    """A scene of the training stream (``num_objects`` None: 1-3): redrawn until no object of it is a
-    :data:`HELD_OUT` combination."""
+def build_world_components(config: WorldTrainConfig) -> dict:
+    """``builtin:shapes``' components with fresh random weights, in ``config``'s architecture."""
+    return build_shapes_components(config.seed, config.unet_channels, config.unet_heads, config.vae_channels,
+                                   config.vae_attention)
+
+
+def draw_training_scene(rng: np.random.Generator, textured: bool, num_objects: int | None = None,
+                        config: WorldTrainConfig = WorldTrainConfig()) -> WorldScene:
+    """A scene of the training stream (``num_objects`` None: 1 to ``config.max_objects``): redrawn until no
+    object of it is a :data:`HELD_OUT` combination."""
+    sizes = {i + 1: tuple(pair) for i, pair in enumerate(config.object_sizes)} or None
     while True:
-        scene = random_scene(rng, textured=textured, num_objects=num_objects)
+        count = num_objects or int(rng.integers(1, config.max_objects + 1))
+        scene = random_scene(rng, textured=textured, num_objects=count, object_sizes=sizes)
         if not any((o.colour, o.shape, scene.background) in HELD_OUT for o in scene.objects):
             return scene
 
 
-def training_caption(scene, rng: np.random.Generator) -> str:
-    """The scene's caption with the variations the model learns from: objects in random order; 10 % of them
-    without their colour, 10 % as "a <colour> object"; 10 % without the background."""
+def training_caption(scene, rng: np.random.Generator, ordered: bool = False) -> str:
+    """The scene's caption with the variations the model learns from: objects left to right (``ordered``) or
+    in random order; 10 % of them without their colour, 10 % as "a <colour> object"; 10 % without the
+    background."""
     described = []
-    for i in rng.permutation(len(scene.objects)):
+    for i in range(len(scene.objects)) if ordered else rng.permutation(len(scene.objects)):
         o, r = scene.objects[i], rng.random()
         described.append(o.shape if r < 0.1 else f"{o.colour} {GENERIC_OBJECT}" if r < 0.2 else f"{o.colour} {o.shape}")
     return caption(described, None if rng.random() < 0.1 else scene.background)
@@ -105,29 +125,17 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def object_boxes(scenes, margin: float = 2.0) -> torch.Tensor:
-    """(B, 1, 64, 64) float32: 1 on the pixels within ``margin`` pixels of an object's bounding box, else 0.
-
-    The box holds every pixel where a circle, a square and a triangle of that place and size differ.
-    """
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
-    boxes = np.zeros((len(scenes), 1, SIZE, SIZE), np.float32)
-    for i, scene in enumerate(scenes):
-        for o in scene.objects:
-            half = o.size / 2 + margin
-            boxes[i, 0] = np.maximum(boxes[i, 0], (np.abs(xx - o.cx) < half) & (np.abs(yy - o.cy) < half))
-    return torch.from_numpy(boxes)
-
-
 def training_batch(config: WorldTrainConfig, stage: int, step: int):
     """One step of one stage: the pictures (B, 3, 64, 64) in [-1, 1]; for the denoiser (stages 2 and 3) also
     their captions ("" for the empty ones) and :func:`object_boxes`, else None and None. The VAE's scenes carry
     textures half of the time; the denoiser's never, and hold one object in stage 3."""
     rng, _ = batch_rng(config, stage, step)
     if stage == 1:
-        return _images([draw_training_scene(rng, textured=rng.random() < 0.5) for _ in range(config.batch)]), None, None
-    scenes = [draw_training_scene(rng, False, 1 if stage == 3 else None) for _ in range(config.batch)]
-    captions = ["" if rng.random() < config.empty_caption else training_caption(s, rng) for s in scenes]
+        return _images([draw_training_scene(rng, rng.random() < 0.5, config=config)
+                        for _ in range(config.batch)]), None, None
+    scenes = [draw_training_scene(rng, False, 1 if stage == 3 else None, config) for _ in range(config.batch)]
+    captions = ["" if rng.random() < config.empty_caption else training_caption(s, rng, config.ordered_captions)
+                for s in scenes]
     return _images(scenes), captions, object_boxes(scenes)
 
 
@@ -174,7 +182,7 @@ def train_vae(vae, config: WorldTrainConfig, start: int, optimizer, on_step) -> 
 def latent_scale(vae, config: WorldTrainConfig, count: int = 256) -> float:
     """1 / std of the latents of ``count`` fresh scenes: the VAE's ``scaling_factor`` (as SD's 0.18215)."""
     rng = np.random.default_rng([config.seed, 9])
-    images = _images([draw_training_scene(rng, False) for _ in range(count)]).to(config.device)
+    images = _images([draw_training_scene(rng, False, config=config) for _ in range(count)]).to(config.device)
     latents = vae.encode(images).latent_dist.mean
     return float(1 / latents.std())
 
@@ -190,7 +198,8 @@ def train_denoiser(components: dict, config: WorldTrainConfig, stage: int, start
     noise_scheduler = DDPMScheduler(**SCHEDULE)
     scale = vae.config.scaling_factor
     params = [p for m in (text_encoder, unet) for p in m.parameters()]
-    text_encoder.train(), unet.train()
+    text_encoder.train(config.train_text_encoder).requires_grad_(config.train_text_encoder)
+    unet.train()
     for step, (images, captions, boxes) in enumerate(stage_batches(config, stage, start, total), start):
         _, gen = batch_rng(config, stage, step)
         with torch.no_grad():
@@ -202,7 +211,12 @@ def train_denoiser(components: dict, config: WorldTrainConfig, stage: int, start
         timesteps = timesteps.to(config.device)
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids.to(config.device)
-        prediction = unet(noise_scheduler.add_noise(latents, noise, timesteps), timesteps, text_encoder(ids)[0]).sample
+        with torch.autocast(torch.device(config.device).type, torch.bfloat16,
+                            enabled=config.mixed_precision == "bf16"):
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            with torch.set_grad_enabled(config.train_text_encoder):
+                states = text_encoder(ids)[0]
+            prediction = unet(noisy, timesteps, states).sample.float()
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
         weights = object_pixel_weights(boxes.to(config.device), config.object_weight)
         loss = ((F.mse_loss(prediction, target, reduction="none") * weights).mean(dim=(1, 2, 3))
@@ -215,31 +229,6 @@ def train_denoiser(components: dict, config: WorldTrainConfig, stage: int, start
         optimizer.step()
         ema.step(params)
         on_step(step, {"loss": loss.item()})
-
-
-def object_pixel_weights(boxes: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """(B, 1, 32, 32) latent-pixel weights of the loss, each picture's averaging 1: ``object_weight`` times more
-    on the objects' :func:`object_boxes` (B, 1, 64, 64) than on the background.
-
-    Why: a circle and a square of one size differ on 2-3 % of a picture's pixels, a stripe pattern covers all
-    of them, so under a uniform loss the shape words get a sliver of the gradient. Measured (docs/evaluation.md):
-    a weight of 5 draws the asked shape more often (34 % -> 45 %) and a stray second object more often too
-    (one object 75 % -> 65 %), so the shipped weights were trained without it (``object_weight`` 1).
-    """
-    weights = 1 + (object_weight - 1) * F.avg_pool2d(boxes, 2)  # the VAE halves
-    return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
-
-
-def snr_weights(snr: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Weights (B,) of the v-MSE that weight the error of the clean latent by ``min(snr, gamma) + 1``.
-
-    Min-SNR-gamma alone weights it by ``min(snr, gamma)``: about 0.03 at t = 900 of the cosine schedule, so the
-    noisiest steps, the only ones where the caption decides which background, colour and shape appear (later
-    the noisy latent shows them), hardly trained, and the model learned to denoise patterns without reading
-    their words. The ``+ 1`` gives those steps the weight of a plain x0 loss; v-MSE is ``(snr + 1)`` times the
-    x0 error, hence the division.
-    """
-    return (torch.clamp(snr, max=gamma) + 1) / (snr + 1)
 
 
 def _optimizer(params, lr: float) -> torch.optim.Optimizer:
@@ -317,7 +306,7 @@ def train_world_model(out: Path, config: WorldTrainConfig = WorldTrainConfig(), 
     from tqdm.auto import tqdm
 
     torch.set_num_threads(config.threads)
-    components = build_shapes_components(config.seed)
+    components = build_world_components(config)
     if init is not None and not has_checkpoint(out / "checkpoint"):
         load_init_pipeline(components, init)
     out.mkdir(parents=True, exist_ok=True)
