@@ -29,7 +29,8 @@ BUDGET_S = 900
 WORLD = dict(max_objects=2, object_sizes=((24, 36), (18, 27), (15, 21)), ordered_captions=True)
 WIDE = dict(unet_channels=(64, 128, 192), unet_heads=(4, 8, 8), mixed_precision="bf16")
 VARIANTS = {
-    # name: (what changes (against the row before it unless told), seconds per step measured alone, config overrides)
+    # name: (what changes (against the row before it unless told), seconds per step alone on the 2 cores (measured,
+    # except the frozen text encoder's, estimated from the skipped backward), config overrides)
     "baseline": ("the shipped design", 0.60, {}),
     "world": ("1-2 objects, one object 24-36 px, captions left to right", 0.60, WORLD),
     "wide": ("UNet 64/128/192 wide under bf16 autocast", 0.95, {**WORLD, **WIDE}),
