@@ -23,7 +23,7 @@ import torch
 
 from breakascene.models.loading import shapes_folder
 from breakascene.world.check import knowledge_check, two_object_check
-from breakascene.world.train import WorldTrainConfig, build_world_components, save_pipeline, train_denoiser
+from breakascene.world.train import WorldTrainConfig, build_world_components, save_pipeline, train_denoiser, world_optimizer
 
 BUDGET_S = 900
 WORLD = dict(max_objects=2, object_sizes=((24, 36), (18, 27), (15, 21)), ordered_captions=True)
@@ -56,7 +56,7 @@ def run_vae(variant: str, out: Path, threads: int) -> dict:
     config = dataclasses.replace(WorldTrainConfig(), vae_steps=steps, threads=threads, **WORLD, **overrides)
     torch.set_num_threads(threads)
     vae = build_world_components(config)["vae"]
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=1e-2)
+    optimizer = world_optimizer(vae.parameters(), config.vae_lr)
     started = time.monotonic()
     with tqdm(total=steps, desc=variant, unit="step") as bar:
         train_vae(vae, config, 0, optimizer, lambda step, values: bar.update(1))
@@ -142,7 +142,7 @@ def run(variant: str, out: Path, vae_folder: Path, threads: int) -> dict:
     components["vae"].register_to_config(scaling_factor=vae.config.scaling_factor)
     components["vae"].eval().requires_grad_(False)
     params = [p for m in (components["text_encoder"], components["unet"]) for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-2)
+    optimizer = world_optimizer(params, config.lr)
     ema = EMAModel(params, decay=config.ema_decay)
     started = time.monotonic()
     with tqdm(total=steps, desc=variant, unit="step") as bar:

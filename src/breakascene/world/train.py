@@ -231,7 +231,7 @@ def train_denoiser(components: dict, config: WorldTrainConfig, stage: int, start
         on_step(step, {"loss": loss.item()})
 
 
-def _optimizer(params, lr: float) -> torch.optim.Optimizer:
+def world_optimizer(params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
 
 
@@ -314,7 +314,7 @@ def train_world_model(out: Path, config: WorldTrainConfig = WorldTrainConfig(), 
     for model in (vae, text_encoder, unet):
         model.to(config.device)
     params = [p for m in (text_encoder, unet) for p in m.parameters()]
-    optimizers = {"vae": _optimizer(vae.parameters(), config.vae_lr), "denoiser": _optimizer(params, config.lr)}
+    optimizers = {"vae": world_optimizer(vae.parameters(), config.vae_lr), "denoiser": world_optimizer(params, config.lr)}
     ema = EMAModel(params, decay=config.ema_decay)
     progress = {"stage": "vae", "step": 0, "config": asdict(config), "seconds": 0.0, "log": []}
     if has_checkpoint(out / "checkpoint"):
@@ -360,7 +360,7 @@ def train_world_model(out: Path, config: WorldTrainConfig = WorldTrainConfig(), 
     if progress["stage"] == "one_object_start":
         for model in (vae, text_encoder, unet):
             model.to(torch.float16).to(torch.float32)  # a saved pipeline's weights: the same with or without init
-        optimizers["denoiser"] = _optimizer(params, config.one_object_lr)
+        optimizers["denoiser"] = world_optimizer(params, config.one_object_lr)
         ema = EMAModel(params, decay=config.ema_decay)
         progress.update(stage="one_object", step=0, seconds=time.monotonic() - started, ema_step=0)
         save_checkpoint(out / "checkpoint", components, optimizers, ema, progress)
