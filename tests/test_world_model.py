@@ -11,6 +11,7 @@ from breakascene.attention import capture_layer_names
 from breakascene.models.loading import default_resolution, load_components
 from breakascene.models.shapes import SCALED_SETTINGS, SHAPES_FOLDER
 from breakascene.shapes_world import WORDS
+from breakascene.world.bench import own_mask_shares
 
 from helpers.cli import run_cli
 
@@ -48,9 +49,13 @@ def world_scene(tmp_path_factory):
 
 def test_extract_on_builtin_shapes_takes_and_prints_its_scaled_settings(world_scene, tmp_path):
     out = tmp_path / "run"
-    code, _, err = run_cli(["extract", str(world_scene), "--model", "builtin:shapes", "--phase1-steps", "2",
-                            "--phase2-steps", "2", "--out", str(out), "--quiet"])
+    code, stdout, err = run_cli(["extract", str(world_scene), "--model", "builtin:shapes", "--phase1-steps", "2",
+                                 "--phase2-steps", "2", "--out", str(out), "--quiet"])
     assert code == 0, err
+    # the bench's own-mask attention column reads what extract prints, for the concept handles only (not <bg>)
+    shares = own_mask_shares(out)
+    assert len(shares) == 2
+    assert f"<asset0> {shares[0]:.2f}, <asset1> {shares[1]:.2f}, <bg> " in stdout
     assert "builtin:shapes' scaled settings: phase1_lr=0.005" in err  # the steps were given, so not taken
     assert "phase1_steps" not in err
     config = json.loads((out / "scene.json").read_text())["config"]
@@ -69,6 +74,7 @@ def test_world_bench_trains_generates_scores_and_reports(tmp_path):
     code, stdout, err = run_cli(argv)
     assert code == 0, err
     assert "| Ours |" in stdout and "| TI-m |" in stdout
+    assert "own-mask attention (min / mean)" in stdout
     for name in ("summary.md", "summary.csv", "fig5.png"):
         assert (out / "report" / name).is_file()
     records = json.loads((out / "ours" / "scene-000" / "scores.json").read_text())["images"]

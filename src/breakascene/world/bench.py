@@ -12,7 +12,9 @@ background but the scene's own. The judge reads every picture:
 - **leakage**: of the pictures that ask for one handle, the share with a trace (:data:`~breakascene.world.judge.TRACE_AREA`
   pixels) of another concept's colour;
 - **all concepts**: of the pictures that ask for several handles, the share where every asked concept's colour is
-  an object.
+  an object;
+- **own-mask attention**: each concept handle's share of its cross-attention map inside its own mask after the
+  run's last phase (what ``extract`` prints, from the run's ``scene.json``), lowest and mean over the concepts.
 
 Layout (a re-run skips what is done; ``--rescore`` judges the saved pictures again)::
 
@@ -171,8 +173,22 @@ def bench_scene(scene_dir: Path, folder: Path, method_name: str, settings: World
     return records
 
 
-def method_row(method_name: str, records: list, *, num_resamples: int = 1000, seed: int = 0) -> dict:
-    """One row of the table: the four scores with bootstrap 95 % intervals."""
+def own_mask_shares(run: Path) -> list[float]:
+    """Each concept handle's share of its attention map inside its own mask after ``run``'s last phase ([] when the
+    run recorded none)."""
+    from ..run_info import RunInfo
+
+    info = RunInfo.read(run)
+    if not info.attention_scores:
+        return []
+    last = list(info.attention_scores.values())[-1]
+    return [last[i][i] for i, handle in enumerate(info.handles) if not handle.background]
+
+
+def method_row(method_name: str, records: list, shares: list[float] = (), *, num_resamples: int = 1000,
+               seed: int = 0) -> dict:
+    """One row of the table: the four scores with bootstrap 95 % intervals, and the :func:`own_mask_shares`
+    of every concept of every scene (``shares``)."""
     per_concept: dict = {}
     for r in records:
         for concept, value in r["identity"].items():
@@ -187,19 +203,22 @@ def method_row(method_name: str, records: list, *, num_resamples: int = 1000, se
         "identity_similarity": identity.mean, "identity_low": identity.low, "identity_high": identity.high,
         "leakage": sum(leaks) / len(leaks) if leaks else float("nan"),
         "all_concepts": sum(together) / len(together) if together else float("nan"),
+        "attention_own_min": min(shares) if shares else float("nan"),
+        "attention_own_mean": sum(shares) / len(shares) if shares else float("nan"),
         "images": len(records), "concepts": len(per_concept),
     }
 
 
 def to_markdown(rows: list[dict]) -> str:
     front = set(pareto_front([(r["prompt_similarity"], r["identity_similarity"]) for r in rows]))
-    lines = ["| method | identity (95 % CI) | prompt (95 % CI) | leakage | all concepts (multi) | images | Pareto |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | identity (95 % CI) | prompt (95 % CI) | leakage | all concepts (multi) | "
+             "own-mask attention (min / mean) | images | Pareto |", "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
         lines.append(
             f"| {r['label']} | {r['identity_similarity']:.3f} ({r['identity_low']:.3f}–{r['identity_high']:.3f}) | "
             f"{r['prompt_similarity']:.3f} ({r['prompt_low']:.3f}–{r['prompt_high']:.3f}) | {r['leakage']:.0%} | "
-            f"{r['all_concepts']:.0%} | {r['images']} | {'yes' if i in front else ''} |")
+            f"{r['all_concepts']:.0%} | {r['attention_own_min']:.2f} / {r['attention_own_mean']:.2f} | {r['images']} | "
+            f"{'yes' if i in front else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -241,7 +260,7 @@ def run_world_bench(out: Path, settings: WorldBenchSettings, *, scenes: Path | N
     scene_dirs = list_world_scenes(Path(scenes))
     rows = []
     for method_name in settings.methods:
-        records = []
+        records, shares = [], []
         for scene_dir in scene_dirs:
             folder = out / method_name / scene_dir.name
             if overwrite and folder.exists():
@@ -251,7 +270,8 @@ def run_world_bench(out: Path, settings: WorldBenchSettings, *, scenes: Path | N
                 print(f"{method_name}: {scene_dir.name}", file=sys.stderr)
             scored = bench_scene(scene_dir, folder, method_name, settings, progress, rescore_done=rescore_done)
             records += [{**r, "scene": scene_dir.name} for r in scored]
-        rows.append(method_row(method_name, records))
+            shares += own_mask_shares(folder / "run")
+        rows.append(method_row(method_name, records, shares))
     report = out / "report"
     if report.exists():
         shutil.rmtree(report)
