@@ -84,7 +84,8 @@ def shape_word_gaps(pipe, timesteps=(500, 700, 850), per_shape: int = 32) -> dic
     from diffusers import DDPMScheduler
 
     from breakascene.models.shapes import SCHEDULE
-    from breakascene.shapes_world import SHAPES, caption, random_scene, render
+    from breakascene.shapes_world import SHAPES, caption, random_scene
+    from breakascene.world.train import scene_pixels
 
     scheduler = DDPMScheduler(**SCHEDULE)
     rng = np.random.default_rng(123)
@@ -94,8 +95,7 @@ def shape_word_gaps(pipe, timesteps=(500, 700, 850), per_shape: int = 32) -> dic
         while len(scenes) < per_shape:
             scene = random_scene(rng, num_objects=1)
             scenes += [scene] if scene.objects[0].shape == shape else []
-        pixels = np.stack([np.asarray(render(s)[0]) for s in scenes]).astype(np.float32)
-        latents = pipe.vae.encode(torch.from_numpy(pixels).permute(0, 3, 1, 2) / 127.5 - 1).latent_dist.mean
+        latents = pipe.vae.encode(scene_pixels(scenes)).latent_dist.mean
         latents = latents * pipe.vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
         for t in timesteps:

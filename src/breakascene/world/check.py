@@ -72,6 +72,13 @@ def judge_accuracy(num: int = 400, seed: int = 1, vae=None) -> Accuracy:
                     scores["shape"] / objects, scores["texture"] / objects, num, objects)
 
 
+def generated_readings(pipe, prompt: str, count: int, steps: int, guidance: float, seed: int) -> list:
+    """The judge's readings of ``count`` pictures of ``prompt`` drawn by ``pipe`` from one generator of ``seed``."""
+    images = pipe([prompt] * count, num_inference_steps=steps, guidance_scale=guidance,
+                  generator=torch.Generator().manual_seed(seed), output_type="np").images
+    return [judge.read((image * 255).round().astype(np.uint8)) for image in images]
+
+
 def knowledge_check(pipe, *, images_per_prompt: int = 8, steps: int = 25, guidance: float = 4.0,
                     seed: int = 0, prompts=HELD_OUT) -> Accuracy:
     """Generates ``images_per_prompt`` pictures of each ``(colour, shape, background)`` prompt with ``pipe`` (a
@@ -80,11 +87,7 @@ def knowledge_check(pipe, *, images_per_prompt: int = 8, steps: int = 25, guidan
     scores = {"background": 0, "count": 0, "colour": 0, "shape": 0}
     for i, (colour, shape, background) in enumerate(prompts):
         prompt = caption([f"{colour} {shape}"], background)
-        generator = torch.Generator().manual_seed(seed + i)
-        images = pipe([prompt] * images_per_prompt, num_inference_steps=steps, guidance_scale=guidance,
-                      generator=generator, output_type="np").images
-        for image in images:
-            reading = judge.read((image * 255).round().astype(np.uint8))
+        for reading in generated_readings(pipe, prompt, images_per_prompt, steps, guidance, seed + i):
             scores["background"] += reading.background == background
             scores["count"] += len(reading.objects) == 1
             largest = reading.objects[0] if reading.objects else None
@@ -117,11 +120,7 @@ def two_object_check(pipe, *, images_per_prompt: int = 8, steps: int = 25, guida
     scores = {"background": 0, "count": 0, "colours": 0, "pairs": 0}
     for i, (first, second, background) in enumerate(prompts):
         prompt = caption([" ".join(first), " ".join(second)], background)
-        generator = torch.Generator().manual_seed(seed + 1000 + i)
-        images = pipe([prompt] * images_per_prompt, num_inference_steps=steps, guidance_scale=guidance,
-                      generator=generator, output_type="np").images
-        for image in images:
-            reading = judge.read((image * 255).round().astype(np.uint8))
+        for reading in generated_readings(pipe, prompt, images_per_prompt, steps, guidance, seed + 1000 + i):
             seen = {(o.colour, o.shape) for o in reading.objects}
             scores["background"] += reading.background == background
             scores["count"] += len(reading.objects) == 2

@@ -105,8 +105,8 @@ def training_caption(scene, rng: np.random.Generator, ordered: bool = False) -> 
     return caption(described, None if rng.random() < 0.1 else scene.background)
 
 
-def _images(scenes) -> torch.Tensor:
-    """(B, 3, 64, 64) float32 in [-1, 1]."""
+def scene_pixels(scenes) -> torch.Tensor:
+    """The scenes rendered: (B, 3, 64, 64) float32 in [-1, 1]."""
     pixels = np.stack([np.asarray(render(s)[0]) for s in scenes]).astype(np.float32)
     return torch.from_numpy(pixels).permute(0, 3, 1, 2) / 127.5 - 1
 
@@ -131,12 +131,12 @@ def training_batch(config: WorldTrainConfig, stage: int, step: int):
     textures half of the time; the denoiser's never, and hold one object in stage 3."""
     rng, _ = batch_rng(config, stage, step)
     if stage == 1:
-        return _images([draw_training_scene(rng, rng.random() < 0.5, config=config)
+        return scene_pixels([draw_training_scene(rng, rng.random() < 0.5, config=config)
                         for _ in range(config.batch)]), None, None
     scenes = [draw_training_scene(rng, False, 1 if stage == 3 else None, config) for _ in range(config.batch)]
     captions = ["" if rng.random() < config.empty_caption else training_caption(s, rng, config.ordered_captions)
                 for s in scenes]
-    return _images(scenes), captions, object_boxes(scenes)
+    return scene_pixels(scenes), captions, object_boxes(scenes)
 
 
 class _StageBatches(torch.utils.data.Dataset):
@@ -182,7 +182,7 @@ def train_vae(vae, config: WorldTrainConfig, start: int, optimizer, on_step) -> 
 def latent_scale(vae, config: WorldTrainConfig, count: int = 256) -> float:
     """1 / std of the latents of ``count`` fresh scenes: the VAE's ``scaling_factor`` (as SD's 0.18215)."""
     rng = np.random.default_rng([config.seed, 9])
-    images = _images([draw_training_scene(rng, False, config=config) for _ in range(count)]).to(config.device)
+    images = scene_pixels([draw_training_scene(rng, False, config=config) for _ in range(count)]).to(config.device)
     latents = vae.encode(images).latent_dist.mean
     return float(1 / latents.std())
 
