@@ -16,7 +16,7 @@ from breakascene.shapes_world import (
     read_ground_truth, render,
 )
 from breakascene.world import judge
-from breakascene.world.bench import bench_prompts, score_picture
+from breakascene.world.bench import bench_prompts, method_row, score_picture, to_markdown
 from breakascene.world.check import judge_accuracy
 from breakascene.world.train import HELD_OUT, training_caption
 
@@ -124,6 +124,14 @@ def test_a_picture_is_scored_for_identity_prompt_and_leakage():
     both = score_picture(render(_scene_with([a, b], "striped"))[0],
                          {"prompt": "", "concepts": [0, 1], "background": "striped"}, truth.objects)
     assert both["all_concepts"] is True and both["identity"] == {"0": 1.0, "1": 1.0} and both["leak"] is None
+
+    # The method's row: a whole concept is a single-handle picture with colour, shape and texture all right.
+    records = [{**r, "scene": "scene-000"} for r in (exact, solid, leaked, both)]
+    row = method_row("ours", records, [0.6, 0.3], num_resamples=10)
+    assert row["whole_concept"] == pytest.approx(2 / 3)  # exact and leaked, not solid; both asks for two
+    assert row["leakage"] == pytest.approx(1 / 3) and row["all_concepts"] == 1.0
+    assert (row["attention_own_min"], row["attention_own_mean"]) == (0.3, pytest.approx(0.45))
+    assert "| 67% | 33% | 100% | 0.30 / 0.45 |" in to_markdown([row])
 
 
 def test_bench_prompts_are_every_subset_on_every_other_background():
