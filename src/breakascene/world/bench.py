@@ -197,8 +197,7 @@ def method_row(method_name: str, records: list, shares: list[float] = (), *, num
             per_concept.setdefault((r["scene"], concept), []).append(value)
     identity = summarize([sum(v) / len(v) for v in per_concept.values()], num_resamples=num_resamples, seed=seed)
     prompt = summarize([r["prompt"] for r in records], num_resamples=num_resamples, seed=seed)
-    single = [r for r in records if len(r["concepts"]) == 1]
-    whole = [float(r["identity"][str(r["concepts"][0])] == 1.0) for r in single]
+    whole = [float(r["identity"][str(r["concepts"][0])] == 1.0) for r in records if len(r["concepts"]) == 1]
     leaks = [float(r["leak"]) for r in records if r["leak"] is not None]
     together = [float(r["all_concepts"]) for r in records if r["all_concepts"] is not None]
     return {
